@@ -1,0 +1,41 @@
+"""Training-time augmentation with albumentations, on normalised slices in [0, 1].
+
+No horizontal flip: it would swap the patient's right and left, and right/left lung or lobe labels
+depend on the side.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # never reach out to the network
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from slice2d.config import AugmentConfig  # noqa: E402
+
+
+def build_augmentation(cfg: AugmentConfig, seed: int) -> A.Compose:
+    """The augmentation pipeline; each transform fires with its configured probability."""
+    transforms = [
+        A.VerticalFlip(p=cfg.vertical_flip),
+        A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-15, 15),
+                 border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=cfg.shift_scale_rotate),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=cfg.brightness_contrast),
+        A.GridDistortion(num_steps=5, distort_limit=0.2, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0,
+                         p=cfg.grid_distortion),
+    ]
+    return A.Compose([t for t in transforms if t.p > 0], seed=seed)
+
+
+def augment_batch(pipeline: A.Compose, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Augment a batch: images (B, H, W, 1) float32 in [0, 1], labels (B, H, W) uint8."""
+    out_images = np.empty_like(images)
+    out_labels = np.empty_like(labels)
+    for i in range(len(images)):
+        result = pipeline(image=images[i], mask=labels[i])
+        out_images[i] = np.clip(result["image"].reshape(images.shape[1:]), 0.0, 1.0)
+        out_labels[i] = result["mask"]
+    return out_images, out_labels

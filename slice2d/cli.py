@@ -1,0 +1,170 @@
+"""The ``slice2d`` command line: thin Typer commands over the library modules.
+
+TensorFlow is imported only inside the commands that need it, so ``slice2d --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="2D slice-based U-Net segmentation of chest CT: NIfTI in, NIfTI out.")
+log = logging.getLogger("slice2d")
+_state = {"debug": False, "quiet": False}
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.")]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+    """slice2d: prepare, train, predict, evaluate and score chest CT with a 2D U-Net."""
+    _state["debug"] = debug
+
+
+def _setup(quiet: bool) -> None:
+    _state["quiet"] = quiet
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn library errors into one line on stderr and exit code 1 (a traceback only with --debug)."""
+    from slice2d.config import ConfigError
+    from slice2d.io import InputError
+
+    try:
+        yield
+    except (InputError, ConfigError, ValueError, OSError) as exc:
+        if _state["debug"]:
+            raise
+        message = str(exc) if isinstance(exc, (InputError, ConfigError)) else f"{exc.__class__.__name__}: {exc}"
+        if isinstance(exc, OSError) and exc.filename:
+            message = f"{exc.filename}: {exc.strerror}; check the path and its permissions"
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; no partial output was left behind", err=True)
+        raise typer.Exit(130) from None
+
+
+@contextlib.contextmanager
+def _progress(total: int, description: str) -> Iterator[callable]:
+    """A rich progress bar; yields a callable to advance it by one (a no-op with --quiet)."""
+    if _state["quiet"]:
+        yield lambda *_: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=False, console=None) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda *_: bar.advance(task)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Output folder (images/, lungs/, lobes/, lesions/ are created).")],
+    cases: Annotated[int, typer.Option(min=1, help="Number of phantoms.")] = 4,
+    shape: Annotated[tuple[int, int, int], typer.Option(help="Volume shape X Y Z (voxels).")] = (128, 128, 64),
+    spacing: Annotated[tuple[float, float, float], typer.Option(help="Voxel size X Y Z (mm).")] = (2.5, 2.5, 5.0),
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same phantoms.")] = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Write synthetic chest-CT phantoms (HU) with known lungs, lobes and lesions."""
+    _setup(quiet)
+    from slice2d.synth import write_phantoms
+
+    if min(shape) < 16 or min(spacing) <= 0:
+        raise typer.BadParameter("shape must be at least 16 voxels per axis and spacing positive")
+    with _user_errors(), _progress(cases, "synth") as step:
+        write_phantoms(out, cases=cases, shape=shape, spacing=spacing, seed=seed, progress=step)
+    log.info("wrote %d phantoms to %s (images/, lungs/, lobes/, lesions/)", cases, out)
+
+
+@app.command()
+def prepare(
+    images: Annotated[Path, typer.Option(help="Folder of image volumes (.nii/.nii.gz, HU).")],
+    labels: Annotated[Path, typer.Option(help="Folder of label maps with the same file names.")],
+    out: Annotated[Path, typer.Option(help="HDF5 file to write.")],
+    config: Annotated[Optional[str], typer.Option(help="YAML config or preset (lesions, lesions3, lungs, lobes, demo).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Slice volumes and label maps into an HDF5 file, with the geometry to undo every step."""
+    _setup(quiet)
+    from slice2d.config import load_config
+    from slice2d.dataset import pair_cases
+    from slice2d.dataset import prepare as prepare_slices
+
+    with _user_errors():
+        cfg = load_config(config)
+        n = len(pair_cases(images, labels))
+        with _progress(n, "prepare") as step:
+            prepare_slices(images, labels, out, cfg, progress=step)
+    log.info("wrote %s (%d cases, %dx%d slices)", out, n, cfg.data.size, cfg.data.size)
+
+
+@app.command()
+def train(
+    slices: Annotated[Path, typer.Argument(help="HDF5 file written by `slice2d prepare`.")],
+    out: Annotated[Path, typer.Option(help="Run folder to create, e.g. checkpoints/my-run.")],
+    config: Annotated[Optional[str], typer.Option(help="YAML config or preset for the model and training.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Override train.epochs.")] = None,
+    folds: Annotated[Optional[int], typer.Option(min=1, help="Cross-validation folds (split by patient).")] = None,
+    fold: Annotated[Optional[int], typer.Option(min=0, help="Which fold validates (0-based).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a U-Net (focal + Dice loss, augmentation) and write a self-describing run folder."""
+    _setup(quiet)
+    from slice2d.config import load_config
+
+    with _user_errors():
+        cfg = load_config(config)
+        overrides = {k: v for k, v in {"epochs": epochs, "folds": folds, "fold": fold}.items() if v is not None}
+        if overrides:
+            cfg = cfg.updated(train=overrides)
+        from slice2d.train import train as train_run
+
+        run = train_run(slices, out, cfg, resume=resume, verbose=0 if quiet else 2)
+    log.info("run folder: %s (model.keras, config.yaml, splits.json, history.csv, curves.png, README.md)", run)
+
+
+@app.command()
+def predict(
+    input: Annotated[Path, typer.Argument(help="A .nii/.nii.gz volume or a folder of them.")],
+    model: Annotated[Path, typer.Option(help="Run folder written by `slice2d train`.")],
+    out: Annotated[Path, typer.Option(help="Output folder; masks get the input's file names.")],
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per network call.")] = 32,
+    probabilities: Annotated[bool, typer.Option(help="Also write class probabilities to OUT/probabilities/.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Segment CT volumes; each mask has exactly the input's shape and affine."""
+    _setup(quiet)
+    from slice2d.predict import input_files, load_run, predict_files
+
+    with _user_errors():
+        files = input_files(input)
+        run = load_run(model)
+        with _progress(len(files), "predict") as step:
+            written = predict_files(run, files, out, batch_size=batch_size, probabilities=probabilities, progress=step)
+    log.info("wrote %d label maps to %s", len(written), out)
+
+
+def run() -> None:
+    """Entry point for ``python cli.py``."""
+    app(prog_name="slice2d")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,186 @@
+"""Typed, frozen configuration: the one source of defaults.
+
+A config has three parts: ``data`` (how volumes become slices: intensity window, slice size,
+which labels are learned), ``model`` (the U-Net) and ``train`` (loss, augmentation, schedule).
+YAML files in ``configs/`` override any subset of the defaults below; unknown keys are errors,
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# The YAML presets live in the repository's top-level configs/ (install with `pip install -e .`).
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class IntensityConfig(_Frozen):
+    """How raw intensities become the network's [0, 1] input.
+
+    ``hu``: the input must be in Hounsfield units; values are clipped to ``window`` (HU) and scaled
+    to [0, 1]. Input that is clearly not HU (no air below -500) is refused.
+    ``uint8``: the input is already windowed to 0..255 (JPG/PNG slices, 8-bit "CT"); it is divided
+    by 255. Use this only when you know how the data were windowed.
+    """
+
+    mode: Literal["hu", "uint8"] = "hu"
+    window: tuple[float, float] = (-1000.0, 400.0)
+
+    @field_validator("window")
+    @classmethod
+    def _ordered(cls, w: tuple[float, float]) -> tuple[float, float]:
+        if not w[0] < w[1]:
+            raise ValueError(f"window low {w[0]} must be below high {w[1]}")
+        return w
+
+
+class DataConfig(_Frozen):
+    """Volumes to slices.
+
+    size: side of the square slice the network sees (pixels).
+    classes: names of the learned classes, index 0 is background.
+    label_map: source label value -> class index; source values not listed become background.
+        ``None`` keeps values as they are (they must then be < len(classes)).
+    empty_fraction: fraction of slices without any foreground class that ``prepare`` keeps
+        (seeded); 1.0 keeps every slice.
+    """
+
+    intensity: IntensityConfig = IntensityConfig()
+    size: int = Field(128, ge=16, le=1024)
+    classes: tuple[str, ...] = ("background", "lesion")
+    label_map: dict[int, int] | None = {1: 1, 2: 1}
+    empty_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _labels_fit(self) -> DataConfig:
+        if len(self.classes) < 2:
+            raise ValueError("classes needs background and at least one foreground class")
+        if self.label_map is not None:
+            bad = {k: v for k, v in self.label_map.items() if not 0 <= v < len(self.classes)}
+            if bad:
+                raise ValueError(f"label_map targets {bad} are not class indices 0..{len(self.classes) - 1}")
+        return self
+
+
+class ModelConfig(_Frozen):
+    """The U-Net: ``depth`` poolings, ``base_filters`` doubled at each level."""
+
+    depth: int = Field(4, ge=1, le=6)
+    base_filters: int = Field(16, ge=4, le=128)
+    batch_norm: bool = True
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    residual: bool = False
+
+
+class AugmentConfig(_Frozen):
+    """Probability of each albumentations transform (0 disables it)."""
+
+    vertical_flip: float = Field(0.5, ge=0, le=1)
+    shift_scale_rotate: float = Field(0.5, ge=0, le=1)
+    brightness_contrast: float = Field(0.3, ge=0, le=1)
+    grid_distortion: float = Field(0.2, ge=0, le=1)
+
+
+class TrainConfig(_Frozen):
+    """Optimisation. The loss is ``focal_weight * focal + dice_weight * soft Dice``."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    min_learning_rate: float = Field(1e-5, gt=0)
+    lr_patience: int = Field(3, ge=1)
+    early_stopping_patience: int = Field(8, ge=1)
+    focal_weight: float = Field(1.0, ge=0)
+    focal_gamma: float = Field(2.0, ge=0)
+    dice_weight: float = Field(1.0, ge=0)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    folds: int = Field(1, ge=1)
+    fold: int = Field(0, ge=0)
+    seed: int = 0
+    jit_compile: bool = True
+    augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> TrainConfig:
+        if self.folds > 1 and self.fold >= self.folds:
+            raise ValueError(f"fold {self.fold} is not in 0..{self.folds - 1}")
+        return self
+
+
+class Config(_Frozen):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.data.classes)
+
+    def updated(self, **sections: dict) -> Config:
+        """A copy with some fields replaced, e.g. ``cfg.updated(train={"epochs": 2})``."""
+        merged = _deep_merge(self.model_dump(), sections)
+        return Config.model_validate(merged)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A config file that is missing, not YAML, or has a bad field."""
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "label_map":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def preset_path(name: str) -> Path:
+    """Path of a built-in preset (``lesions``, ``lesions3``, ``lungs``, ``lobes``, ``demo``)."""
+    return PRESETS_DIR / f"{name}.yaml"
+
+
+def config_from_yaml(text: str, source: str = "config") -> Config:
+    """A config from YAML text (as stored in run folders and slice files)."""
+    try:
+        raw = yaml.safe_load(text) or {}
+        return Config.model_validate(_deep_merge(Config().model_dump(), raw))
+    except (yaml.YAMLError, ValidationError, TypeError) as exc:
+        raise ConfigError(f"{source}: invalid stored config ({exc.__class__.__name__}); was it written by another slice2d version?") from None
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load a YAML config (a file path or a preset name); ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    if not p.exists() and preset_path(str(path)).exists():
+        p = preset_path(str(path))
+    if not p.is_file():
+        presets = ", ".join(sorted(f.stem for f in PRESETS_DIR.glob("*.yaml")))
+        raise ConfigError(f"{path}: config file not found; give a YAML file or a preset ({presets})")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc.__class__.__name__}); check the indentation") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping with data/model/train sections")
+    try:
+        return Config.model_validate(_deep_merge(Config().model_dump(), raw))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"{p}: {where}: {err['msg']} (got {err.get('input')!r})") from None

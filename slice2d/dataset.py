@@ -1,0 +1,228 @@
+"""The HDF5 slice store, patient-level splits and the training arrays.
+
+Layout of a file written by ``prepare`` (checked by ``open_slices`` before any use)::
+
+    /                       attrs: format="slice2d-slices", format_version, data_config (YAML),
+                                   classes (JSON), size
+    /cases/<case>/image     (n, size, size) float16, intensities normalised to [0, 1]
+    /cases/<case>/label     (n, size, size) uint8, class indices
+    /cases/<case>/z         (n,) int32, index of each slice along the canonical S axis
+                            attrs: affine (4x4), shape (X, Y, Z), axcodes, slice_geometry (JSON),
+                                   patient, image_path, label_path
+
+Slices are taken from the canonical (P, L, S) volume (see ``slice2d.io``). Only the kept slices
+are stored; slices that were dropped hold no foreground, so reassembly fills them with 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from slice2d import __version__
+from slice2d.config import Config, DataConfig
+from slice2d.io import (Geometry, InputError, case_name, check_hu, check_same_grid, from_canonical, geometry_of,
+                        list_niftis, load_volume, read_array, to_canonical)
+from slice2d.slicing import SliceGeometry, image_to_slices, labels_to_slices, normalise, plan_slices, slices_to_labels
+
+FORMAT = "slice2d-slices"
+FORMAT_VERSION = 1
+
+
+def remap_labels(labels: np.ndarray, data: DataConfig, path: Path | str) -> np.ndarray:
+    """Source label values -> class indices, refusing values the config does not know."""
+    present = set(np.unique(labels).tolist()) - {0}
+    if data.label_map is None:
+        bad = sorted(v for v in present if v >= len(data.classes))
+        if bad:
+            raise InputError(f"{path}: label values {bad} but the config has only classes 0..{len(data.classes) - 1}; "
+                             "add a data.label_map or use another config")
+        return labels.astype(np.uint8)
+    bad = sorted(present - set(data.label_map))
+    if bad:
+        raise InputError(f"{path}: unexpected label values {bad}; the config maps only {sorted(data.label_map)} "
+                         "(add them to data.label_map, mapped to 0 to ignore them)")
+    lut = np.zeros(256, dtype=np.uint8)
+    for src, dst in data.label_map.items():
+        lut[src] = dst
+    return lut[labels]
+
+
+def pair_cases(images_dir: Path, labels_dir: Path) -> list[tuple[str, Path, Path]]:
+    """Pair image and label files by case name; every image needs a label map and vice versa."""
+    images = {case_name(p): p for p in list_niftis(images_dir, "images")}
+    labels = {case_name(p): p for p in list_niftis(labels_dir, "labels")}
+    missing = sorted(set(images) - set(labels))
+    if missing:
+        raise InputError(f"{labels_dir}: no label map for cases {missing[:5]}; label files need the image's file name")
+    extra = sorted(set(labels) - set(images))
+    if extra:
+        raise InputError(f"{images_dir}: no image for label maps {extra[:5]}; label files need the image's file name")
+    return [(name, images[name], labels[name]) for name in sorted(images)]
+
+
+def _keep_slices(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of slices to keep: all with foreground, a seeded ``fraction`` of the rest."""
+    has_fg = labels.reshape(-1, labels.shape[2]).any(axis=0)
+    empty = np.flatnonzero(~has_fg)
+    n_keep = int(round(fraction * len(empty)))
+    kept_empty = rng.choice(empty, size=n_keep, replace=False) if n_keep else np.array([], dtype=np.int64)
+    return np.sort(np.concatenate([np.flatnonzero(has_fg), kept_empty])).astype(np.int32)
+
+
+def prepare(images_dir: str | Path, labels_dir: str | Path, out: str | Path, cfg: Config,
+            patients: dict[str, str] | None = None, progress: Callable[[str], None] | None = None) -> Path:
+    """Slice every (image, label map) pair into an HDF5 file, one case at a time (memory stays flat).
+
+    patients: optional case -> patient id, so splits never separate scans of one patient.
+    The file is written under a temporary name and renamed when complete.
+    """
+    pairs = pair_cases(Path(images_dir), Path(labels_dir))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    data = cfg.data
+    rng = np.random.default_rng(data.seed)
+    try:
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, slice2d_version=__version__,
+                            data_config=Config(data=data).to_yaml(), classes=json.dumps(list(data.classes)),
+                            size=data.size)
+            cases = h5.create_group("cases")
+            for name, image_path, label_path in pairs:
+                _write_case(cases, name, image_path, label_path, data, rng, (patients or {}).get(name, name))
+                if progress:
+                    progress(name)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _write_case(cases: h5py.Group, name: str, image_path: Path, label_path: Path, data: DataConfig,
+                rng: np.random.Generator, patient: str) -> None:
+    img = load_volume(image_path, "image")
+    lab = load_volume(label_path, "label map")
+    check_same_grid(img, lab, image_path, label_path)
+    geometry = geometry_of(img)
+    image = read_array(img, image_path, "image")
+    if data.intensity.mode == "hu":
+        check_hu(image, image_path)
+    labels = remap_labels(read_array(lab, label_path, "label"), data, label_path)
+    image = to_canonical(normalise(image, data.intensity), geometry)
+    labels = to_canonical(labels, geometry)
+    spacing = geometry.canonical_spacing
+    sgeom = plan_slices(image.shape[0], image.shape[1], data.size, (spacing[0], spacing[1]))
+    keep = _keep_slices(labels, data.empty_fraction, rng)
+    group = cases.create_group(name)
+    group.create_dataset("image", data=image_to_slices(image[:, :, keep], sgeom).astype(np.float16),
+                         chunks=(1, data.size, data.size), compression="lzf")
+    group.create_dataset("label", data=labels_to_slices(labels[:, :, keep], sgeom),
+                         chunks=(1, data.size, data.size), compression="lzf")
+    group.create_dataset("z", data=keep)
+    group.attrs.update(affine=geometry.affine, shape=np.array(geometry.shape), axcodes="".join(geometry.axcodes),
+                       slice_geometry=json.dumps(sgeom.as_dict()), patient=patient,
+                       image_path=str(image_path), label_path=str(label_path))
+
+
+class SliceFile:
+    """Read access to a prepared HDF5 file, its layout checked on opening."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: slice file not found; create it with `slice2d prepare`")
+        try:
+            self.h5 = h5py.File(self.path, "r")
+        except OSError:
+            raise InputError(f"{self.path}: not a readable HDF5 file (truncated?); run `slice2d prepare` again") from None
+        attrs = self.h5.attrs
+        if attrs.get("format") != FORMAT or "cases" not in self.h5:
+            self.h5.close()
+            raise InputError(f"{self.path}: not a slice2d slice file; create it with `slice2d prepare`")
+        if int(attrs.get("format_version", -1)) != FORMAT_VERSION:
+            self.h5.close()
+            raise InputError(f"{self.path}: slice file format {attrs.get('format_version')} is not "
+                             f"{FORMAT_VERSION}; run `slice2d prepare` again with this version")
+        self.data_config_yaml = str(attrs["data_config"])
+        self.classes = json.loads(attrs["classes"])
+        for name in self.cases:
+            group = self.h5["cases"][name]
+            if not {"image", "label", "z"} <= set(group) or group["image"].shape != group["label"].shape:
+                self.h5.close()
+                raise InputError(f"{self.path}: case {name} is incomplete; run `slice2d prepare` again")
+
+    def __enter__(self) -> SliceFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.h5.close()
+
+    @property
+    def cases(self) -> list[str]:
+        return sorted(self.h5["cases"])
+
+    def patient(self, case: str) -> str:
+        return str(self.h5["cases"][case].attrs["patient"])
+
+    def geometry(self, case: str) -> tuple[Geometry, SliceGeometry]:
+        attrs = self.h5["cases"][case].attrs
+        geometry = Geometry(affine=np.asarray(attrs["affine"], dtype=np.float64),
+                            shape=tuple(int(s) for s in attrs["shape"]), axcodes=tuple(str(attrs["axcodes"])))
+        return geometry, SliceGeometry(**json.loads(attrs["slice_geometry"]))
+
+    def arrays(self, cases: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Images (N, size, size, 1) float32 and labels (N, size, size) uint8 of the given cases."""
+        if not cases:
+            size = int(self.h5.attrs["size"])
+            return np.zeros((0, size, size, 1), np.float32), np.zeros((0, size, size), np.uint8)
+        images = [self.h5["cases"][c]["image"][...] for c in cases]
+        labels = [self.h5["cases"][c]["label"][...] for c in cases]
+        return np.concatenate(images).astype(np.float32)[..., None], np.concatenate(labels)
+
+    def reassemble_labels(self, case: str) -> np.ndarray:
+        """The case's label slices put back on its original grid (X, Y, Z), uint8."""
+        geometry, sgeom = self.geometry(case)
+        group = self.h5["cases"][case]
+        canonical_shape = to_canonical(np.zeros(geometry.shape, dtype=np.uint8), geometry).shape
+        volume = np.zeros(canonical_shape, dtype=np.uint8)
+        z = group["z"][...]
+        if len(z):
+            volume[:, :, z] = slices_to_labels(group["label"][...], sgeom)
+        return from_canonical(volume, geometry)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[str]
+    val: list[str]
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"train": self.train, "val": self.val}
+
+
+def split_cases(patients: dict[str, str], val_fraction: float, folds: int, fold: int, seed: int) -> Split:
+    """Seeded split by patient: all cases of one patient land on the same side.
+
+    With ``folds > 1`` the patients are shuffled once and cut into ``folds`` groups; group ``fold``
+    is the validation set. Otherwise ``val_fraction`` of the patients (at least one) validate.
+    """
+    ids = sorted(set(patients.values()))
+    if len(ids) < 2:
+        raise InputError(f"need cases from at least 2 patients to split train/validation, found {len(ids)}")
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    if folds > 1:
+        if folds > len(ids):
+            raise InputError(f"{folds} folds need at least {folds} patients, found {len(ids)}")
+        val_ids = set(np.array_split(np.array(order, dtype=object), folds)[fold].tolist())
+    else:
+        n_val = min(len(ids) - 1, max(1, int(round(val_fraction * len(ids)))))
+        val_ids = set(order[:n_val])
+    cases = sorted(patients)
+    return Split(train=[c for c in cases if patients[c] not in val_ids], val=[c for c in cases if patients[c] in val_ids])

@@ -1,0 +1,205 @@
+"""NIfTI reading and writing, and the orientation round trip.
+
+Every volume is brought to one canonical orientation before slicing: array axes (P, L, S), i.e.
+axis 0 runs anterior -> posterior (image rows, anterior at the top), axis 1 runs patient right ->
+left (image columns, patient's right on the viewer's left) and axis 2 inferior -> superior. An
+axial slice ``canonical[:, :, k]`` is therefore already in the radiological display convention
+used by PACS viewers and by 2D slice data sets, so a model trained on exported PNG slices and one
+trained on NIfTI volumes see the same picture.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+CANONICAL = ("P", "L", "S")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+class InputError(ValueError):
+    """An input file or folder that slice2d cannot use; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What is needed to put a canonical array back on the input's grid.
+
+    affine: the input's voxel -> world (RAS+ mm) matrix; shape: the input's array shape (X, Y, Z);
+    axcodes: the input's orientation, e.g. ("L", "P", "S").
+    """
+
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    axcodes: tuple[str, str, str]
+
+    @property
+    def to_canonical(self) -> np.ndarray:
+        return ornt_transform(io_orientation(self.affine), axcodes2ornt(CANONICAL))
+
+    @property
+    def from_canonical(self) -> np.ndarray:
+        return ornt_transform(axcodes2ornt(CANONICAL), io_orientation(self.affine))
+
+    @property
+    def canonical_spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the canonical axes (rows, columns, slices)."""
+        sizes = nib.affines.voxel_sizes(self.affine)
+        out = [0.0, 0.0, 0.0]
+        for src, (dst, _) in enumerate(self.to_canonical):
+            out[int(dst)] = float(sizes[src])
+        return (out[0], out[1], out[2])
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.endswith(NIFTI_SUFFIXES) and not path.name.startswith(".")
+
+
+def case_name(path: Path) -> str:
+    """File name without the NIfTI suffix: ``a/b/case_01.nii.gz`` -> ``case_01``."""
+    for suffix in NIFTI_SUFFIXES[::-1]:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def list_niftis(folder: Path, what: str = "images") -> list[Path]:
+    """The NIfTI files of a folder, sorted; raises on a missing or empty folder or duplicate cases."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: {what} folder not found; check the path")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p))
+    if not files:
+        raise InputError(f"{folder}: no .nii or .nii.gz files in this {what} folder")
+    names = [case_name(p) for p in files]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise InputError(f"{folder}: case names {dups} appear twice (.nii and .nii.gz); keep one of each")
+    return files
+
+
+def load_volume(path: str | Path, kind: str = "image") -> nib.Nifti1Image:
+    """Load a 3D NIfTI and check it is usable; the data are read lazily by the caller.
+
+    A trailing singleton 4th axis (X, Y, Z, 1) is accepted and dropped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: {kind} file not found; check the path")
+    if not path.is_file():
+        raise InputError(f"{path}: is a folder, expected a .nii or .nii.gz {kind} file")
+    if not path.name.endswith(NIFTI_SUFFIXES):
+        raise InputError(f"{path}: not a NIfTI file name; expected .nii or .nii.gz")
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises several types for corrupt or foreign files
+        raise InputError(f"{path}: cannot be read as NIfTI ({exc.__class__.__name__}: {exc}); is the file complete?") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"{path}: not a NIfTI image ({type(img).__name__})")
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., 0], img.affine, img.header)
+        shape = img.shape
+    if len(shape) != 3:
+        raise InputError(f"{path}: {kind} has {len(shape)} dimensions {tuple(shape)}; slice2d needs one 3D volume (X, Y, Z)")
+    if min(shape) < 1:
+        raise InputError(f"{path}: {kind} is empty, shape {tuple(shape)}")
+    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
+        raise InputError(f"{path}: the affine is not invertible; fix the header (qform/sform)")
+    return img
+
+
+def read_array(img: nib.Nifti1Image, path: str | Path, kind: str = "image") -> np.ndarray:
+    """The voxel data as float32 (images) or integers (label maps), with NaN/Inf refused."""
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise InputError(f"{path}: voxel data cannot be read ({exc.__class__.__name__}); the file is probably truncated") from None
+    if data.ndim == 4:
+        data = data[..., 0]
+    if kind == "image":
+        data = np.asarray(data, dtype=np.float32)
+        if not np.all(np.isfinite(data)):
+            raise InputError(f"{path}: contains NaN or Inf voxels; replace them (e.g. with -1024 HU) first")
+        return data
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+            raise InputError(f"{path}: label map has non-integer values; is this an image rather than labels?")
+    if data.min() < 0 or data.max() > 255:
+        raise InputError(f"{path}: label values {int(data.min())}..{int(data.max())} are outside 0..255")
+    return data.astype(np.uint8)
+
+
+def check_same_grid(img: nib.Nifti1Image, other: nib.Nifti1Image, img_path: Path, other_path: Path) -> None:
+    """Raise unless two volumes share shape and affine (image and its label map, prediction and reference)."""
+    if tuple(img.shape[:3]) != tuple(other.shape[:3]):
+        raise InputError(f"{other_path}: shape {tuple(other.shape)} differs from {img_path.name} {tuple(img.shape)}; are they the same series?")
+    if not np.allclose(img.affine, other.affine, atol=1e-4):
+        raise InputError(f"{other_path}: affine differs from {img_path.name}; are they the same series? "
+                         f"(max difference {np.abs(img.affine - other.affine).max():.4g} mm)")
+
+
+def geometry_of(img: nib.Nifti1Image) -> Geometry:
+    return Geometry(affine=np.asarray(img.affine, dtype=np.float64), shape=tuple(int(s) for s in img.shape[:3]),
+                    axcodes=tuple(nib.aff2axcodes(img.affine)))
+
+
+def to_canonical(array: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Input-grid array (X, Y, Z) -> canonical (P, L, S) array (a view where possible)."""
+    return apply_orientation(array, geometry.to_canonical)
+
+
+def from_canonical(array: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Canonical (P, L, S) array -> the input's own grid; the exact inverse of ``to_canonical``."""
+    out = apply_orientation(array, geometry.from_canonical)
+    if tuple(out.shape[:3]) != geometry.shape:
+        raise RuntimeError(f"orientation round trip gave shape {out.shape[:3]}, expected {geometry.shape}")
+    return out
+
+
+def check_hu(image: np.ndarray, path: str | Path) -> None:
+    """Refuse an image that is clearly not in Hounsfield units (no air below -500 HU)."""
+    if float(image.min()) > -500:
+        raise InputError(
+            f"{path}: intensities {image.min():.0f}..{image.max():.0f} do not look like Hounsfield units "
+            "(no air below -500); convert to HU, or use a model/config with intensity.mode: uint8 for 8-bit data")
+
+
+def tmp_path_for(path: Path) -> Path:
+    """A hidden temporary sibling with the same suffix, renamed onto ``path`` once complete."""
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    return path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
+
+
+def save_like(array: np.ndarray, reference: nib.Nifti1Image, path: str | Path, dtype=np.uint8) -> Path:
+    """Write ``array`` on the reference's grid (its affine and qform/sform codes), atomically.
+
+    Label maps are uint8 with scale slope 1 and intercept 0.
+    """
+    path = Path(path)
+    if tuple(array.shape[:3]) != tuple(reference.shape[:3]):
+        raise RuntimeError(f"{path}: refusing to write shape {array.shape} onto a {reference.shape} grid")
+    header = nib.Nifti1Header()
+    out = nib.Nifti1Image(np.asarray(array, dtype=dtype), reference.affine, header)
+    qform, qcode = reference.get_qform(coded=True)
+    sform, scode = reference.get_sform(coded=True)
+    out.set_qform(reference.affine if qform is None else qform, int(qcode) if qform is not None else 1)
+    out.set_sform(reference.affine if sform is None else sform, int(scode) if sform is not None else 1)
+    out.header.set_data_dtype(dtype)
+    out.header["scl_slope"] = 1.0
+    out.header["scl_inter"] = 0.0
+    if not np.allclose(out.affine, reference.affine, atol=1e-6):
+        raise RuntimeError(f"{path}: output affine would differ from the input's; not writing")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        nib.save(out, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,114 @@
+"""Focal + Dice loss and per-class overlap metrics, as keras.ops functions with thin registered classes.
+
+Labels arrive as class indices (B, H, W); predictions as softmax probabilities (B, H, W, C).
+Dice is computed per class, pooling the pixels of the whole batch (the "batch Dice" of nnU-Net):
+slices without a class then do not produce undefined per-slice ratios, and background is left out
+so that it cannot dominate.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+EPS = 1e-6
+
+
+def _one_hot(y_true, n_classes: int):
+    y_true = ops.cast(y_true, "int32")
+    if len(y_true.shape) == 4:
+        y_true = ops.squeeze(y_true, axis=-1)
+    return ops.one_hot(y_true, n_classes)
+
+
+def focal_loss(y_true, y_pred, gamma: float = 2.0):
+    """Mean categorical focal cross-entropy (Lin et al. 2017) over pixels."""
+    y_onehot = _one_hot(y_true, y_pred.shape[-1])
+    p = ops.clip(ops.cast(y_pred, "float32"), EPS, 1.0 - EPS)
+    per_pixel = -ops.sum(y_onehot * ops.power(1.0 - p, gamma) * ops.log(p), axis=-1)
+    return ops.mean(per_pixel)
+
+
+def soft_dice_loss(y_true, y_pred, smooth: float = 1.0):
+    """1 - mean soft Dice over the foreground classes, each pooled over batch and pixels."""
+    y_onehot = _one_hot(y_true, y_pred.shape[-1])[..., 1:]
+    p = ops.cast(y_pred, "float32")[..., 1:]
+    axes = (0, 1, 2)
+    intersection = ops.sum(y_onehot * p, axis=axes)
+    denominator = ops.sum(y_onehot, axis=axes) + ops.sum(p, axis=axes)
+    return 1.0 - ops.mean((2.0 * intersection + smooth) / (denominator + smooth))
+
+
+@keras.saving.register_keras_serializable(package="slice2d")
+class FocalDiceLoss(keras.losses.Loss):
+    """``focal_weight * focal(gamma) + dice_weight * soft Dice`` for softmax segmentation."""
+
+    def __init__(self, focal_weight: float = 1.0, dice_weight: float = 1.0, gamma: float = 2.0,
+                 name: str = "focal_dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.focal_weight = focal_weight
+        self.dice_weight = dice_weight
+        self.gamma = gamma
+
+    def call(self, y_true, y_pred):
+        return (self.focal_weight * focal_loss(y_true, y_pred, self.gamma)
+                + self.dice_weight * soft_dice_loss(y_true, y_pred))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "focal_weight": self.focal_weight, "dice_weight": self.dice_weight,
+                "gamma": self.gamma}
+
+
+@keras.saving.register_keras_serializable(package="slice2d")
+class OverlapScore(keras.metrics.Metric):
+    """Dice or IoU of the argmax prediction, accumulated over all pixels of an epoch.
+
+    class_ids: the classes to score; with several, the result is their mean (e.g. all foreground).
+    A class absent from both prediction and truth for the whole epoch scores 1.
+    """
+
+    def __init__(self, class_ids: list[int], kind: str = "dice", name: str | None = None, **kwargs):
+        if kind not in ("dice", "iou"):
+            raise ValueError(f"kind must be 'dice' or 'iou', got {kind!r}")
+        super().__init__(name=name or f"{kind}_{'_'.join(map(str, class_ids))}", **kwargs)
+        self.class_ids = [int(c) for c in class_ids]
+        self.kind = kind
+        n = len(self.class_ids)
+        self.intersection = self.add_variable(shape=(n,), initializer="zeros", name="intersection")
+        self.total = self.add_variable(shape=(n,), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "int32")
+        if len(y_true.shape) == 4:
+            y_true = ops.squeeze(y_true, axis=-1)
+        y_hat = ops.argmax(y_pred, axis=-1)
+        inter, total = [], []
+        for c in self.class_ids:
+            t = ops.cast(ops.equal(y_true, c), "float32")
+            p = ops.cast(ops.equal(y_hat, c), "float32")
+            inter.append(ops.sum(t * p))
+            total.append(ops.sum(t) + ops.sum(p))
+        self.intersection.assign_add(ops.stack(inter))
+        self.total.assign_add(ops.stack(total))
+
+    def result(self):
+        if self.kind == "dice":
+            score = (2.0 * self.intersection + EPS) / (self.total + EPS)
+        else:
+            score = (self.intersection + EPS) / (self.total - self.intersection + EPS)
+        return ops.mean(score)
+
+    def reset_state(self):
+        self.intersection.assign(ops.zeros_like(self.intersection))
+        self.total.assign(ops.zeros_like(self.total))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "class_ids": self.class_ids, "kind": self.kind}
+
+
+def overlap_metrics(classes: tuple[str, ...] | list[str]) -> list[OverlapScore]:
+    """Per-class Dice and IoU for every foreground class, plus the foreground mean Dice (``dice_mean``)."""
+    metrics: list[OverlapScore] = [OverlapScore(list(range(1, len(classes))), "dice", name="dice_mean")]
+    for c, name in enumerate(classes[1:], start=1):
+        metrics += [OverlapScore([c], "dice", name=f"dice_{name}"), OverlapScore([c], "iou", name=f"iou_{name}")]
+    return metrics

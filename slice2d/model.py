@@ -1,0 +1,54 @@
+"""The U-Net (Ronneberger et al. 2015), built with the Keras functional API from built-in layers only.
+
+Input (size, size, 1) normalised slices; output (size, size, n_classes) softmax probabilities.
+Each level has two 3x3 convolutions (optionally a residual block), max-pooling on the way down,
+transposed convolutions and skip connections on the way up; filters double at each level.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from slice2d.config import ModelConfig
+
+
+def _conv_block(x, filters: int, cfg: ModelConfig, name: str):
+    shortcut = x
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not cfg.batch_norm, kernel_initializer="he_normal",
+                          name=f"{name}_conv{i}")(x)
+        if cfg.batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        if not (cfg.residual and i == 2):
+            x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    if cfg.residual:
+        if shortcut.shape[-1] != filters:
+            shortcut = layers.Conv2D(filters, 1, padding="same", name=f"{name}_proj")(shortcut)
+        x = layers.Activation("relu", name=f"{name}_relu2")(layers.Add(name=f"{name}_add")([x, shortcut]))
+    return x
+
+
+def build_unet(size: int, n_classes: int, cfg: ModelConfig) -> keras.Model:
+    """A U-Net for ``size x size`` single-channel slices; ``size`` must be divisible by 2**depth."""
+    if size % (2 ** cfg.depth):
+        raise ValueError(f"slice size {size} is not divisible by 2**depth = {2 ** cfg.depth}; "
+                         "change data.size or model.depth")
+    inputs = keras.Input((size, size, 1), name="slice")
+    x = inputs
+    skips = []
+    for level in range(cfg.depth):
+        x = _conv_block(x, cfg.base_filters * 2 ** level, cfg, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _conv_block(x, cfg.base_filters * 2 ** cfg.depth, cfg, "bottom")
+    if cfg.dropout:
+        x = layers.Dropout(cfg.dropout, name="bottom_dropout")(x)
+    for level in reversed(range(cfg.depth)):
+        filters = cfg.base_filters * 2 ** level
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}_transpose")(x)
+        x = layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
+        x = _conv_block(x, filters, cfg, f"up{level}")
+    # float32 softmax even under mixed precision, for a stable loss
+    outputs = layers.Conv2D(n_classes, 1, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="unet")

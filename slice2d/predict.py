@@ -1,0 +1,133 @@
+"""predict(volume, run) -> label volume on the input's own grid.
+
+A run folder (see ``slice2d.train``) carries everything prediction needs: the model, the intensity
+convention and the slice size. The volume goes through the same steps as in ``prepare``
+(canonical orientation, normalisation, resize keeping the aspect, padding); the network's class
+probabilities are cropped, resized back to each slice's own pixel grid, and the argmax is put back
+in the input's orientation. The written mask carries the input's affine, checked before writing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slice2d.config import Config, ConfigError, load_config
+from slice2d.io import (Geometry, InputError, check_hu, from_canonical, geometry_of, is_nifti,
+                        list_niftis, load_volume, read_array, save_like, to_canonical)
+from slice2d.slicing import image_to_slices, normalise, plan_slices, probabilities_to_slice
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trained model with the configuration it was trained with."""
+
+    path: Path
+    cfg: Config
+    model: object  # keras.Model; typed loosely so that importing this module stays cheap
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a run folder; the model is loaded in Keras safe mode (no code from the file runs)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: model run folder not found; train one with `slice2d train` or check --model")
+    missing = [f for f in ("model.keras", "config.yaml") if not (path / f).is_file()]
+    if missing:
+        raise InputError(f"{path}: run folder lacks {', '.join(missing)}; is training finished?")
+    try:
+        cfg = load_config(path / "config.yaml")
+    except ConfigError as exc:
+        raise InputError(f"{exc}; the run folder may come from an incompatible slice2d version") from None
+
+    import keras
+
+    import slice2d.losses  # noqa: F401  registers the custom objects
+
+    try:
+        model = keras.saving.load_model(path / "model.keras", compile=False, safe_mode=True)
+    except Exception as exc:
+        raise InputError(f"{path / 'model.keras'}: cannot be loaded ({exc.__class__.__name__}); "
+                         "the file is damaged or from an incompatible version") from None
+    expected = (None, cfg.data.size, cfg.data.size, len(cfg.data.classes))
+    if tuple(model.output_shape) != expected:
+        raise InputError(f"{path}: model output {model.output_shape} does not match config.yaml {expected}")
+    return Run(path=path, cfg=cfg, model=model)
+
+
+def predict_slices(run: Run, slices: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Network probabilities (N, size, size, C) for normalised slices (N, size, size).
+
+    Batches are padded to one fixed size so that the compiled graph is traced once.
+    """
+    n = len(slices)
+    out = np.empty((n, *slices.shape[1:], len(run.cfg.data.classes)), dtype=np.float32)
+    batch = np.zeros((batch_size, *slices.shape[1:], 1), dtype=np.float32)
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        batch[: stop - start, ..., 0] = slices[start:stop]
+        out[start:stop] = np.asarray(run.model.predict_on_batch(batch))[: stop - start]
+    return out
+
+
+def predict_array(run: Run, image: np.ndarray, geometry: Geometry, batch_size: int = 32,
+                  probabilities: bool = False, source: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
+    """Segment one volume.
+
+    image: raw intensities (HU, or 0..255 for a uint8 model) on the input grid (X, Y, Z).
+    Returns the label map (X, Y, Z) uint8 on the same grid, and with ``probabilities`` the class
+    probabilities (X, Y, Z, C) float32 (else None).
+    """
+    data = run.cfg.data
+    if data.intensity.mode == "hu":
+        check_hu(image, source)
+    canonical = to_canonical(normalise(image, data.intensity), geometry)
+    spacing = geometry.canonical_spacing
+    sgeom = plan_slices(canonical.shape[0], canonical.shape[1], data.size, (spacing[0], spacing[1]))
+    probs = predict_slices(run, image_to_slices(canonical, sgeom), batch_size)
+    labels = np.empty(canonical.shape, dtype=np.uint8)
+    full = np.empty((*canonical.shape, probs.shape[-1]), dtype=np.float32) if probabilities else None
+    for k in range(canonical.shape[2]):
+        p = probabilities_to_slice(probs[k], sgeom)
+        labels[:, :, k] = np.argmax(p, axis=-1)
+        if full is not None:
+            full[:, :, k] = p
+    return from_canonical(labels, geometry), (from_canonical(full, geometry) if full is not None else None)
+
+
+def input_files(source: str | Path) -> list[Path]:
+    """A NIfTI file, or the NIfTI files of a folder."""
+    source = Path(source)
+    if source.is_dir():
+        return list_niftis(source, "input")
+    load_volume(source)  # one clear error for a missing or foreign file
+    if not is_nifti(source):
+        raise InputError(f"{source}: not a .nii or .nii.gz file")
+    return [source]
+
+
+def predict_files(run: Run, inputs: list[Path], out_dir: str | Path, batch_size: int = 32,
+                  probabilities: bool = False, progress: Callable[[Path], None] | None = None) -> list[Path]:
+    """Segment each input NIfTI and write ``out_dir/<same file name>`` (uint8 labels, the input's grid).
+
+    With ``probabilities``, also ``out_dir/probabilities/<name>``: float32 (X, Y, Z, C-1), the
+    probability of each foreground class.
+    """
+    out_dir = Path(out_dir)
+    for path in inputs:
+        if (out_dir / path.name).resolve() == path.resolve():
+            raise InputError(f"{path}: --out would overwrite the input; choose another output folder")
+    written = []
+    for path in inputs:
+        img = load_volume(path, "image")
+        labels, probs = predict_array(run, read_array(img, path), geometry_of(img), batch_size, probabilities, str(path))
+        written.append(save_like(labels, img, out_dir / path.name))
+        if probs is not None:
+            save_like(probs[..., 1:], img, out_dir / "probabilities" / path.name, dtype=np.float32)
+        if progress:
+            progress(path)
+    return written
+

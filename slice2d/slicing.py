@@ -1,0 +1,97 @@
+"""Canonical volume <-> square network slices: window, resize keeping the aspect, pad; and the inverse.
+
+Each axial slice of a canonical (P, L, S) volume, of ``rows x cols`` pixels, is resized so that its
+longer physical side fills ``size`` pixels (pixel spacing is taken into account, so anatomy keeps
+its true proportions) and is centred on a ``size x size`` canvas. ``SliceGeometry`` records the
+resize and the padding; the inverse crops the padding and resizes back to ``rows x cols``.
+
+Label maps use an index-based nearest-neighbour lookup through pixel centres. When a slice is
+enlarged (rows, cols <= size) this is an exact round trip; when it is shrunk, detail finer than the
+new pixel is necessarily lost. Predictions are brought back by resizing class probabilities
+linearly and taking the argmax on the original grid, which gives smoother boundaries than
+resizing labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from slice2d.config import IntensityConfig
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """rows, cols: canonical slice shape; new_rows, new_cols: after resizing; top, left: padding offset."""
+
+    rows: int
+    cols: int
+    new_rows: int
+    new_cols: int
+    top: int
+    left: int
+    size: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def plan_slices(rows: int, cols: int, size: int, spacing: tuple[float, float] = (1.0, 1.0)) -> SliceGeometry:
+    """How to fit a ``rows x cols`` slice with pixel spacing (row mm, col mm) into ``size x size``."""
+    extent_r, extent_c = rows * spacing[0], cols * spacing[1]
+    scale = size / max(extent_r, extent_c)
+    new_rows = int(min(size, max(1, round(extent_r * scale))))
+    new_cols = int(min(size, max(1, round(extent_c * scale))))
+    return SliceGeometry(rows, cols, new_rows, new_cols, (size - new_rows) // 2, (size - new_cols) // 2, size)
+
+
+def normalise(image: np.ndarray, intensity: IntensityConfig) -> np.ndarray:
+    """Raw intensities -> float32 in [0, 1]: HU clipped to the window, or 8-bit divided by 255."""
+    low, high = (0.0, 255.0) if intensity.mode == "uint8" else intensity.window
+    out = (np.asarray(image, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _nearest_index(n_from: int, n_to: int) -> np.ndarray:
+    """For each of ``n_to`` output pixels, the input pixel whose extent holds its centre."""
+    return np.minimum(((np.arange(n_to) + 0.5) * n_from / n_to).astype(np.int64), n_from - 1)
+
+
+def image_to_slices(volume: np.ndarray, geom: SliceGeometry) -> np.ndarray:
+    """Normalised canonical volume (rows, cols, Z) -> slices (Z, size, size) float32, padding 0."""
+    out = np.zeros((volume.shape[2], geom.size, geom.size), dtype=np.float32)
+    shrink = geom.new_rows < geom.rows or geom.new_cols < geom.cols
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    for k in range(volume.shape[2]):
+        resized = cv2.resize(np.ascontiguousarray(volume[:, :, k], dtype=np.float32),
+                             (geom.new_cols, geom.new_rows), interpolation=interp)
+        out[k, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols] = resized
+    return out
+
+
+def labels_to_slices(labels: np.ndarray, geom: SliceGeometry) -> np.ndarray:
+    """Canonical label volume (rows, cols, Z) -> slices (Z, size, size) uint8, nearest neighbour."""
+    r = _nearest_index(geom.rows, geom.new_rows)
+    c = _nearest_index(geom.cols, geom.new_cols)
+    out = np.zeros((labels.shape[2], geom.size, geom.size), dtype=np.uint8)
+    out[:, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols] = \
+        np.moveaxis(labels[r][:, c], 2, 0)
+    return out
+
+
+def slices_to_labels(slices: np.ndarray, geom: SliceGeometry) -> np.ndarray:
+    """Label slices (Z, size, size) -> canonical label volume (rows, cols, Z); inverse of ``labels_to_slices``."""
+    inner = slices[:, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols]
+    r = _nearest_index(geom.new_rows, geom.rows)
+    c = _nearest_index(geom.new_cols, geom.cols)
+    return np.ascontiguousarray(np.moveaxis(inner[:, r][:, :, c], 0, 2))
+
+
+def probabilities_to_slice(probs: np.ndarray, geom: SliceGeometry) -> np.ndarray:
+    """One slice of class probabilities (size, size, C) -> (rows, cols, C) on the canonical grid."""
+    inner = probs[geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols]
+    out = cv2.resize(np.ascontiguousarray(inner, dtype=np.float32), (geom.cols, geom.rows),
+                     interpolation=cv2.INTER_LINEAR)
+    return out.reshape(geom.rows, geom.cols, probs.shape[-1])

@@ -1,0 +1,201 @@
+"""train(slices, out, cfg) -> a self-describing run folder.
+
+The run folder holds ``model.keras`` (best epoch by validation mean foreground Dice), ``config.yaml``
+(the exact configuration, including the data section the slices were prepared with),
+``splits.json`` (case ids for training and validation), ``history.csv``, ``curves.png`` and a short
+model card ``README.md``. An interrupted run continues with ``resume=True``: the same splits, the
+weights and optimiser of the last finished epoch, and the history appended.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from slice2d import __version__
+from slice2d.config import Config, config_from_yaml, load_config
+from slice2d.dataset import SliceFile, Split, split_cases
+from slice2d.io import InputError
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("model.keras", "config.yaml", "splits.json")
+MONITOR = "val_dice_mean"
+
+
+def _resolve_config(slices: SliceFile, cfg: Config) -> Config:
+    """The run's config: model and training from ``cfg``, data exactly as the slices were prepared."""
+    data = config_from_yaml(slices.data_config_yaml).data
+    if data != cfg.data:
+        log.info("using the data settings stored in %s (they define the slices)", slices.path)
+    return Config(data=data, model=cfg.model, train=cfg.train)
+
+
+def _read_history(path: Path) -> list[dict[str, float]]:
+    import csv
+    if not path.exists():
+        return []
+    with path.open() as f:
+        rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    by_epoch = {int(r["epoch"]): r for r in rows if "epoch" in r}  # a resumed epoch replaces its first try
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Config):
+    """Endless augmented batches of a fixed size (XLA compiles one shape)."""
+    from slice2d.augment import augment_batch, build_augmentation
+    pipeline = build_augmentation(cfg.train.augment, cfg.train.seed)
+    rng = np.random.default_rng(cfg.train.seed)
+    while True:
+        order = rng.permutation(len(images))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            idx = np.sort(order[start:start + batch_size])
+            yield augment_batch(pipeline, images[idx], labels[idx])
+
+
+def plot_history(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    epochs = [int(r["epoch"]) + 1 for r in history]
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("loss", "train"), ("val_loss", "validation")):
+        ax_loss.plot(epochs, [r.get(key, np.nan) for r in history], marker="o", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="focal + Dice loss", title="Loss")
+    for key in sorted(k for k in history[-1] if k.startswith("val_dice_")):
+        ax_dice.plot(epochs, [r.get(key, np.nan) for r in history], marker="o", label=key[4:])
+    ax_dice.set(xlabel="epoch", ylabel="Dice (validation)", ylim=(0, 1), title="Validation Dice")
+    for ax in (ax_loss, ax_dice):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _model_card(out: Path, cfg: Config, slices_path: Path, split: Split, history: list[dict[str, float]]) -> str:
+    best = max(history, key=lambda r: r.get(MONITOR, -1.0)) if history else {}
+    metrics = "\n".join(f"| {k[4:]} | {v:.4f} |" for k, v in sorted(best.items()) if k.startswith("val_")
+                        and ("dice" in k or "iou" in k))
+    return f"""# slice2d model: {out.name}
+
+- slice2d {__version__}; U-Net depth {cfg.model.depth}, base filters {cfg.model.base_filters},
+  {'residual blocks, ' if cfg.model.residual else ''}classes {list(cfg.data.classes)}
+- Input: {cfg.data.size}x{cfg.data.size} axial slices in the canonical display orientation;
+  intensity {cfg.data.intensity.mode}{' window ' + str(list(cfg.data.intensity.window)) + ' HU' if cfg.data.intensity.mode == 'hu' else ''}.
+- Data: `{slices_path}`; {len(split.train)} training cases, {len(split.val)} validation cases (`splits.json`).
+- Best epoch: {int(best.get('epoch', -1)) + 1} of {len(history)}.
+
+## Validation metrics at the best epoch (pixels pooled over the validation slices)
+
+| metric | value |
+|---|---|
+{metrics}
+
+## Licence
+Weights trained by slice2d; the licence and attribution of the training data apply.
+"""
+
+
+def train(slices_path: str | Path, out: str | Path, cfg: Config, resume: bool = False, verbose: int = 1) -> Path:
+    """Train a U-Net on a prepared slice file and write the run folder ``out``.
+
+    resume: continue an interrupted run in ``out`` (its saved config and splits are used; the
+    ``epochs`` of ``cfg`` may extend it). Without it, ``out`` must not already hold a run.
+    """
+    import keras
+
+    from slice2d.losses import FocalDiceLoss, overlap_metrics
+    from slice2d.model import build_unet
+
+    out = Path(out)
+    backup = out / "backup"
+    if resume:
+        if not (out / "config.yaml").exists() or not (out / "splits.json").exists():
+            raise InputError(f"{out}: nothing to resume (no config.yaml/splits.json); start a new run without --resume")
+        saved = load_config(out / "config.yaml")
+        cfg = saved.updated(train={"epochs": cfg.train.epochs})
+    elif out.exists() and any(out.iterdir()):
+        raise InputError(f"{out}: run folder already exists and is not empty; pass --resume to continue it or choose another --out")
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    with SliceFile(slices_path) as slices:
+        if not resume:
+            cfg = _resolve_config(slices, cfg)
+        patients = {c: slices.patient(c) for c in slices.cases}
+        if resume:
+            split = Split(**json.loads((out / "splits.json").read_text()))
+            unknown = sorted(set(split.train + split.val) - set(patients))
+            if unknown:
+                raise InputError(f"{slices_path}: cases {unknown[:5]} of the run's splits.json are missing; resume with the same slice file")
+        else:
+            split = split_cases(patients, cfg.train.val_fraction, cfg.train.folds, cfg.train.fold, cfg.train.seed)
+        train_x, train_y = slices.arrays(split.train)
+        val_x, val_y = slices.arrays(split.val)
+    if len(train_x) == 0 or len(val_x) == 0:
+        raise InputError(f"{slices_path}: the split left {len(train_x)} training and {len(val_x)} validation slices; "
+                         "add cases or change train.val_fraction")
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "config.yaml", cfg.to_yaml())
+    _write_text(out / "splits.json", json.dumps(split.as_dict(), indent=1))
+    log.info("training on %d slices (%d cases), validating on %d slices (%d cases)",
+             len(train_x), len(split.train), len(val_x), len(split.val))
+
+    import tensorflow as tf
+
+    batch_size = min(cfg.train.batch_size, len(train_x))
+    size = cfg.data.size
+    train_ds = tf.data.Dataset.from_generator(
+        lambda: _batches(train_x, train_y, batch_size, cfg),
+        output_signature=(tf.TensorSpec((batch_size, size, size, 1), tf.float32),
+                          tf.TensorSpec((batch_size, size, size), tf.uint8)),
+    ).prefetch(2)
+    val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(batch_size).prefetch(2)
+
+    model = build_unet(size, len(cfg.data.classes), cfg.model)
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
+        loss=FocalDiceLoss(cfg.train.focal_weight, cfg.train.dice_weight, cfg.train.focal_gamma),
+        metrics=overlap_metrics(cfg.data.classes),
+        jit_compile=cfg.train.jit_compile,
+    )
+    history_path = out / "history.csv"
+    if not resume:
+        history_path.unlink(missing_ok=True)
+    previous = _read_history(history_path)
+    best_so_far = max((r.get(MONITOR, -np.inf) for r in previous), default=None)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True),
+        keras.callbacks.ModelCheckpoint(str(out / "model.keras"), monitor=MONITOR, mode="max", save_best_only=True,
+                                        initial_value_threshold=best_so_far),
+        keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.train.early_stopping_patience),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=cfg.train.lr_patience,
+                                          min_lr=cfg.train.min_learning_rate),
+        keras.callbacks.CSVLogger(str(history_path), append=True),
+    ]
+    model.fit(train_ds, steps_per_epoch=max(1, len(train_x) // batch_size), validation_data=val_ds,
+              epochs=cfg.train.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    if not (out / "model.keras").exists():  # no epoch beat the threshold (cannot happen on a fresh run)
+        model.save(out / "model.keras")
+    shutil.rmtree(backup, ignore_errors=True)
+    history = _read_history(history_path)
+    plot_history(history, out / "curves.png")
+    _write_text(out / "README.md", _model_card(out, cfg, Path(slices_path), split, history))
+    return out

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny synthetic volumes in several orientations, and the real-data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CT_SAMPLES = SHARED / "ct-samples"
+
+
+def _rotation(z_deg: float, x_deg: float) -> np.ndarray:
+    z, x = np.radians(z_deg), np.radians(x_deg)
+    rz = np.array([[np.cos(z), -np.sin(z), 0], [np.sin(z), np.cos(z), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
+    return rz @ rx
+
+
+def make_affine(kind: str, spacing=(0.8, 1.1, 3.3)) -> np.ndarray:
+    """RAS, LPS, or oblique (rotated 25 degrees about z and 10 about x) voxel -> world matrices."""
+    aff = np.eye(4)
+    if kind == "RAS":
+        aff[:3, :3] = np.diag(spacing)
+    elif kind == "LPS":
+        aff[:3, :3] = np.diag([-spacing[0], -spacing[1], spacing[2]])
+    elif kind == "oblique":
+        aff[:3, :3] = _rotation(25, 10) @ np.diag(spacing)
+    elif kind == "PIL":  # axes permuted: the axial direction is the second array axis
+        aff[:3, :3] = np.array([[0, 0, -spacing[2]], [-spacing[0], 0, 0], [0, -spacing[1], 0]], dtype=float)
+    else:
+        raise ValueError(kind)
+    aff[:3, 3] = [-100.0, 80.0, -250.0]
+    return aff
+
+
+def blob_labels(shape, rng: np.random.Generator, n_blobs: int = 6, values=(1, 2)) -> np.ndarray:
+    """Random ellipsoid blobs with label values from ``values``; some axial slices stay empty."""
+    labels = np.zeros(shape, dtype=np.uint8)
+    grid = np.ogrid[tuple(slice(0, s) for s in shape)]
+    for i in range(n_blobs):
+        centre = [rng.uniform(0.2, 0.8) * s for s in shape]
+        radius = [max(1.0, rng.uniform(0.05, 0.2) * s) for s in shape]
+        inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radius)) <= 1
+        labels[inside] = values[i % len(values)]
+    return labels
+
+
+def write_case(folder: Path, name: str, shape, affine, seed: int = 0) -> tuple[Path, Path]:
+    """An HU image (air, soft tissue, brighter blobs) and its label map, both written as NIfTI."""
+    rng = np.random.default_rng(seed)
+    labels = blob_labels(shape, rng)
+    image = np.full(shape, -1000.0, dtype=np.float32)
+    image[tuple(slice(s // 8, s - s // 8) for s in shape)] = -800.0
+    image[labels == 1] = -500.0
+    image[labels == 2] = 20.0
+    image += rng.normal(0, 20, shape).astype(np.float32)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    img_path, lab_path = folder / "images" / f"{name}.nii.gz", folder / "labels" / f"{name}.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), img_path)
+    nib.save(nib.Nifti1Image(labels, affine), lab_path)
+    return img_path, lab_path
+
+
+@pytest.fixture
+def cases_dir(tmp_path: Path) -> Path:
+    """Four small cases of odd sizes in RAS, LPS, oblique and permuted orientations."""
+    specs = [("ras", (37, 53, 11), "RAS"), ("lps", (45, 31, 9), "LPS"), ("oblique", (29, 41, 13), "oblique"),
+             ("pil", (23, 17, 33), "PIL")]
+    for i, (name, shape, kind) in enumerate(specs):
+        # PIL puts array axes 0 and 2 in-plane: give them similar spacing so that no slice axis is
+        # shrunk (shrinking is lossy, see test_shrinking_loses_only_fine_detail)
+        spacing = (1.1, 3.3, 0.9) if kind == "PIL" else (0.8, 1.1, 3.3)
+        write_case(tmp_path / "data", name, shape, make_affine(kind, spacing), seed=i)
+    return tmp_path / "data"
+
+
+def need_samples() -> Path:
+    if not CT_SAMPLES.is_dir():
+        pytest.skip(f"real CT samples not found at {CT_SAMPLES} (../shared/data is absent outside the dev setup)")
+    return CT_SAMPLES

@@ -1,0 +1,135 @@
+"""The CLI: instant help, and one clear line with a non-zero exit for each kind of bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import make_affine, write_case
+from typer.testing import CliRunner
+
+from slice2d.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    out = result.output.strip()
+    assert out.startswith("error: "), out
+    assert "Traceback" not in out
+    assert len(out.splitlines()) == 1, out
+    for fragment in fragments:
+        assert fragment in out, (fragment, out)
+
+
+def test_help_does_not_import_tensorflow():
+    code = ("import sys; from typer.testing import CliRunner; from slice2d.cli import app; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+            "assert 'predict' in r.output; print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    write_case(tmp_path / "good", "a", (20, 22, 6), make_affine("LPS"), seed=0)
+    write_case(tmp_path / "good", "b", (20, 22, 6), make_affine("RAS"), seed=1)
+    return tmp_path / "good"
+
+
+def _prepare(images: Path, labels: Path, out: Path):
+    return invoke("prepare", "--images", images, "--labels", labels, "--out", out, "--config", "lesions3", "-q")
+
+
+def test_prepare_ok_writes_file(good, tmp_path):
+    result = _prepare(good / "images", good / "labels", tmp_path / "s.h5")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "s.h5").is_file()
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def _corrupt(folder: Path, name: str, kind: str) -> None:
+    path = folder / f"{name}.nii.gz"
+    aff = make_affine("LPS")
+    if kind == "2d":
+        nib.save(nib.Nifti1Image(np.zeros((20, 22), np.float32), aff), path)
+    elif kind == "4d":
+        nib.save(nib.Nifti1Image(np.zeros((20, 22, 6, 3), np.float32), aff), path)
+    elif kind == "not-nifti":
+        path.write_bytes(b"this is not a NIfTI file at all" * 20)
+    elif kind == "truncated":
+        data = (folder.parent / "images" / f"{name}.nii.gz").read_bytes() if folder.name == "labels" else path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif kind == "shape":
+        nib.save(nib.Nifti1Image(np.zeros((20, 21, 6), np.uint8), aff), path)
+    elif kind == "affine":
+        nib.save(nib.Nifti1Image(np.zeros((20, 22, 6), np.uint8), make_affine("RAS")), path)
+    elif kind == "not-hu":
+        nib.save(nib.Nifti1Image(np.random.default_rng(0).integers(0, 256, (20, 22, 6)).astype(np.float32), aff), path)
+    elif kind == "nan":
+        data = np.zeros((20, 22, 6), np.float32) - 1000
+        data[3, 3, 3] = np.nan
+        nib.save(nib.Nifti1Image(data, aff), path)
+    elif kind == "bad-labels":
+        nib.save(nib.Nifti1Image(np.full((20, 22, 6), 7, np.uint8), aff), path)
+
+
+@pytest.mark.parametrize("where, kind, message", [
+    ("images", "2d", "2 dimensions"),
+    ("images", "4d", "4 dimensions"),
+    ("images", "not-nifti", "cannot be read as NIfTI"),
+    ("images", "truncated", "a.nii.gz"),
+    ("labels", "shape", "differs from a.nii.gz"),
+    ("labels", "affine", "affine differs"),
+    ("images", "not-hu", "Hounsfield"),
+    ("images", "nan", "NaN"),
+    ("labels", "bad-labels", "unexpected label values [7]"),
+])
+def test_prepare_bad_input(good, tmp_path, where, kind, message):
+    _corrupt(good / where, "a", kind)
+    out = tmp_path / "s.h5"
+    result = _prepare(good / "images", good / "labels", out)
+    assert_user_error(result, message)
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_prepare_missing_and_empty_folders(good, tmp_path):
+    assert_user_error(_prepare(tmp_path / "nope", good / "labels", tmp_path / "s.h5"), "folder not found")
+    (tmp_path / "empty").mkdir()
+    assert_user_error(_prepare(tmp_path / "empty", good / "labels", tmp_path / "s.h5"), "no .nii or .nii.gz")
+    (good / "labels" / "b.nii.gz").unlink()
+    assert_user_error(_prepare(good / "images", good / "labels", tmp_path / "s.h5"), "no label map for cases ['b']")
+
+
+def test_bad_config_names_the_field(good, tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("data:\n  size: 8\n")
+    result = invoke("prepare", "--images", good / "images", "--labels", good / "labels", "--out", tmp_path / "s.h5",
+                    "--config", cfg)
+    assert_user_error(result, "data.size")
+    assert_user_error(invoke("prepare", "--images", good / "images", "--labels", good / "labels",
+                             "--out", tmp_path / "s.h5", "--config", "no-such-preset"), "config file not found")
+
+
+def test_train_and_predict_bad_input(good, tmp_path):
+    not_h5 = tmp_path / "x.h5"
+    not_h5.write_bytes(b"nope")
+    assert_user_error(invoke("train", not_h5, "--out", tmp_path / "run"), "not a readable HDF5")
+    assert_user_error(invoke("train", tmp_path / "missing.h5", "--out", tmp_path / "run"), "not found")
+    assert_user_error(invoke("predict", good / "images" / "a.nii.gz", "--model", tmp_path / "norun",
+                             "--out", tmp_path / "o"), "run folder not found")
+    (tmp_path / "run").mkdir()
+    assert_user_error(invoke("predict", good / "images" / "a.nii.gz", "--model", tmp_path / "run",
+                             "--out", tmp_path / "o"), "lacks model.keras")
+    assert_user_error(invoke("predict", tmp_path / "nothing.nii.gz", "--model", tmp_path / "run",
+                             "--out", tmp_path / "o"), "not found")
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,89 @@
+"""Loss and metric values on hand-made tensors, and the save/load round trip of every custom object."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from slice2d.config import ModelConfig
+from slice2d.losses import FocalDiceLoss, OverlapScore, focal_loss, overlap_metrics, soft_dice_loss
+from slice2d.model import build_unet
+
+
+def _onehot_probs(labels: np.ndarray, n: int, p_true: float) -> np.ndarray:
+    """Probabilities giving ``p_true`` to the true class and the rest spread evenly."""
+    probs = np.full((*labels.shape, n), (1 - p_true) / (n - 1), dtype=np.float32)
+    np.put_along_axis(probs, labels[..., None].astype(np.int64), p_true, axis=-1)
+    return probs
+
+
+def test_focal_loss_known_value():
+    y = np.zeros((1, 2, 2), np.int32)
+    p = _onehot_probs(y, 2, 0.8)
+    expected = -(0.2 ** 2) * np.log(0.8)
+    assert float(focal_loss(y, p, gamma=2.0)) == pytest.approx(expected, rel=1e-5)
+    assert float(focal_loss(y, p, gamma=0.0)) == pytest.approx(-np.log(0.8), rel=1e-5)
+
+
+def test_dice_loss_known_value():
+    y = np.array([[[1, 1], [0, 0]]], np.int32)            # 2 foreground pixels
+    p = np.zeros((1, 2, 2, 2), np.float32)
+    p[..., 0] = 1.0
+    p[0, 0, 0] = [0.0, 1.0]                                # 1 of them predicted
+    # Dice = (2*1 + 1) / (2 + 1 + 1) with smooth 1
+    assert float(soft_dice_loss(y, p)) == pytest.approx(1 - 3 / 4, rel=1e-6)
+    perfect = _onehot_probs(y, 2, 1.0)
+    assert float(soft_dice_loss(y, perfect)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_overlap_score_dice_and_iou():
+    y = np.array([[[1, 1, 0, 2], [0, 0, 2, 2]]], np.int32)
+    pred_labels = np.array([[[1, 0, 0, 2], [1, 0, 2, 0]]], np.int32)
+    p = _onehot_probs(pred_labels, 3, 0.9)
+    dice1, iou1 = OverlapScore([1], "dice"), OverlapScore([1], "iou")
+    dice1.update_state(y, p)
+    iou1.update_state(y, p)
+    assert float(dice1.result()) == pytest.approx(2 * 1 / (2 + 2), rel=1e-5)   # |A∩B|=1, |A|=2, |B|=2
+    assert float(iou1.result()) == pytest.approx(1 / 3, rel=1e-5)
+    mean = OverlapScore([1, 2], "dice")
+    mean.update_state(y, p)
+    assert float(mean.result()) == pytest.approx((0.5 + 2 * 2 / (3 + 2)) / 2, rel=1e-5)
+    mean.reset_state()
+    assert float(mean.result()) == pytest.approx(1.0)   # nothing seen: absent classes score 1
+
+
+def test_loss_round_trip():
+    loss = FocalDiceLoss(focal_weight=0.5, dice_weight=2.0, gamma=1.5)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert isinstance(again, FocalDiceLoss)
+    assert (again.focal_weight, again.dice_weight, again.gamma) == (0.5, 2.0, 1.5)
+    y = np.array([[[1, 0], [0, 1]]], np.int32)
+    p = _onehot_probs(y, 2, 0.7)
+    assert float(again(y, p)) == pytest.approx(float(loss(y, p)), rel=1e-6)
+
+
+def test_compiled_model_save_load_safe_mode(tmp_path):
+    """model.keras with the custom loss and metrics loads in safe mode and predicts identically."""
+    cfg = ModelConfig(depth=2, base_filters=4, residual=True, dropout=0.1)
+    model = build_unet(32, 3, cfg)
+    model.compile(optimizer="adam", loss=FocalDiceLoss(), metrics=overlap_metrics(("bg", "a", "b")))
+    x = np.random.default_rng(0).random((2, 32, 32, 1)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 3, (2, 32, 32))
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert isinstance(loaded.loss, FocalDiceLoss)
+    before = model.evaluate(x, y, return_dict=True, verbose=0)
+    after = loaded.evaluate(x, y, return_dict=True, verbose=0)
+    assert {"dice_mean", "dice_a", "iou_a", "dice_b", "iou_b", "loss"} <= set(after)
+    for key, value in before.items():
+        assert after[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_unet_shapes_and_size_check():
+    model = build_unet(64, 2, ModelConfig(depth=3, base_filters=8))
+    assert model.output_shape == (None, 64, 64, 2)
+    with pytest.raises(ValueError, match="not divisible"):
+        build_unet(100, 2, ModelConfig(depth=3))

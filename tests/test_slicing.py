@@ -1,0 +1,103 @@
+"""Geometry: canonical orientation, aspect-preserving resize, and exact prepare -> reassemble round trips."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import make_affine, need_samples, write_case
+
+from slice2d.config import Config, DataConfig
+from slice2d.dataset import SliceFile, prepare
+from slice2d.io import geometry_of, to_canonical
+from slice2d.slicing import labels_to_slices, plan_slices, slices_to_labels
+
+
+def identity_config(size: int = 128, empty_fraction: float = 0.5) -> Config:
+    """Keeps label values as they are (up to 255), so a round trip must return them unchanged."""
+    return Config(data=DataConfig(size=size, classes=tuple(f"c{i}" for i in range(256)), label_map=None,
+                                  empty_fraction=empty_fraction))
+
+
+def test_prepare_then_reassemble_gives_labels_back_exactly(cases_dir, tmp_path):
+    out = prepare(cases_dir / "images", cases_dir / "labels", tmp_path / "s.h5", identity_config())
+    with SliceFile(out) as slices:
+        assert slices.cases == ["lps", "oblique", "pil", "ras"]
+        for case in slices.cases:
+            ref = nib.load(cases_dir / "labels" / f"{case}.nii.gz")
+            back = slices.reassemble_labels(case)
+            geometry, _ = slices.geometry(case)
+            assert back.shape == ref.shape
+            assert np.allclose(geometry.affine, ref.affine)
+            np.testing.assert_array_equal(back, np.asarray(ref.dataobj))
+
+
+def test_empty_slices_are_dropped_but_reassembly_is_still_exact(tmp_path):
+    img, lab = write_case(tmp_path, "a", (31, 27, 40), make_affine("LPS"), seed=3)
+    labels = np.asarray(nib.load(lab).dataobj)
+    n_empty = int((~labels.any(axis=(0, 1))).sum())
+    assert n_empty > 4
+    out = prepare(tmp_path / "images", tmp_path / "labels", tmp_path / "s.h5", identity_config(empty_fraction=0.0))
+    with SliceFile(out) as slices:
+        assert len(slices.h5["cases/a/z"]) == labels.shape[2] - n_empty
+        np.testing.assert_array_equal(slices.reassemble_labels("a"), labels)
+
+
+def test_same_anatomy_in_ras_and_lps_gives_the_same_canonical_array():
+    rng = np.random.default_rng(0)
+    ras = rng.integers(0, 5, (7, 9, 4)).astype(np.uint8)
+    lps = ras[::-1, ::-1, :]  # the same world content stored flipped in x and y
+    a_ras = make_affine("RAS", (1, 1, 1))
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:3, 3] = [6, 8, 0]
+    a_lps = a_ras @ flip
+    c1 = to_canonical(ras, geometry_of(nib.Nifti1Image(ras, a_ras)))
+    c2 = to_canonical(lps, geometry_of(nib.Nifti1Image(lps, a_lps)))
+    np.testing.assert_array_equal(c1, c2)
+    # canonical axis 0 runs anterior -> posterior, axis 1 right -> left (radiological display)
+    assert c1.shape == (9, 7, 4)
+    np.testing.assert_array_equal(c1[:, :, 0], ras[::-1, ::-1, 0].T)
+
+
+@pytest.mark.parametrize("rows, cols, spacing, expected", [
+    (64, 64, (1, 1), (128, 128)),
+    (256, 128, (1, 1), (128, 64)),
+    (100, 100, (2.0, 1.0), (128, 64)),     # anisotropic pixels keep their physical proportions
+    (512, 512, (0.7, 0.7), (128, 128)),
+    (3, 200, (1, 1), (2, 128)),
+])
+def test_plan_keeps_physical_aspect_and_centres(rows, cols, spacing, expected):
+    g = plan_slices(rows, cols, 128, spacing)
+    assert (g.new_rows, g.new_cols) == expected
+    assert g.top == (128 - expected[0]) // 2 and g.left == (128 - expected[1]) // 2
+
+
+def test_shrinking_loses_only_fine_detail():
+    """512-pixel slices shrunk to 128 cannot round-trip exactly; blobs still agree closely."""
+    rng = np.random.default_rng(1)
+    from conftest import blob_labels
+    labels = blob_labels((300, 240, 3), rng, n_blobs=5, values=(1,))
+    g = plan_slices(300, 240, 128)
+    back = slices_to_labels(labels_to_slices(labels, g), g)
+    dice = 2 * np.sum((back > 0) & (labels > 0)) / (np.sum(back > 0) + np.sum(labels > 0))
+    assert back.shape == labels.shape
+    assert 0.97 < dice < 1.0
+
+
+@pytest.mark.parametrize("image, labels, size", [
+    ("copdgene-10002K-ct-64.nii.gz", "copdgene-10002K-lungs-64.nii.gz", 128),   # LPS
+    ("copdgene-10002K-ct-64.nii.gz", "copdgene-10002K-zones-64.nii.gz", 128),
+    ("totalseg-example-ct.nii.gz", "totalseg-example-seg.nii.gz", 128),         # RAS, 100+ labels
+    ("copdgene-16021S-crop-ct.nii.gz", "copdgene-16021S-crop-lobes.nii.gz", 448),  # 443 x 349, not shrunk at 448
+])
+def test_round_trip_on_real_volumes(tmp_path, image, labels, size):
+    samples = need_samples()
+    for sub, name in (("images", image), ("labels", labels)):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "case.nii.gz").symlink_to(samples / name)
+    out = prepare(tmp_path / "images", tmp_path / "labels", tmp_path / "s.h5", identity_config(size, 1.0))
+    ref = nib.load(samples / labels)
+    with SliceFile(out) as slices:
+        back = slices.reassemble_labels("case")
+        assert np.allclose(slices.geometry("case")[0].affine, ref.affine)
+    np.testing.assert_array_equal(back, np.asarray(ref.dataobj))

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,6 +23,28 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="2D slice-based U-Net segmentation of chest CT: NIfTI in, NIfTI out.")
 log = logging.getLogger("slice2d")
 _state = {"debug": False, "quiet": False}
+
+class Scheme(str, Enum):
+    chung = "chung"
+    pan = "pan"
+    zones6 = "zones6"
+
+
+class LobeLabels(str, Enum):
+    slice2d = "slice2d"
+    lungmask = "lungmask"
+    totalsegmentator = "totalsegmentator"
+    csc = "csc"
+
+
+class Zones(str, Enum):
+    extent = "extent"
+    volume = "volume"
+    volume_joint = "volume-joint"
+
+
+# zone option -> (severity.lung_zones method, joint)
+_ZONES = {"extent": ("extent", False), "volume": ("volume", False), "volume-joint": ("volume", True)}
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.")]
 
@@ -145,20 +168,104 @@ def predict(
     input: Annotated[Path, typer.Argument(help="A .nii/.nii.gz volume or a folder of them.")],
     model: Annotated[Path, typer.Option(help="Run folder written by `slice2d train`.")],
     out: Annotated[Path, typer.Option(help="Output folder; masks get the input's file names.")],
+    lungs_model: Annotated[Optional[Path], typer.Option(help="Lung model run folder (default: built-in lung extraction).")] = None,
+    lobes_model: Annotated[Optional[Path], typer.Option(help="Lobe model run folder (default: six lung zones).")] = None,
+    lobes: Annotated[Optional[Path], typer.Option(help="Folder of lobe maps named like the inputs, instead of a lobe model.")] = None,
+    scheme: Annotated[Scheme, typer.Option(help="Severity scheme.")] = Scheme.chung,
+    lobe_labels: Annotated[LobeLabels, typer.Option(help="Label convention of the --lobes maps.")] = LobeLabels.slice2d,
+    zones: Annotated[Zones, typer.Option(help="How lungs are cut into thirds when there is no lobe map.")] = Zones.extent,
+    severity: Annotated[bool, typer.Option(help="For a lesion model: lungs, regions and a severity report per input.")] = True,
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per network call.")] = 32,
     probabilities: Annotated[bool, typer.Option(help="Also write class probabilities to OUT/probabilities/.")] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Segment CT volumes; each mask has exactly the input's shape and affine."""
+    """Segment CT volumes; each mask has exactly the input's shape and affine.
+
+    With a lesion model, also writes OUT/lungs/, OUT/severity/<case>.json|png and OUT/severity/cohort.csv.
+    """
     _setup(quiet)
+    from slice2d.pipeline import SeverityOptions, assess_files
     from slice2d.predict import input_files, load_run, predict_files
 
     with _user_errors():
+        if lobes is not None and lobes_model is not None:
+            raise typer.BadParameter("give --lobes or --lobes-model, not both")
         files = input_files(input)
         run = load_run(model)
         with _progress(len(files), "predict") as step:
-            written = predict_files(run, files, out, batch_size=batch_size, probabilities=probabilities, progress=step)
-    log.info("wrote %d label maps to %s", len(written), out)
+            if severity and run.cfg.data.task == "lesions":
+                options = SeverityOptions(scheme.value, lobe_labels.value, *_ZONES[zones.value])
+                assess_files(run, files, out, lung_run=load_run(lungs_model) if lungs_model else None,
+                             lobe_run=load_run(lobes_model) if lobes_model else None, lobes_dir=lobes,
+                             options=options, batch_size=batch_size, probabilities=probabilities, progress=step)
+                log.info("wrote lesion maps to %s, lung maps to %s, severity reports to %s",
+                         out, out / "lungs", out / "severity")
+            else:
+                predict_files(run, files, out, batch_size=batch_size, probabilities=probabilities, progress=step)
+                log.info("wrote %d label maps to %s", len(files), out)
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Option(help="Folder of predicted label maps.")],
+    ref: Annotated[Path, typer.Option(help="Folder of reference label maps with the same file names.")],
+    out: Annotated[Path, typer.Option(help="Output folder for metrics.csv, summary.json, metrics.png.")],
+    labels: Annotated[Optional[list[int]], typer.Option("--labels", help="Label values to score (repeat); default: all in the references.")] = None,
+    tolerance: Annotated[Optional[float], typer.Option(help="Surface-Dice tolerance in mm (default 3 mm; 1 mm suits lungs).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """3D metrics on the original grid: Dice, IoU, sensitivity, specificity, precision, HD95, ASSD, surface Dice, volumes."""
+    _setup(quiet)
+    from slice2d.io import list_niftis
+    from slice2d.metrics import evaluate_folders
+
+    with _user_errors():
+        n = len(list_niftis(pred, "prediction"))
+        with _progress(n, "evaluate") as step:
+            evaluate_folders(pred, ref, out, labels=labels or None, tolerance_mm=tolerance, progress=step)
+    log.info("wrote %s, %s and %s", out / "metrics.csv", out / "summary.json", out / "metrics.png")
+
+
+@app.command("severity")
+def severity_cmd(
+    lesions: Annotated[Path, typer.Option(help="Lesion label map (1 infection, or 1 ground-glass / 2 consolidation).")],
+    out: Annotated[Path, typer.Option(help="Report .json; a .png and a one-row .csv are written beside it.")],
+    lungs: Annotated[Optional[Path], typer.Option(help="Lung map (1 right, 2 left).")] = None,
+    lobes: Annotated[Optional[Path], typer.Option(help="Lobe map (convention: --lobe-labels).")] = None,
+    image: Annotated[Optional[Path], typer.Option(help="The CT (HU): figure background; lungs are extracted from it when --lungs is absent.")] = None,
+    scheme: Annotated[Scheme, typer.Option(help="Severity scheme.")] = Scheme.chung,
+    lobe_labels: Annotated[LobeLabels, typer.Option(help="Label convention of the lobe map.")] = LobeLabels.slice2d,
+    zones: Annotated[Zones, typer.Option(help="How lungs are cut into thirds when there is no lobe map.")] = Zones.extent,
+    quiet: Quiet = False,
+) -> None:
+    """Per-lobe (or per-zone) percentage of infection and the total severity score."""
+    _setup(quiet)
+    from slice2d.pipeline import SeverityOptions, score_files
+
+    with _user_errors():
+        options = SeverityOptions(scheme.value, lobe_labels.value, *_ZONES[zones.value])
+        report = score_files(lesions, lungs, lobes, image, options, out)
+    category = f" ({report['category']})" if report.get("category") else ""
+    log.info("%s TSS %d/%d%s, total PI %.1f %%; wrote %s", report["scheme"], report["tss"], report["tss_max"],
+             category, report["total_pi"], out)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo writes (replaced on a rerun).")] = Path("demo"),
+    cases: Annotated[int, typer.Option(min=3, help="Training phantoms.")] = 8,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the demo's training epochs.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Run the whole pipeline on built-in phantoms: synth, prepare, train, predict, evaluate, severity."""
+    _setup(quiet)
+    from slice2d.demo import run_demo
+
+    with _user_errors():
+        summary = run_demo(out, cases=cases, epochs=epochs, verbose=0 if quiet else 2, step=lambda s: log.info("== %s", s))
+    typer.echo(f"held-out lesion Dice: {summary['test_dice']:.3f}; Chung TSS per test case: {summary['tss']}")
+    for key in ("run", "predictions", "evaluation", "severity"):
+        typer.echo(f"  {key:<12} {summary[key]}")
 
 
 def run() -> None:

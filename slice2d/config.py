@@ -51,8 +51,12 @@ class DataConfig(_Frozen):
         ``None`` keeps values as they are (they must then be < len(classes)).
     empty_fraction: fraction of slices without any foreground class that ``prepare`` keeps
         (seeded); 1.0 keeps every slice.
+    task: what the labels are, so that ``predict`` knows what a model's output means:
+        ``lesions`` (1 infection, or 1 ground-glass / 2 consolidation), ``lungs`` (1 right, 2 left),
+        ``lobes`` (1 RUL, 2 RML, 3 RLL, 4 LUL, 5 LLL) or ``other``.
     """
 
+    task: Literal["lesions", "lungs", "lobes", "other"] = "lesions"
     intensity: IntensityConfig = IntensityConfig()
     size: int = Field(128, ge=16, le=1024)
     classes: tuple[str, ...] = ("background", "lesion")

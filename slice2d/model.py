@@ -19,7 +19,8 @@ def _conv_block(x, filters: int, cfg: ModelConfig, name: str):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=not cfg.batch_norm, kernel_initializer="he_normal",
                           name=f"{name}_conv{i}")(x)
         if cfg.batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+            # momentum 0.9: the moving statistics must settle within the few hundred steps of a small run
+            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
         if not (cfg.residual and i == 2):
             x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
     if cfg.residual:

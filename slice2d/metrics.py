@@ -1,0 +1,302 @@
+"""3D segmentation metrics on the original voxel grid, spacing-aware (millimetres, millilitres).
+
+Definitions (``pred`` and ``ref`` are boolean masks of the same shape, ``spacing`` the voxel
+sizes in mm along the array axes, e.g. ``nibabel.affines.voxel_sizes(img.affine)``):
+
+- dice = 2|P∩R| / (|P|+|R|); iou = |P∩R| / |P∪R|; sensitivity = TP/(TP+FN);
+  specificity = TN/(TN+FP); precision = TP/(TP+FP).
+- Surface: the mask minus its erosion with the face-connected (6-neighbour) structure; voxels on
+  the array border count as boundary. Surface distances come from
+  ``scipy.ndimage.distance_transform_edt(~surface, sampling=spacing)``, voxel centre to voxel
+  centre, in mm.
+- hd95_mm: 95th percentile of the union of both directed surface-distance sets (pred→ref and
+  ref→pred), as MONAI / medpy ``hd95``. assd_mm: mean of that union.
+- surface_dice: normalised surface Dice at ``tolerance_mm`` (Nikolov et al. 2021):
+  (|pred surface within tol of ref surface| + |ref surface within tol of pred surface|)
+  / (|pred surface| + |ref surface|), "within" meaning distance <= tol.
+- pred_ml, ref_ml: voxel count × prod(spacing) / 1000; rel_volume_error = (pred - ref) / ref.
+
+Empty-mask rule (the one rule used everywhere in slice2d):
+
+- both masks empty (a correct "nothing here"): dice = iou = surface_dice = 1.0,
+  hd95_mm = assd_mm = 0.0, specificity = 1.0, sensitivity = precision = NaN,
+  rel_volume_error = NaN.
+- exactly one mask empty: dice = iou = surface_dice = 0.0; hd95_mm = assd_mm = NaN (there is no
+  surface to measure a distance to); sensitivity = 0.0 if pred is empty, precision = 0.0 if ref
+  is empty, the other one NaN.
+- any ratio whose denominator is zero is NaN (sensitivity with an empty ref, precision with an
+  empty pred, specificity with no negatives, rel_volume_error with an empty ref, even when pred
+  is not empty: read pred_ml for the false-positive volume).
+
+NaN means "undefined": summaries use NaN-aware statistics and report ``n``, the number of defined
+values, so missing distances stay visible instead of being averaged away. JSON writes NaN as null.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from slice2d.report import atomic_path, metrics_boxplot
+
+logger = logging.getLogger(__name__)
+
+LUNG_TOLERANCE_MM = 1.0  # COVID-19-CT-Seg benchmark convention for lungs
+LESION_TOLERANCE_MM = 3.0  # COVID-19-CT-Seg benchmark convention for lesions
+
+METRIC_NAMES = (
+    "dice", "iou", "sensitivity", "specificity", "precision", "hd95_mm", "assd_mm",
+    "surface_dice", "pred_ml", "ref_ml", "rel_volume_error",
+)
+
+
+def default_tolerance(kind: str) -> float:
+    """Surface-Dice tolerance in mm for ``kind`` "lungs" (1 mm) or "lesions" (3 mm)."""
+    table = {"lungs": LUNG_TOLERANCE_MM, "lesions": LESION_TOLERANCE_MM}
+    if kind not in table:
+        raise ValueError(f"unknown tolerance kind {kind!r}; use one of {sorted(table)}")
+    return table[kind]
+
+
+def surface_mask(mask: np.ndarray) -> np.ndarray:
+    """Boundary voxels of a boolean mask: mask minus its 6-neighbour erosion (array border = boundary)."""
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure, border_value=0)
+
+
+def _ratio(num: int, den: int) -> float:
+    return float(num) / float(den) if den else math.nan
+
+
+def _check_spacing(spacing, ndim: int) -> tuple[float, ...]:
+    sp = tuple(float(s) for s in np.ravel(spacing))
+    if len(sp) != ndim or not all(s > 0 and math.isfinite(s) for s in sp):
+        raise ValueError(f"spacing {spacing!r} must give {ndim} positive voxel sizes in mm")
+    return sp
+
+
+def _surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]):
+    """Directed surface distances (pred→ref, ref→pred) in mm; both masks non-empty."""
+    # Crop to the union's bounding box plus one voxel: every surface voxel lies inside, so the
+    # distances are exact, and the margin keeps the erosion from inventing a border there.
+    idx = np.nonzero(pred | ref)
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in idx)
+    sp, sr = surface_mask(pred[box]), surface_mask(ref[box])
+    dt_ref = ndimage.distance_transform_edt(~sr, sampling=spacing)
+    dt_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)
+    return dt_ref[sp], dt_pred[sr]
+
+
+def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing, tolerance_mm: float = LESION_TOLERANCE_MM) -> dict:
+    """All metrics of the module docstring for one pair of boolean masks.
+
+    pred, ref: boolean arrays of the same shape (any dimension, usually (X, Y, Z)).
+    spacing: voxel sizes in mm along the array axes.
+    tolerance_mm: surface-Dice tolerance in mm.
+    Returns a dict keyed by ``METRIC_NAMES`` (floats, NaN where undefined).
+    """
+    pred = np.asarray(pred, dtype=bool)
+    ref = np.asarray(ref, dtype=bool)
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    sp = _check_spacing(spacing, pred.ndim)
+    voxel_ml = float(np.prod(sp)) / 1000.0
+    n_pred, n_ref = int(pred.sum()), int(ref.sum())
+    tp = int(np.count_nonzero(pred & ref))
+    fp, fn = n_pred - tp, n_ref - tp
+    tn = pred.size - tp - fp - fn
+    out = {
+        "dice": _ratio(2 * tp, n_pred + n_ref) if (n_pred + n_ref) else 1.0,
+        "iou": _ratio(tp, tp + fp + fn) if (tp + fp + fn) else 1.0,
+        "sensitivity": _ratio(tp, n_ref),
+        "specificity": _ratio(tn, tn + fp),
+        "precision": _ratio(tp, n_pred),
+        "pred_ml": n_pred * voxel_ml,
+        "ref_ml": n_ref * voxel_ml,
+        "rel_volume_error": _ratio(n_pred - n_ref, n_ref),
+    }
+    if n_pred == 0 and n_ref == 0:
+        out.update(hd95_mm=0.0, assd_mm=0.0, surface_dice=1.0)
+    elif n_pred == 0 or n_ref == 0:
+        out.update(hd95_mm=math.nan, assd_mm=math.nan, surface_dice=0.0)
+    else:
+        d_pr, d_rp = _surface_distances(pred, ref, sp)
+        both = np.concatenate([d_pr, d_rp])
+        out["hd95_mm"] = float(np.percentile(both, 95))
+        out["assd_mm"] = float(both.mean())
+        within = int(np.count_nonzero(d_pr <= tolerance_mm)) + int(np.count_nonzero(d_rp <= tolerance_mm))
+        out["surface_dice"] = within / both.size
+    return {k: float(out[k]) for k in METRIC_NAMES}
+
+
+def _label_table(labels) -> dict[int, str]:
+    if isinstance(labels, Mapping):
+        return {int(k): str(v) for k, v in labels.items()}
+    return {int(v): f"label_{int(v)}" for v in labels}
+
+
+def evaluate_case(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing,
+    labels: Mapping[int, str] | Sequence[int] | None = None,
+    tolerances: Mapping[int, float] | float | None = None,
+) -> list[dict]:
+    """Per-label metrics for one case.
+
+    pred, ref: integer label maps of the same shape (X, Y, Z), on the same grid.
+    spacing: voxel sizes in mm along the array axes.
+    labels: {label value: name}, or label values (named ``label_<v>``); None means the non-zero
+        values found in ``ref``.
+    tolerances: surface-Dice tolerance in mm, one for all labels or {label: mm}; labels missing
+        from the mapping and None use ``LESION_TOLERANCE_MM``.
+    Returns one dict per label: ``label``, ``name``, ``tolerance_mm`` and the ``METRIC_NAMES``.
+    """
+    pred = np.asarray(pred)
+    ref = np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    if labels is None:
+        labels = [int(v) for v in np.unique(ref) if v != 0]
+    table = _label_table(labels)
+    rows = []
+    for value, name in sorted(table.items()):
+        if isinstance(tolerances, Mapping):
+            tol = float(tolerances.get(value, LESION_TOLERANCE_MM))
+        else:
+            tol = LESION_TOLERANCE_MM if tolerances is None else float(tolerances)
+        row = {"label": value, "name": name, "tolerance_mm": tol}
+        row.update(binary_metrics(pred == value, ref == value, spacing, tol))
+        rows.append(row)
+    return rows
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder; give the folder holding the .nii / .nii.gz files")
+    files = {p.name: p for p in sorted(folder.iterdir())
+             if p.is_file() and (p.name.endswith(".nii") or p.name.endswith(".nii.gz"))}
+    if not files:
+        raise ValueError(f"{folder}: no .nii or .nii.gz files found; is this the right folder?")
+    return files
+
+
+def _case_name(file_name: str) -> str:
+    return file_name[:-7] if file_name.endswith(".nii.gz") else file_name[:-4]
+
+
+def _load_labels(path: Path):
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    if not np.issubdtype(data.dtype, np.integer):
+        if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+            raise ValueError(f"{path}: not a label map (non-integer values); give integer masks")
+        data = data.astype(np.int32)
+    return img, data
+
+
+def _stats(values: list[float]) -> dict:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    return {
+        "mean": float(v.mean()) if n else None,
+        "sd": float(v.std(ddof=1)) if n > 1 else None,
+        "median": float(np.median(v)) if n else None,
+        "n": n,
+    }
+
+
+def _csv_value(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else repr(v)
+    return str(v)
+
+
+def evaluate_folders(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    out_dir: str | Path,
+    labels: Mapping[int, str] | Sequence[int] | None = None,
+    tolerance_mm: Mapping[int, float] | float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Evaluate every prediction in ``pred_dir`` against the same-named reference in ``ref_dir``.
+
+    Files (``*.nii`` / ``*.nii.gz``) are paired by file name; each pair must share shape and
+    affine (``np.allclose(atol=1e-4)``), since metrics are computed on the original grid.
+    labels: as in ``evaluate_case``; None means the union of non-zero values over all references.
+    tolerance_mm: as ``tolerances`` in ``evaluate_case``.
+    progress: called with the case name after each case.
+    Writes ``out_dir/metrics.csv`` (one row per case and label), ``out_dir/summary.json`` (per label
+    and metric: mean, sd (ddof=1), median, n over defined values; NaN as null) and
+    ``out_dir/metrics.png`` (box plots); each is written to a temporary name and renamed when done.
+    Returns ``out_dir``.
+    """
+    pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
+    preds, refs = _nifti_files(pred_dir), _nifti_files(ref_dir)
+    only_pred, only_ref = sorted(set(preds) - set(refs)), sorted(set(refs) - set(preds))
+    if only_pred or only_ref:
+        raise ValueError(
+            f"predictions and references do not pair up by file name: only in {pred_dir}: "
+            f"{only_pred or 'none'}; only in {ref_dir}: {only_ref or 'none'}; "
+            "name each prediction like its reference")
+    names = sorted(preds)
+    if labels is None:
+        found: set[int] = set()
+        for name in names:
+            found.update(int(v) for v in np.unique(_load_labels(refs[name])[1]) if v != 0)
+        labels = sorted(found)
+    table = _label_table(labels)
+    if not table:
+        raise ValueError(f"{ref_dir}: all references are empty; pass the labels to evaluate explicitly")
+
+    rows: list[dict] = []
+    for name in names:
+        p_img, p = _load_labels(preds[name])
+        r_img, r = _load_labels(refs[name])
+        if p.shape != r.shape or not np.allclose(p_img.affine, r_img.affine, atol=1e-4):
+            raise ValueError(
+                f"{name}: prediction and reference are on different grids (prediction shape "
+                f"{p.shape}, affine {p_img.affine.round(4).tolist()}; reference shape {r.shape}, "
+                f"affine {r_img.affine.round(4).tolist()}); resample the prediction onto the "
+                "reference grid first")
+        import nibabel as nib
+
+        spacing = nib.affines.voxel_sizes(r_img.affine)
+        for row in evaluate_case(p, r, spacing, table, tolerance_mm):
+            rows.append({"case": _case_name(name), **row})
+        logger.info("evaluated %s", name)
+        if progress is not None:
+            progress(name)
+
+    summary = {"n_cases": len(names), "labels": {}}
+    for value, label_name in sorted(table.items()):
+        sel = [r for r in rows if r["label"] == value]
+        summary["labels"][label_name] = {
+            "label": value,
+            "tolerance_mm": sel[0]["tolerance_mm"],
+            "metrics": {m: _stats([r[m] for r in sel]) for m in METRIC_NAMES},
+        }
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fields = ["case", "label", "name", "tolerance_mm", *METRIC_NAMES]
+    targets = (out_dir / "metrics.csv", out_dir / "summary.json", out_dir / "metrics.png")
+    with atomic_path(*targets) as (tmp_csv, tmp_json, tmp_png):
+        with open(tmp_csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(fields)
+            for r in rows:
+                w.writerow([_csv_value(r[k]) for k in fields])
+        tmp_json.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        metrics_boxplot(rows, tmp_png)
+    return out_dir

@@ -1,0 +1,133 @@
+"""From a CT to a severity report: lesion model, lung map, regions, PI% and scores, per input.
+
+``assess_files`` is what ``slice2d predict`` runs for a lesion model: it writes the lesion map,
+the lung map (from a lung model, or the built-in training-free extraction), optionally a lobe map,
+and per case a JSON report and a one-page PNG, plus one cohort CSV.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from slice2d.io import InputError, case_name, check_same_grid, geometry_of, load_volume, read_array, save_like
+from slice2d.lungs import extract_lungs_nifti
+from slice2d.report import severity_figure
+from slice2d.severity import severity_report, write_cohort_csv, write_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SeverityOptions:
+    """scheme: chung | pan | zones6; lobe_labels: preset of the lobe maps; zone_method / zone_joint: see
+    ``severity.lung_zones``."""
+
+    scheme: str = "chung"
+    lobe_labels: str = "slice2d"
+    zone_method: str = "extent"
+    zone_joint: bool = False
+
+
+def _load_labels_on_grid(path: Path, img: nib.Nifti1Image, img_path: Path, kind: str) -> np.ndarray:
+    other = load_volume(path, kind)
+    check_same_grid(img, other, img_path, path)
+    return read_array(other, path, "label")
+
+
+def score_case(image: np.ndarray | None, lesions: np.ndarray, lungs: np.ndarray, lobes: np.ndarray | None,
+               affine: np.ndarray, case: str, options: SeverityOptions, json_path: Path) -> dict:
+    """Write the report to ``json_path`` and its figure beside it (same name, ``.png``); returns the report."""
+    report = severity_report(lesions, lungs, affine, lobes=lobes, scheme=options.scheme,
+                             lobe_labels=options.lobe_labels, case=case, zone_method=options.zone_method,
+                             zone_joint=options.zone_joint)
+    write_report(report, json_path)
+    background = image if image is not None else np.full(lesions.shape, -1000.0, np.float32)
+    severity_figure(background, lungs if lungs is not None else (lobes > 0).astype(np.uint8), lesions, affine,
+                    report, json_path.with_suffix(".png"), regions_map=lobes)
+    return report
+
+
+def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=None, lobe_run=None,
+                 lobes_dir: Path | None = None, options: SeverityOptions = SeverityOptions(),
+                 batch_size: int = 32, probabilities: bool = False,
+                 progress: Callable[[Path], None] | None = None) -> list[dict]:
+    """Segment lesions, find the lungs (and lobes), and score each input NIfTI.
+
+    lesion_run, lung_run, lobe_run: loaded runs (``predict.load_run``); without ``lung_run`` the
+    built-in lung extraction is used; without a lobe source the lungs are cut into six zones.
+    lobes_dir: folder of lobe maps named like the inputs (labelled as ``options.lobe_labels``).
+    Writes ``out_dir/<name>`` (lesions), ``out_dir/lungs/<name>``, ``out_dir/lobes/<name>`` (with a
+    lobe model), ``out_dir/severity/<case>.json|png`` and ``out_dir/severity/cohort.csv``.
+    """
+    from slice2d.predict import predict_array
+
+    out_dir = Path(out_dir)
+    for path in inputs:
+        if (out_dir / path.name).resolve() == path.resolve():
+            raise InputError(f"{path}: --out would overwrite the input; choose another output folder")
+        if lobes_dir is not None and not (lobes_dir / path.name).is_file():
+            raise InputError(f"{lobes_dir}: no lobe map named {path.name}; lobe maps need the image's file name")
+    reports = []
+    for path in inputs:
+        img = load_volume(path, "image")
+        image = read_array(img, path)
+        geometry = geometry_of(img)
+        lesions, probs = predict_array(lesion_run, image, geometry, batch_size, probabilities, str(path))
+        if lung_run is not None:
+            lungs = predict_array(lung_run, image, geometry, batch_size, source=str(path))[0]
+        else:
+            lungs = extract_lungs_nifti(img)
+        lobes, preset = None, options.lobe_labels
+        if lobe_run is not None:
+            lobes = predict_array(lobe_run, image, geometry, batch_size, source=str(path))[0]
+            preset = "slice2d"
+            save_like(lobes, img, out_dir / "lobes" / path.name)
+        elif lobes_dir is not None:
+            lobes = _load_labels_on_grid(lobes_dir / path.name, img, path, "lobe map")
+        save_like(lesions, img, out_dir / path.name)
+        save_like(lungs, img, out_dir / "lungs" / path.name)
+        if probs is not None:
+            save_like(probs[..., 1:], img, out_dir / "probabilities" / path.name, dtype=np.float32)
+        opts = SeverityOptions(options.scheme, preset, options.zone_method, options.zone_joint)
+        case = case_name(path)
+        reports.append(score_case(image, lesions, lungs, lobes, img.affine, case, opts,
+                                  out_dir / "severity" / f"{case}.json"))
+        if progress:
+            progress(path)
+    write_cohort_csv(reports, out_dir / "severity" / "cohort.csv")
+    return reports
+
+
+def score_files(lesions: Path, lungs: Path | None, lobes: Path | None, image: Path | None,
+                options: SeverityOptions, out: Path) -> dict:
+    """``slice2d severity`` on one case: maps from files, report to ``out`` (JSON), ``out`` .png and .csv.
+
+    Without a lung map, lungs come from the built-in extraction on ``image`` (required then).
+    """
+    if out.suffix != ".json":
+        raise InputError(f"{out}: --out must name a .json file (the .png and .csv are written beside it)")
+    les_img = load_volume(lesions, "lesion map")
+    les = read_array(les_img, lesions, "label")
+    ct = None
+    if image is not None:
+        ct_img = load_volume(image, "image")
+        check_same_grid(les_img, ct_img, lesions, image)
+        ct = read_array(ct_img, image)
+    if lungs is not None:
+        lung_map = _load_labels_on_grid(lungs, les_img, lesions, "lung map")
+    elif ct is not None:
+        lung_map = extract_lungs_nifti(ct_img)
+    elif lobes is None:
+        raise InputError("give --lungs, --lobes, or --image (for the built-in lung extraction)")
+    else:
+        lung_map = None
+    lobe_map = _load_labels_on_grid(lobes, les_img, lesions, "lobe map") if lobes is not None else None
+    report = score_case(ct, les, lung_map, lobe_map, les_img.affine, case_name(lesions), options, out)
+    write_cohort_csv([report], out.with_suffix(".csv"))
+    return report

@@ -1,0 +1,164 @@
+"""Output files for evaluation and severity: atomic writes and figures (matplotlib, Agg backend).
+
+matplotlib is imported inside the figure functions so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+BOX_METRICS = ("dice", "iou", "hd95_mm", "surface_dice")
+
+
+@contextmanager
+def atomic_path(*paths: str | Path) -> Iterator:
+    """Yield temporary paths next to ``paths``; rename them onto ``paths`` only if the block succeeds.
+
+    One path yields one temporary ``Path``; several yield a tuple. The temporary names keep the
+    final suffix (matplotlib picks the format from it). On error the temporary files are removed
+    and the targets are left untouched.
+    """
+    targets = [Path(p) for p in paths]
+    tag = uuid.uuid4().hex[:8]
+    tmps = [t.with_name(f".{t.name}.{tag}.tmp{t.suffix}") for t in targets]
+    try:
+        yield tmps[0] if len(tmps) == 1 else tuple(tmps)
+        for tmp, target in zip(tmps, targets):
+            os.replace(tmp, target)
+    finally:
+        for tmp in tmps:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def metrics_boxplot(rows: Sequence[dict], path: str | Path, metrics: Sequence[str] = BOX_METRICS) -> Path:
+    """Box plots (one panel per metric, one box per label name) of per-case metric rows.
+
+    rows: dicts with ``name`` and the metric keys (as from ``metrics.evaluate_case``); NaN values
+    are left out of the boxes. path: PNG file to write. Returns ``path``.
+    """
+    plt = _pyplot()
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        data = []
+        for name in names:
+            v = np.asarray([r[metric] for r in rows if r["name"] == name], dtype=float)
+            data.append(v[np.isfinite(v)])
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
+        ax.set_title(metric)
+        if metric in ("dice", "iou", "surface_dice"):
+            ax.set_ylim(-0.02, 1.02)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def _canonical(arr: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    return apply_orientation(np.asarray(arr), io_orientation(affine))
+
+
+def _radiological(slice_xy: np.ndarray) -> np.ndarray:
+    """Canonical RAS+ axial slice (X, Y) to display rows/cols: anterior at top, patient right on the left."""
+    return slice_xy.T[::-1, ::-1]
+
+
+def severity_figure(
+    image_hu: np.ndarray,
+    lungs: np.ndarray,
+    lesions: np.ndarray,
+    affine: np.ndarray,
+    report: dict,
+    path: str | Path,
+    regions_map: np.ndarray | None = None,
+) -> Path:
+    """One-page PNG: four axial slices with overlays and a bar chart of PI% per region.
+
+    image_hu, lungs, lesions, regions_map: arrays (X, Y, Z) on the grid of ``affine`` (any
+    orientation; shown in radiological display: anterior at top, patient right on the image left,
+    lung window -1350..150 HU). Lungs are outlined; ``regions_map`` (lobes or zones), if given, is
+    tinted; lesions are overlaid (ground-glass yellow, consolidation / infection red).
+    report: a dict from ``severity.severity_report``. path: PNG to write (atomically). Returns path.
+    """
+    import nibabel as nib
+
+    plt = _pyplot()
+    from matplotlib.colors import ListedColormap
+
+    img = _canonical(image_hu, affine).astype(np.float32)
+    lun = _canonical(lungs, affine)
+    les = _canonical(lesions, affine)
+    reg = None if regions_map is None else _canonical(regions_map, affine)
+    ornt_axes = np.argsort(nib.orientations.io_orientation(affine)[:, 0])
+    sp = nib.affines.voxel_sizes(affine)[ornt_axes]
+    zs = np.nonzero((lun > 0).any(axis=(0, 1)))[0]
+    if zs.size == 0:
+        zs = np.arange(img.shape[2])
+    picks = np.unique(np.quantile(zs, [0.8, 0.6, 0.4, 0.2]).round().astype(int))[::-1]
+
+    fig = plt.figure(figsize=(16, 8.5))
+    grid = fig.add_gridspec(2, 4, height_ratios=[1.15, 1])
+    tint = ListedColormap(["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b"])
+    for k, z in enumerate(picks):
+        ax = fig.add_subplot(grid[0, k])
+        ax.imshow(_radiological(img[:, :, z]), cmap="gray", vmin=-1350, vmax=150, aspect=sp[1] / sp[0])
+        if reg is not None:
+            r = _radiological(reg[:, :, z]).astype(float)
+            ax.imshow(np.ma.masked_equal(r, 0), cmap=tint, vmin=1, vmax=6, alpha=0.25,
+                      aspect=sp[1] / sp[0], interpolation="nearest")
+        for value, colour in ((1, "#00e5ff"), (2, "#00ff6a")):
+            m = _radiological(lun[:, :, z] == value)
+            if m.any() and not m.all():
+                ax.contour(m, levels=[0.5], colors=colour, linewidths=0.8)
+        l2 = _radiological(les[:, :, z])
+        overlay = np.zeros(l2.shape + (4,))
+        overlay[l2 == 1] = (1.0, 0.85, 0.0, 0.55) if report.get("lesion_classes") == 2 else (1.0, 0.1, 0.1, 0.55)
+        overlay[l2 == 2] = (1.0, 0.1, 0.1, 0.6)
+        ax.imshow(overlay, aspect=sp[1] / sp[0], interpolation="nearest")
+        ax.set_title(f"axial slice {z} (R on left)", fontsize=9)
+        ax.axis("off")
+
+    ax = fig.add_subplot(grid[1, :])
+    names = list(report["regions"])
+    pis = [report["regions"][n]["pi"] for n in names]
+    pis = [0.0 if p is None or (isinstance(p, float) and np.isnan(p)) else p for p in pis]
+    bars = ax.bar(names, pis, color="#d62728")
+    for bar, name in zip(bars, names):
+        ax.annotate(f"score {report['regions'][name]['score']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=9, xytext=(0, 2), textcoords="offset points")
+    for edge in report.get("cut_points_percent", []):
+        ax.axhline(edge, color="grey", lw=0.6, ls="--")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("PI % (lesion / region volume)")
+    category = f", {report['category']}" if report.get("category") else ""
+    case = f"{report['case']}: " if report.get("case") else ""
+    ax.set_title(f"{case}{report['scheme']} TSS {report['tss']}/{report['tss_max']}{category}; "
+                 f"total PI {report['total_pi']:.1f} %, lesion {report['lesion_ml']:.0f} mL of "
+                 f"{report['lung_ml']:.0f} mL lung")
+    if report.get("note"):
+        fig.text(0.01, 0.005, report["note"], fontsize=8, color="dimgray")
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,333 @@
+"""Percentage of involvement (PI%) per lung region and CT severity scores.
+
+Regions are the five lobes (from a lobe map) or six lung zones (each lung cut into thirds
+craniocaudally, ``lung_zones``). For a region, p = lesion voxels in the region / region voxels
+× 100; lesion voxels outside the lungs are not counted (they are reported separately).
+
+Schemes, with exact integer arithmetic at the cut points (``lesion * 100`` against
+``region * edge``), so that exactly 25 % scores 1 under chung:
+
+- ``chung`` (Chung et al., Radiology 2020), per lobe: 0 if p == 0; 1 if 0 < p <= 25;
+  2 if 25 < p <= 50; 3 if 50 < p <= 75; 4 if p > 75. TSS = sum over 5 lobes, max 20.
+- ``pan`` (Pan et al., Radiology 2020), per lobe: 0 if p == 0; 1 if 0 < p <= 5; 2 if 5 < p <= 25;
+  3 if 25 < p <= 50; 4 if 50 < p <= 75; 5 if p > 75. TSS max 25; category normal (0),
+  mild (1-7), moderate (8-17), severe (18-25).
+- ``zones6``: the six zones scored with the chung cut points, max 24. Always uses the zones (from
+  the lung mask, or from the lobe map's lungs when only a lobe map is given).
+
+Without a lobe map, ``chung`` and ``pan`` fall back to the six zones (the report's ``note`` says
+so): tss_max becomes 24 (chung) or 30 (pan), and the pan category, defined for five lobes only,
+is null.
+
+With a lobe map, the lungs are the lobe map's voxels (the union of the five lobes): regions, lung
+volume and total PI all come from it, so the lobe map and its lung mask can never disagree; the
+``lungs`` argument is then only used for zones (``zones6``). A region without voxels has pi null
+and score 0.
+
+Lesion maps: binary (1 infection) or two-class (1 ground-glass, 2 consolidation); two-class
+reports add ggo/consolidation volumes and PI.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from slice2d.report import atomic_path
+
+LOBE_NAMES = ("RUL", "RML", "RLL", "LUL", "LLL")
+ZONE_NAMES = {1: "R_upper", 2: "R_middle", 3: "R_lower", 4: "L_upper", 5: "L_middle", 6: "L_lower"}
+RIGHT_LOBES = ("RUL", "RML", "RLL")
+
+LOBE_PRESETS: dict[str, dict[int, str]] = {
+    "slice2d": {1: "RUL", 2: "RML", 3: "RLL", 4: "LUL", 5: "LLL"},
+    "lungmask": {1: "LUL", 2: "LLL", 3: "RUL", 4: "RML", 5: "RLL"},
+    "totalsegmentator": {10: "LUL", 11: "LLL", 12: "RUL", 13: "RML", 14: "RLL"},
+    "csc": {1: "RUL", 2: "RLL", 3: "RML", 4: "LUL", 5: "LLL"},
+}
+# Presets whose maps hold other structures too (other organs): those label values are ignored.
+PRESETS_WITH_OTHER_LABELS = frozenset({"totalsegmentator"})
+
+SCHEME_EDGES: dict[str, tuple[int, ...]] = {
+    "chung": (25, 50, 75),
+    "pan": (5, 25, 50, 75),
+    "zones6": (25, 50, 75),
+}
+PAN_CATEGORIES = ((0, "normal"), (7, "mild"), (17, "moderate"), (25, "severe"))  # upper bounds
+ZONE_METHODS = ("extent", "volume")
+
+
+def region_score(lesion_voxels: int, region_voxels: int, scheme: str) -> int:
+    """Score of one region: 0 if no lesion, else 1 + the number of edges that p lies strictly above.
+
+    Integer comparison ``lesion * 100 > region * edge``, so p exactly on an edge takes the lower score.
+    """
+    if scheme not in SCHEME_EDGES:
+        raise ValueError(f"unknown scheme {scheme!r}; use one of {sorted(SCHEME_EDGES)}")
+    if lesion_voxels <= 0 or region_voxels <= 0:
+        return 0
+    return 1 + sum(int(lesion_voxels) * 100 > int(region_voxels) * e for e in SCHEME_EDGES[scheme])
+
+
+def pan_category(tss: int) -> str:
+    """Pan et al. category of a five-lobe TSS (0-25)."""
+    for upper, name in PAN_CATEGORIES:
+        if tss <= upper:
+            return name
+    raise ValueError(f"pan TSS {tss} is above the maximum 25")
+
+
+def _world_z(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    idx = np.nonzero(mask)
+    a = np.asarray(affine, dtype=float)
+    return a[2, 0] * idx[0] + a[2, 1] * idx[1] + a[2, 2] * idx[2] + a[2, 3]
+
+
+def _thirds(z: np.ndarray, method: str) -> tuple[float, float]:
+    """Cut levels (c1, c2) in world z: lower is z < c1, middle c1 <= z < c2, upper z >= c2."""
+    if method == "extent":
+        lo, hi = float(z.min()), float(z.max())
+        return lo + (hi - lo) / 3.0, lo + 2.0 * (hi - lo) / 3.0
+    levels, counts = np.unique(np.round(z, 3), return_counts=True)
+    cum = np.cumsum(counts)
+    total = int(cum[-1])
+    cuts = []
+    for k in (1, 2):
+        # The level boundary whose cumulative volume is closest to k/3 (ties: the lower one).
+        i = int(np.argmin(np.abs(3 * cum - k * total)))
+        cuts.append(0.5 * float(levels[i] + levels[i + 1]) if i + 1 < levels.size else math.inf)
+    return cuts[0], cuts[1]
+
+
+def lung_zones(lungs: np.ndarray, affine: np.ndarray, method: str = "extent", joint: bool = False) -> np.ndarray:
+    """Six lung zones: each lung cut into upper, middle and lower thirds along world z.
+
+    lungs: uint8 label map (any orientation), 1 right lung, 2 left lung.
+    affine: voxel to RAS+ mm; superior = larger world z (works for oblique affines too: every
+        voxel centre is placed by its own world z).
+    method: "extent" (default): thirds of the craniocaudal extent between the first and last voxel
+        centre of that lung, cut at zmin + h/3 and zmin + 2h/3 (a voxel exactly on a cut goes to
+        the zone above it). "volume": thirds of the lung's volume, cut between whole slices at the
+        boundary whose cumulative voxel count from the bottom is closest to 1/3 and 2/3.
+    joint: compute the cut levels over both lungs together and apply them to each lung. With
+        method="volume" this is the Chest Imaging Platform convention (COPDGene zone maps).
+    Returns uint8 of the same shape: 1 R_upper, 2 R_middle, 3 R_lower, 4 L_upper, 5 L_middle,
+    6 L_lower, 0 elsewhere.
+    """
+    if method not in ZONE_METHODS:
+        raise ValueError(f"unknown zone method {method!r}; use one of {ZONE_METHODS}")
+    lungs = np.asarray(lungs)
+    zones = np.zeros(lungs.shape, np.uint8)
+    joint_cuts = _thirds(_world_z(lungs > 0, affine), method) if joint and (lungs > 0).any() else None
+    for lung, first in ((1, 1), (2, 4)):
+        m = lungs == lung
+        if not m.any():
+            continue
+        z = _world_z(m, affine)
+        c1, c2 = joint_cuts or _thirds(z, method)
+        zone = np.where(z >= c2, first, np.where(z >= c1, first + 1, first + 2))
+        zones[np.nonzero(m)] = zone.astype(np.uint8)
+    return zones
+
+
+def _lobe_table(lobe_labels: str | Mapping[int, str]) -> tuple[dict[int, str], bool, str]:
+    if isinstance(lobe_labels, str):
+        if lobe_labels not in LOBE_PRESETS:
+            raise ValueError(f"unknown lobe label preset {lobe_labels!r}; use one of {sorted(LOBE_PRESETS)} "
+                             "or give a mapping {label value: lobe name}")
+        return dict(LOBE_PRESETS[lobe_labels]), lobe_labels in PRESETS_WITH_OTHER_LABELS, lobe_labels
+    table = {int(k): str(v) for k, v in lobe_labels.items()}
+    if sorted(table.values()) != sorted(LOBE_NAMES):
+        raise ValueError(f"lobe labels {table} must name each of {LOBE_NAMES} exactly once")
+    return table, False, "custom"
+
+
+def _lesion_classes(lesions: np.ndarray) -> int:
+    values = set(np.unique(lesions).tolist())
+    bad = sorted(values - {0, 1, 2})
+    if bad:
+        raise ValueError(f"lesion map has values {bad}; expected 0/1 (infection) or 0/1/2 (1 ground-glass, "
+                         "2 consolidation)")
+    return 2 if 2 in values else 1
+
+
+def _pi(num: int, den: int) -> float:
+    return 100.0 * num / den if den else math.nan
+
+
+def severity_report(
+    lesions: np.ndarray,
+    lungs: np.ndarray | None,
+    affine: np.ndarray,
+    lobes: np.ndarray | None = None,
+    scheme: str = "chung",
+    lobe_labels: str | Mapping[int, str] = "slice2d",
+    case: str | None = None,
+    zone_method: str = "extent",
+    zone_joint: bool = False,
+) -> dict:
+    """PI% per region and the severity score of one case.
+
+    lesions: lesion label map (X, Y, Z), 0/1 or 0/1 ground-glass/2 consolidation.
+    lungs: lung label map on the same grid, 1 right, 2 left (may be None when ``lobes`` is given).
+    affine: voxel to RAS+ mm (voxel volume and craniocaudal direction).
+    lobes: optional lobe label map on the same grid, labelled as ``lobe_labels`` says.
+    scheme: "chung", "pan" or "zones6" (see the module docstring).
+    lobe_labels: a preset name from ``LOBE_PRESETS`` or {label value: lobe name}.
+    case: case id written into the report.
+    zone_method, zone_joint: how zones are cut, as ``lung_zones`` method / joint.
+    Returns a JSON-ready dict (NaN only where a region is empty; ``write_report`` writes null).
+    """
+    if scheme not in SCHEME_EDGES:
+        raise ValueError(f"unknown scheme {scheme!r}; use one of {sorted(SCHEME_EDGES)}")
+    lesions = np.asarray(lesions)
+    arrays = {"lesions": lesions, "lungs": lungs, "lobes": lobes}
+    for name, arr in arrays.items():
+        if arr is not None and np.shape(arr) != lesions.shape:
+            raise ValueError(f"{name} map shape {np.shape(arr)} differs from lesion map shape {lesions.shape}; "
+                             "all maps must be on the same grid")
+    if lungs is None and lobes is None:
+        raise ValueError("give a lung mask, a lobe map, or both")
+    n_classes = _lesion_classes(lesions)
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / 1000.0
+
+    region_maps: list[tuple[str, np.ndarray]] = []
+    note = None
+    if lobes is not None:
+        lobes = np.asarray(lobes)
+        table, ignore_other, preset = _lobe_table(lobe_labels)
+        present = set(int(v) for v in np.unique(lobes)) - {0}
+        unknown = sorted(present - set(table))
+        if unknown and not ignore_other:
+            raise ValueError(
+                f"lobe map has label values {unknown} that the {preset!r} preset {table} does not know; "
+                "pick the preset of the tool that made the map (--lobe-labels)")
+        lobe_masks = {name: lobes == value for value, name in table.items()}
+        lung_region = np.zeros(lesions.shape, bool)
+        for m in lobe_masks.values():
+            lung_region |= m
+        if lungs is None:
+            lungs = np.zeros(lesions.shape, np.uint8)
+            for name, m in lobe_masks.items():
+                lungs[m] = 1 if name in RIGHT_LOBES else 2
+    else:
+        lungs = np.asarray(lungs)
+        lung_region = lungs > 0
+    if not lung_region.any():
+        source = "lobe map" if lobes is not None else "lung mask"
+        raise ValueError(f"lung mask is empty: the {source} has no lung voxels; check the file and its labels")
+
+    if scheme == "zones6" or lobes is None:
+        zones = lung_zones(lungs, affine, zone_method, zone_joint)
+        region_maps = [(name, zones == value) for value, name in ZONE_NAMES.items()]
+        if scheme == "zones6":
+            lung_region = zones > 0
+        regions_kind = "zones"
+        if scheme != "zones6":
+            note = (f"no lobe map given: scheme {scheme!r} scored on the six lung zones instead of the five "
+                    f"lobes (tss_max {6 * (len(SCHEME_EDGES[scheme]) + 1)}"
+                    + ("; the pan category is defined for lobes only" if scheme == "pan" else "") + ")")
+    else:
+        region_maps = [(name, lobe_masks[name]) for name in LOBE_NAMES]
+        regions_kind = "lobes"
+
+    lesion_any = lesions > 0
+    in_lungs = lesion_any & lung_region
+    outside = int(np.count_nonzero(lesion_any & ~lung_region))
+    regions = {}
+    tss = 0
+    for name, m in region_maps:
+        n_region = int(np.count_nonzero(m))
+        n_lesion = int(np.count_nonzero(lesion_any & m))
+        score = region_score(n_lesion, n_region, scheme)
+        tss += score
+        entry = {"pi": _pi(n_lesion, n_region), "score": score, "region_voxels": n_region,
+                 "lesion_voxels": n_lesion, "region_ml": n_region * voxel_ml, "lesion_ml": n_lesion * voxel_ml}
+        if n_classes == 2:
+            n_ggo = int(np.count_nonzero((lesions == 1) & m))
+            n_con = int(np.count_nonzero((lesions == 2) & m))
+            entry.update(ggo_ml=n_ggo * voxel_ml, consolidation_ml=n_con * voxel_ml,
+                         ggo_pi=_pi(n_ggo, n_region), consolidation_pi=_pi(n_con, n_region))
+        regions[name] = entry
+
+    n_lung = int(np.count_nonzero(lung_region))
+    n_in = int(np.count_nonzero(in_lungs))
+    tss_max = len(region_maps) * (len(SCHEME_EDGES[scheme]) + 1)
+    report = {
+        "case": case,
+        "scheme": scheme,
+        "regions_kind": regions_kind,
+        "lung_source": "lobes" if lobes is not None and regions_kind == "lobes" else "lungs",
+        "zone_method": (zone_method + (" (joint)" if zone_joint else "")) if regions_kind == "zones" else None,
+        "note": note,
+        "cut_points_percent": list(SCHEME_EDGES[scheme]),
+        "tss": tss,
+        "tss_max": tss_max,
+        "category": pan_category(tss) if scheme == "pan" and regions_kind == "lobes" else None,
+        "total_pi": _pi(n_in, n_lung),
+        "lung_ml": n_lung * voxel_ml,
+        "lesion_ml": n_in * voxel_ml,
+        "lesion_outside_lungs_voxels": outside,
+        "lesion_outside_lungs_ml": outside * voxel_ml,
+        "voxel_ml": voxel_ml,
+        "lesion_classes": n_classes,
+        "regions": regions,
+    }
+    if n_classes == 2:
+        n_ggo = int(np.count_nonzero((lesions == 1) & lung_region))
+        n_con = int(np.count_nonzero((lesions == 2) & lung_region))
+        report.update(ggo_ml=n_ggo * voxel_ml, consolidation_ml=n_con * voxel_ml,
+                      ggo_pi=_pi(n_ggo, n_lung), consolidation_pi=_pi(n_con, n_lung))
+    return report
+
+
+def _json_ready(obj):
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return None if math.isnan(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_report(report: dict, path: str | Path) -> Path:
+    """Write one severity report as JSON (NaN as null), atomically. Returns ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_json_ready(report), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def write_cohort_csv(reports: Sequence[dict], path: str | Path) -> Path:
+    """One row per case: case, scheme, total_pi, tss, tss_max, category, lung_ml, lesion_ml, then
+    ``<region>_pi`` and ``<region>_score`` for every region met (in order of first appearance).
+    Empty cells for NaN/None and for regions a case does not have. Written atomically."""
+    path = Path(path)
+    head = ["case", "scheme", "total_pi", "tss", "tss_max", "category", "lung_ml", "lesion_ml"]
+    region_names = list(dict.fromkeys(name for r in reports for name in r["regions"]))
+    fields = head + [f"{n}_{k}" for n in region_names for k in ("pi", "score")]
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return repr(float(v)) if isinstance(v, (float, np.floating)) else str(v)
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(fields)
+            for r in reports:
+                row = [cell(r.get(k)) for k in head]
+                for n in region_names:
+                    reg = r["regions"].get(n, {})
+                    row += [cell(reg.get("pi")), cell(reg.get("score"))]
+                w.writerow(row)
+    return path

@@ -1,0 +1,470 @@
+"""Synthetic chest-CT phantoms with known lungs, lobes and COVID-like lesions, in HU.
+
+Arrays are stored the way a DICOM conversion stores them (LPS): axis 0 runs from the patient's
+right to left, axis 1 anterior to posterior, axis 2 inferior to superior. The affine
+diag(-sx, -sy, sz) maps voxel indices to RAS+ world millimetres (nibabel convention), so
+`nibabel.aff2axcodes` gives ('L', 'P', 'S') and the right lung lies at world x > 0.
+
+Internally the anatomy is laid out in millimetres about the volume centre on three axes: `l`
+(towards the patient's left), `p` (towards posterior) and `s` (superior). Every size is a fraction
+of the field of view, so any shape and spacing (anisotropic included) holds a whole thorax.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+LUNG_LABELS = {1: "right lung", 2: "left lung"}
+LOBE_LABELS = {1: "RUL", 2: "RML", 3: "RLL", 4: "LUL", 5: "LLL"}
+LESION_LABELS = {1: "ground-glass", 2: "consolidation"}
+MAP_NAMES = ("images", "lungs", "lobes", "lesions")
+
+_WORLD_CENTRE_Z_MM = -150.0  # a typical table position; only the affine depends on it
+_MIN_SIZE = 16
+
+
+@dataclass(frozen=True, eq=False)
+class Phantom:
+    """One synthetic case; all arrays have shape (X, Y, Z) in the orientation of `affine`.
+
+    image: float32 HU. lungs: uint8, 0 background, 1 right lung, 2 left lung (airways outside the
+    lungs are not lung). lobes: uint8, 0, 1 RUL, 2 RML, 3 RLL, 4 LUL, 5 LLL. lesions: uint8, 0,
+    1 ground-glass, 2 consolidation. affine: 4x4 float64 voxel -> RAS+ world mm.
+    """
+
+    image: np.ndarray
+    lungs: np.ndarray
+    lobes: np.ndarray
+    lesions: np.ndarray
+    affine: np.ndarray
+
+
+def phantom_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
+    """Voxel -> RAS+ mm affine of an LPS-stored volume whose centre lies at (0, 0, -150) mm."""
+    (nx, ny, nz), (sx, sy, sz) = shape, spacing
+    aff = np.diag([-sx, -sy, sz, 1.0])
+    aff[:3, 3] = [sx * (nx - 1) / 2, sy * (ny - 1) / 2, _WORLD_CENTRE_Z_MM - sz * (nz - 1) / 2]
+    return aff
+
+
+def _basis(coords: np.ndarray, step: float) -> np.ndarray:
+    """Row-normalised Gaussian weights (len(coords), m) of control points `step` mm apart."""
+    centres = np.arange(coords.min() - step, coords.max() + 2 * step, step)
+    w = np.exp(-0.5 * ((coords[:, None] - centres[None, :]) / (0.7 * step)) ** 2)
+    w /= w.sum(1, keepdims=True)
+    w[w < 1e-6] = 0.0  # far tails underflow to float32 subnormals, which make matmul ~1000x slower
+    return w.astype(np.float32)
+
+
+def _smooth_field(rng: np.random.Generator, axes: list[np.ndarray], steps) -> tuple[list, np.ndarray]:
+    """Random smooth field of about unit variance, as separable bases and control coefficients.
+
+    Evaluating it costs a few small matrix products, at any resolution and for any sub-box, which
+    is far cheaper than filtering white noise over a 512x512x300 volume.
+    """
+    bases = [_basis(a, s) for a, s in zip(axes, steps)]
+    coef = rng.standard_normal([b.shape[1] for b in bases]).astype(np.float32)
+    coef /= np.prod([np.sqrt((b**2).sum(1)).mean() for b in bases])
+    return bases, coef
+
+
+# Pairwise einsum without `optimize` stays out of BLAS: for these tiny products a multi-threaded
+# BLAS on a busy machine costs ~100x the arithmetic.
+def _field_slice(field: tuple[list, np.ndarray], k: int) -> np.ndarray:
+    """Axial slice k of a smooth field, shape (X, Y)."""
+    (bl, bp, bs), coef = field
+    return np.einsum("ib,jb->ij", np.einsum("ia,ab->ib", bl, np.einsum("abc,c->ab", coef, bs[k])), bp)
+
+
+def _field_box(field: tuple[list, np.ndarray]) -> np.ndarray:
+    """The whole field on its grid, shape (len(axis 0), len(axis 1), len(axis 2))."""
+    (bl, bp, bs), coef = field
+    t = np.einsum("kc,abc->abk", bs, coef)
+    t = np.einsum("jb,abk->ajk", bp, t)
+    return np.einsum("ia,ajk->ijk", bl, t)
+
+
+class _Grid:
+    """Voxel centre coordinates in mm about the volume centre: l (to the left), p, s."""
+
+    def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float]):
+        self.shape, self.spacing = shape, np.asarray(spacing, float)
+        self.axes = [((np.arange(n) - (n - 1) / 2) * s).astype(np.float32) for n, s in zip(shape, spacing)]
+        self.half = np.array([n * s / 2 for n, s in zip(shape, spacing)])
+
+    def box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice, slice] | None:
+        """Index slices of the voxels whose centres lie within [lo, hi] mm (None if empty)."""
+        sl = []
+        for n, s, a, b in zip(self.shape, self.spacing, lo, hi):
+            i0 = max(0, int(np.floor(a / s + (n - 1) / 2)))
+            i1 = min(n, int(np.ceil(b / s + (n - 1) / 2)) + 1)
+            if i1 <= i0:
+                return None
+            sl.append(slice(i0, i1))
+        return tuple(sl)
+
+    def coords(self, box: tuple[slice, slice, slice]) -> list[np.ndarray]:
+        return [a[b] for a, b in zip(self.axes, box)]
+
+
+def _layout(rng: np.random.Generator, g: _Grid) -> dict:
+    """Random per-case anatomy, in mm on the (l, p, s) axes."""
+    u = rng.uniform
+    hx, hy, hz = g.half
+    a = {"bx": hx * u(0.84, 0.92), "by": hy * u(0.60, 0.70), "fat": u(0.04, 0.09), "mus": u(0.05, 0.08)}
+    a["e_rib_out"] = 1 - a["fat"] - a["mus"]
+    a["e_rib_in"] = a["e_rib_out"] - 0.045
+    a["cax"], a["cay"] = a["bx"] * (a["e_rib_in"] - 0.01), a["by"] * (a["e_rib_in"] - 0.01)
+    cax, cay = a["cax"], a["cay"]
+    a["zb"], za = -hz * u(0.70, 0.80), hz * u(0.80, 0.92)
+    a["L"] = L = za - a["zb"]
+    # Lung base ellipses overfill the cavity laterally so the ribs shape them; side -1 is right.
+    for side, key, w in ((-1, "R", u(0.52, 0.58)), (1, "L", u(0.48, 0.54))):
+        a["lung" + key] = (side * cax * u(0.50, 0.56), 0.05 * cay, cax * w, cay * u(1.0, 1.1))
+    a["heart"] = (cax * u(0.12, 0.20), -cay * u(0.20, 0.30), a["zb"] + L * u(0.18, 0.26),
+                  cax * u(0.34, 0.42), cay * u(0.40, 0.50), L * u(0.22, 0.28))
+    a["vert"] = (cay * u(0.74, 0.80), cax * 0.14, cay * 0.20)  # centre p, semi-axes l, p
+    a["rib_pitch"], a["rib_drop"] = L / u(9.0, 11.0), L * u(0.08, 0.14)
+    a["vert_pitch"] = L / u(11.0, 13.0)
+    pv, _, rvp = a["vert"]
+    a["r_tr"] = 0.055 * cax
+    a["trachea"] = (0.0, pv - rvp - 0.18 * cay)
+    a["carina"] = a["zb"] + L * u(0.58, 0.66)
+    ptr = a["trachea"][1]
+    a["hilumR"] = np.array([-0.30 * cax, ptr + 0.08 * cay, a["carina"] - 0.08 * L], np.float32)
+    a["hilumL"] = np.array([0.32 * cax, ptr + 0.10 * cay, a["carina"] - 0.12 * L], np.float32)
+    a["dome"] = {"R": u(0.18, 0.24), "L": u(0.13, 0.18)}
+    a["obl"] = {"R": (u(-0.02, 0.06), u(0.65, 0.80)), "L": (u(0.02, 0.10), u(0.62, 0.75))}
+    a["hor"] = u(0.48, 0.56)
+    return a
+
+
+def _seg_dist(g: _Grid, a: np.ndarray, b: np.ndarray, pad: float):
+    """Box around segment a-b (mm, padded) and the distance (mm) of its voxels to the segment."""
+    box = g.box(np.minimum(a, b) - pad, np.maximum(a, b) + pad)
+    if box is None:
+        return None, None
+    x, y, z = g.coords(box)
+    x, y, z = (x - a[0])[:, None, None], (y - a[1])[None, :, None], (z - a[2])[None, None, :]
+    d = (b - a).astype(np.float32)
+    t = np.clip((x * d[0] + y * d[1] + z * d[2]) / max(float(d @ d), 1e-6), 0, 1)
+    return box, np.sqrt((x - t * d[0]) ** 2 + (y - t * d[1]) ** 2 + (z - t * d[2]) ** 2)
+
+
+def _seg_dist2d(l: np.ndarray, p: np.ndarray, z: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance (mm) of the points (l, p, z) of one axial slice to the 3D segment a-b."""
+    d = b - a
+    x, y, w = l - a[0], p - a[1], z - a[2]
+    t = np.clip((x * d[0] + y * d[1] + w * d[2]) / float(d @ d), 0, 1)
+    return np.sqrt((x - t * d[0]) ** 2 + (y - t * d[1]) ** 2 + (w - t * d[2]) ** 2)
+
+
+def _tree(rng, root: np.ndarray, extent: np.ndarray, side: int, radius: float, depth: int,
+          r_min: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Random bifurcating segments (start, end, radius mm) spreading from a hilum through a lung.
+
+    Directions live in lung-normalised space and are scaled by `extent` (mm) so that a squashed
+    field of view still gets a tree that fills the lung.
+    """
+    dirs = [(0.3 * side, 0.1, 1.0), (0.3 * side, 0.5, -1.0), (side, -0.2, 0.1), (0.5 * side, -1.0, -0.5)]
+    stack = [(root, np.array(d) / np.linalg.norm(d), 0.45, radius, depth) for d in dirs]
+    segs = []
+    while stack:
+        p, d, ln, r, k = stack.pop()
+        q = (p + d * ln * extent).astype(np.float32)
+        segs.append((p, q, r))
+        if k <= 1 or r * 0.75 < r_min:
+            continue
+        v = rng.standard_normal(3)
+        v -= (v @ d) * d
+        v /= np.linalg.norm(v) + 1e-9
+        for sgn in (1, -1):
+            c = d + sgn * rng.uniform(0.4, 0.9) * v + 0.15 * rng.standard_normal(3)
+            stack.append((q, c / np.linalg.norm(c), ln * rng.uniform(0.6, 0.8), r * rng.uniform(0.7, 0.8), k - 1))
+    return segs
+
+
+def _thorax(rng, g: _Grid, a: dict):
+    """Body, bones, mediastinum, central airways, lungs and lobes, built one axial slice at a time.
+
+    Slices keep every temporary 2D, so a 512x512x300 volume needs no full-size float scratch.
+    """
+    X, Y = g.shape[:2]
+    l, p = g.axes[0][:, None], g.axes[1][None, :]
+    e = np.sqrt((l / a["bx"]) ** 2 + (p / a["by"]) ** 2)
+    ant = np.clip(-p / a["cay"], 0, 1)
+    cax, cay, L, zb = a["cax"], a["cay"], a["L"], a["zb"]
+    pv, rvl, rvp = a["vert"]
+    ev = np.sqrt((l / rvl) ** 2 + ((p - pv) / rvp) ** 2)
+    canal = np.sqrt((l / (0.45 * rvl)) ** 2 + ((p - pv - 1.55 * rvp) / (0.45 * rvp)) ** 2)
+    arch = np.sqrt((l / (0.9 * rvl)) ** 2 + ((p - pv - 1.55 * rvp) / (0.8 * rvp)) ** 2)
+    spinous = np.sqrt((l / (0.18 * rvl)) ** 2 + ((p - pv - 2.6 * rvp) / (0.9 * rvp)) ** 2)
+    rib_ring = (e >= a["e_rib_in"]) & (e <= a["e_rib_out"]) & (np.abs(l) > 1.3 * rvl)
+    sternum = (rib_ring | (np.abs(e - a["e_rib_in"]) < 0.03)) & (np.abs(l) < 0.12 * a["bx"]) & (p < 0)
+    rib_ring &= ~((np.abs(l) < 0.25 * a["bx"]) & (p < 0))  # costal cartilage: not bone-bright
+    rib_shift = a["rib_drop"] * ant + rng.uniform(0, a["rib_pitch"])
+    cavity = e < a["e_rib_in"] - 0.01
+    spine_ex = ev < 1.35
+    aorta = np.hypot(l - 1.6 * rvl, p - (pv - 0.9 * rvp)) < 0.09 * cax
+    med_half = cax * (0.10 + 0.08 * ant)
+    steps = (0.35 * cax, 0.35 * cay, 0.3 * L)
+    pert = _smooth_field(rng, g.axes, steps)
+    paren = _smooth_field(rng, g.axes, (0.25 * cax, 0.25 * cay, 0.2 * L))
+    fis_pert = _smooth_field(rng, g.axes[:2] + [np.zeros(1, np.float32)], steps)
+    fis_pert = _field_slice(fis_pert, 0) * 0.03 * L
+    tr_l, tr_p = a["trachea"]
+    carina = np.array([tr_l, tr_p, a["carina"]], np.float32)
+    bronchi = [(a["hilumR"], 0.75 * a["r_tr"]), (a["hilumL"], 0.65 * a["r_tr"])]
+    tr_d = np.hypot(l - tr_l, p - tr_p)
+    lung_geo = {}
+    for key, lab, sign in (("R", 1, -1), ("L", 2, 1)):
+        cl, cp, al, ap = a["lung" + key]
+        rho = np.sqrt(((l - cl) / al) ** 2 + ((p - cp) / ap) ** 2)
+        base = zb - (0.03 * L if key == "L" else 0.0)
+        zdia = base + a["dome"][key] * L * (1 - np.minimum(rho, 1) ** 2) - 0.06 * L * np.clip(p / cay, 0, 1)
+        o0, o1 = a["obl"][key]
+        zobl = zb + L * (o0 + o1 * (np.clip(p / cay, -1, 1) + 1) / 2 + 0.05 * ((l - cl) / al) ** 2) + fis_pert
+        side = (l * sign > 0) & cavity & ~spine_ex & ~aorta
+        lung_geo[key] = (lab, rho, zdia, zobl, side)
+    zhor = zb + L * (a["hor"] - 0.04 * np.clip(p / cay, -1, 1)) - fis_pert
+    hc = a["heart"]
+    fis_w = 0.6 * float(g.spacing.min())
+
+    image = np.empty(g.shape, np.float32)
+    lungs = np.zeros(g.shape, np.uint8)
+    lobes = np.zeros(g.shape, np.uint8)
+    for k, z in enumerate(g.axes[2]):
+        z = float(z)
+        t = (z - zb) / L
+        img = np.full((X, Y), -1000.0, np.float32)
+        img[e <= 1] = -100.0 + 15.0 * np.sin(z / 17.0)
+        img[e <= 1 - a["fat"]] = 40.0
+        img[cavity] = 30.0
+        img[rib_ring & (np.mod(z + rib_shift, a["rib_pitch"]) < 0.32 * a["rib_pitch"])] = 700.0
+        if zb < z < zb + 0.85 * L:
+            img[sternum] = 450.0
+        disc = np.mod(z, a["vert_pitch"]) < 0.2 * a["vert_pitch"]
+        img[ev < 1] = 80.0 if disc else 320.0
+        img[(ev >= 0.8) & (ev < 1)] = 80.0 if disc else 900.0
+        img[((arch < 1) | (spinous < 1)) & ~disc] = 700.0
+        img[canal < 1] = 15.0
+        eh = np.sqrt(((l - hc[0]) / hc[3]) ** 2 + ((p - hc[1]) / hc[4]) ** 2 + ((z - hc[2]) / hc[5]) ** 2)
+        heart = eh < 1
+        img[heart & (eh > 0.92)] = -90.0  # epicardial fat outlines the heart
+        img[eh < 0.92] = 45.0
+        if z < zb + 0.75 * L:
+            img[aorta] = 45.0
+        # Central airways: lumen is air, wall soft tissue; neither belongs to the lung label.
+        airway = np.zeros((X, Y), bool)
+        if z >= a["carina"]:
+            airway |= tr_d < 1.3 * a["r_tr"]
+            img[airway] = 40.0
+            img[tr_d < a["r_tr"]] = -1000.0
+        for hil, r in bronchi:
+            d = _seg_dist2d(l, p, z, carina, hil)
+            airway |= d < 1.3 * r
+            img[d < 1.3 * r] = 40.0
+            img[d < r] = -1000.0
+        shrink = np.sqrt(max(0.0, 1 - min(max(t, 0.0), 1.0) ** 2))
+        pk = _field_slice(pert, k)  # relative to the local size, so the apex stays a dome, not a spike
+        medi = np.abs(l - 0.02 * cax) < med_half * (1 - 0.3 * min(max(t, 0.0), 1.0))
+        free = ~(medi | heart | airway)
+        lung2 = np.zeros((X, Y), np.uint8)
+        lobe2 = np.zeros((X, Y), np.uint8)
+        for key, (lab, rho, zdia, zobl, side) in lung_geo.items():
+            m = side & free & (rho < shrink * (1 - 0.06 * pk)) & (z >= zdia)
+            lung2[m] = lab
+            upper = z > zobl
+            if key == "R":
+                lobe2[m] = np.where(upper, np.where(z > zhor, 1, 2), 3)[m]
+            else:
+                lobe2[m] = np.where(upper, 4, 5)[m]
+        inl = lung2 > 0
+        dep = np.clip((p - 0.05 * cay) / cay * 0.5 + 0.5, 0, 1)  # gravity-dependent density
+        par = -870.0 + 30.0 * _field_slice(paren, k) + 50.0 * dep
+        # Fissures: a faint line where a lung voxel sits within ~a voxel of the fissure surface.
+        dn = np.minimum(np.abs(z - lung_geo["R"][3]), np.abs(z - lung_geo["L"][3]))
+        dn = np.where((lung2 == 1) & (zhor > lung_geo["R"][3]), np.minimum(dn, np.abs(z - zhor)), dn)
+        par += 90.0 * np.exp(-((dn / fis_w) ** 2))
+        img[inl] = par[inl]
+        image[:, :, k], lungs[:, :, k], lobes[:, :, k] = img, lung2, lobe2
+    return image, lungs, lobes
+
+
+def _paint_trees(rng, g: _Grid, image: np.ndarray, lungs: np.ndarray, a: dict) -> None:
+    """Vessels (bright, tapering) and airways (air lumen, thin wall) branching from each hilum."""
+    soft = 0.5 * float(g.spacing[:2].mean())
+    for key, lab, side in (("R", 1, -1), ("L", 2, 1)):
+        _, _, al, ap = a["lung" + key]
+        extent = np.array([al, ap, a["L"] / 2])
+        hil = a["hilum" + key]
+        airways = _tree(rng, hil, extent * 0.9, side, 0.6 * a["r_tr"], 3, soft)
+        # Arteries run with the bronchi from the hilum; veins drain lower and more anterior.
+        vein_root = hil + np.array([0.0, -0.1 * a["cay"], -0.1 * a["L"]], np.float32)
+        vessels = (_tree(rng, hil, extent, side, 0.045 * a["cax"], 7, 0.4 * soft)
+                   + _tree(rng, vein_root, extent, side, 0.04 * a["cax"], 6, 0.4 * soft))
+        hu_v = rng.uniform(-20.0, 40.0)
+        for p0, p1, r in airways:
+            box, d = _seg_dist(g, p0, p1, 1.5 * r + soft)
+            if box is None:
+                continue
+            m = lungs[box] == lab
+            wall = -860.0 + 700.0 * np.clip(1 - np.abs(d - 1.15 * r) / (0.2 * r + soft), 0, 1)
+            lumen = -860.0 - 130.0 * np.clip((r - d) / soft + 0.5, 0, 1)
+            sub = image[box]
+            sub[m] = np.minimum(np.maximum(sub, wall), lumen)[m]
+        for p0, p1, r in vessels:
+            box, d = _seg_dist(g, p0, p1, r + soft)
+            if box is None:
+                continue
+            m = lungs[box] == lab
+            amp = min(1.0, 2 * r / soft)  # partial volume dims vessels thinner than a voxel
+            val = -860.0 + (hu_v + 860.0) * amp * np.clip((r - d) / soft + 0.5, 0, 1)
+            sub = image[box]
+            sub[m] = np.maximum(sub, val)[m]
+
+
+def _add_lesions(rng, g: _Grid, image: np.ndarray, lungs: np.ndarray, lesions: np.ndarray, a: dict) -> None:
+    """1-8 patchy, mostly subpleural ground-glass / consolidation blobs inside the lungs."""
+    stride = [max(1, n // 48) for n in g.shape]
+    coarse = lungs[:: stride[0], :: stride[1], :: stride[2]]
+    edt = {lab: ndimage.distance_transform_edt(coarse == lab, sampling=g.spacing * stride) for lab in (1, 2)}
+    placed, tries, n = 0, 0, int(rng.integers(1, 9))
+    extent = rng.uniform(0.3, 1.0)  # per case, so involvement spans mild to severe
+    while placed < n and tries < 4 * n + 8:
+        tries += 1
+        lab = 1 if rng.random() < 0.55 else 2
+        _, _, al, ap = a["lungR" if lab == 1 else "lungL"]
+        size = min(al, ap, a["L"] / 2)
+        R = size * rng.uniform(0.15, extent)
+        dist = edt[lab]
+        cand = np.flatnonzero((dist > 0.2 * R) & (dist < 0.9 * R))  # touches the pleura: subpleural
+        if cand.size == 0:
+            cand = np.flatnonzero(dist > 0)
+        if cand.size == 0:
+            continue
+        idx = np.array(np.unravel_index(rng.choice(cand), coarse.shape)) * stride
+        centre = np.array([g.axes[i][idx[i]] for i in range(3)])
+        semi = R * rng.uniform(0.7, 1.3, 3)
+        box = g.box(centre - 1.2 * semi, centre + 1.2 * semi)
+        if box is None:
+            continue
+        x, y, z = g.coords(box)
+        rr = ((x - centre[0]) / semi[0])[:, None, None] ** 2 + ((y - centre[1]) / semi[1])[None, :, None] ** 2 \
+            + ((z - centre[2]) / semi[2])[None, None, :] ** 2
+        noise = _field_box(_smooth_field(rng, [x, y, z], np.full(3, R * rng.uniform(0.3, 0.5))))
+        f = 1 - rr + 0.6 * noise
+        inside = lungs[box] == lab
+        kind = rng.random()
+        thr_g = rng.uniform(0.2, 0.45)
+        thr_c = thr_g + rng.uniform(0.15, 0.3) if kind > 0.85 else rng.uniform(0.75, 0.95) if kind > 0.5 else np.inf
+        ggo = (f > thr_g) & inside
+        if not ggo.any():
+            continue
+        sub, lsub = image[box], lesions[box]
+        w = np.clip((f - thr_g) / 0.25 + 0.7, 0, 1) * inside
+        target = rng.uniform(-650.0, -400.0) + 50.0 * noise
+        sub[...] = np.maximum(sub, sub + (target - sub) * w)
+        lsub[ggo & (lsub == 0)] = 1
+        if np.isfinite(thr_c):
+            cons = (f > thr_c) & inside
+            w = np.clip((f - thr_c) / 0.12 + 0.8, 0, 1) * inside
+            sub += (rng.uniform(-80.0, 30.0) - sub) * w
+            lsub[cons] = 2
+        placed += 1
+
+
+def make_phantom(shape: tuple[int, int, int] = (128, 128, 64), spacing: tuple[float, float, float] = (2.5, 2.5, 5.0),
+                 seed: int = 0, lesion_free: bool | None = None) -> Phantom:
+    """Build one synthetic chest CT with its lung, lobe and lesion truth.
+
+    shape: voxels (X, Y, Z), each at least 16; spacing: mm per voxel along the same axes.
+    seed: everything is a deterministic function of it. lesion_free: None lets the seed decide
+    (about 20% of cases have no lesion); True / False forces it without changing the anatomy.
+    """
+    shape = tuple(int(n) for n in shape)
+    spacing = tuple(float(s) for s in spacing)
+    if len(shape) != 3 or min(shape) < _MIN_SIZE:
+        raise ValueError(f"shape {shape}: need three axes (X, Y, Z) of at least {_MIN_SIZE} voxels")
+    if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise ValueError(f"spacing {spacing}: need three positive voxel sizes in mm, e.g. (2.5, 2.5, 5.0)")
+    rng = np.random.default_rng(seed)
+    draw = rng.random()  # drawn even when forced, so forcing keeps the same anatomy
+    if lesion_free is None:
+        lesion_free = bool(draw < 0.2)
+    g = _Grid(shape, spacing)
+    a = _layout(rng, g)
+    image, lungs, lobes = _thorax(rng, g, a)
+    _paint_trees(rng, g, image, lungs, a)
+    lesions = np.zeros(shape, np.uint8)
+    if not lesion_free:
+        _add_lesions(rng, g, image, lungs, lesions, a)
+    sigma = rng.uniform(20.0, 35.0)
+    step = max(1, 4_000_000 // (shape[0] * shape[1]))  # noise in slabs: no full-volume temporary
+    for k in range(0, shape[2], step):
+        image[:, :, k:k + step] += sigma * rng.standard_normal((*shape[:2], min(step, shape[2] - k)), np.float32)
+    np.clip(image, -1024.0, 3071.0, out=image)
+    return Phantom(image, lungs, lobes, lesions, phantom_affine(shape, spacing))
+
+
+def case_seed(seed: int, index: int) -> int:
+    """Seed of case `index` in a set generated with `seed`."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write gzipped NIfTI with scl_slope 1 / scl_inter 0 via a temporary file and a rename."""
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    raw = img.to_bytes()
+    # nibabel stores "no scaling" as NaN; write an explicit 1 / 0 as the project's masks require.
+    hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(raw))
+    hdr["scl_slope"], hdr["scl_inter"] = 1.0, 0.0
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with open(tmp, "wb") as fh, gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=1, mtime=0) as gz:
+            gz.write(hdr.binaryblock)
+            gz.write(memoryview(raw)[len(hdr.binaryblock):])
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_phantoms(out: Path, cases: int, shape: tuple[int, int, int] = (128, 128, 64),
+                   spacing: tuple[float, float, float] = (2.5, 2.5, 5.0), seed: int = 0,
+                   progress: Callable[[int], object] | None = None) -> list[Path]:
+    """Write `cases` phantoms as OUT/{images,lungs,lobes,lesions}/phantom_NNN.nii.gz.
+
+    Images are int16 HU, label maps uint8, all with slope 1 / intercept 0 and the phantom's LPS
+    affine. Case i uses `case_seed(seed, i)`, so a set is reproducible. `progress(i)` is called
+    after case i is complete. Returns the image paths.
+    """
+    if cases < 0:
+        raise ValueError(f"cases={cases}: the number of phantoms to write cannot be negative")
+    out = Path(out)
+    for name in MAP_NAMES:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(cases):
+        ph = make_phantom(shape, spacing, case_seed(seed, i))
+        fname = f"phantom_{i:03d}.nii.gz"
+        for name, arr in (("lungs", ph.lungs), ("lobes", ph.lobes), ("lesions", ph.lesions)):
+            _save_nifti(arr, ph.affine, out / name / fname)
+        # The image goes last: a case whose image exists has all its label maps.
+        hu = np.clip(np.rint(ph.image), -1024, 3071).astype(np.int16)
+        _save_nifti(hu, ph.affine, out / "images" / fname)
+        paths.append(out / "images" / fname)
+        if progress is not None:
+            progress(i)
+    return paths

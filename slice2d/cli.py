@@ -263,7 +263,8 @@ def demo(
 
     with _user_errors():
         summary = run_demo(out, cases=cases, epochs=epochs, verbose=0 if quiet else 2, step=lambda s: log.info("== %s", s))
-    typer.echo(f"held-out lesion Dice: {summary['test_dice']:.3f}; Chung TSS per test case: {summary['tss']}")
+    typer.echo(f"held-out lesion Dice (3D, mean of {len(summary['tss'])} test phantoms): {summary['test_dice']:.3f}")
+    typer.echo(f"Chung TSS (0-20) predicted {summary['tss']}, from the phantoms' truth {summary['truth_tss']}")
     for key in ("run", "predictions", "evaluation", "severity"):
         typer.echo(f"  {key:<12} {summary[key]}")
 

@@ -17,7 +17,6 @@ are stored; slices that were dropped hold no foreground, so reassembly fills the
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 from slice2d import __version__
 from slice2d.config import Config, DataConfig
-from slice2d.io import (Geometry, InputError, case_name, check_hu, check_same_grid, from_canonical, geometry_of,
+from slice2d.io import (Geometry, InputError, atomic_path, case_name, check_hu, check_same_grid, from_canonical, geometry_of,
                         list_niftis, load_volume, read_array, to_canonical)
 from slice2d.slicing import SliceGeometry, image_to_slices, labels_to_slices, normalise, plan_slices, slices_to_labels
 
@@ -84,12 +83,9 @@ def prepare(images_dir: str | Path, labels_dir: str | Path, out: str | Path, cfg
     The file is written under a temporary name and renamed when complete.
     """
     pairs = pair_cases(Path(images_dir), Path(labels_dir))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     data = cfg.data
     rng = np.random.default_rng(data.seed)
-    try:
+    with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as h5:
             h5.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, slice2d_version=__version__,
                             data_config=Config(data=data).to_yaml(), classes=json.dumps(list(data.classes)),
@@ -99,10 +95,7 @@ def prepare(images_dir: str | Path, labels_dir: str | Path, out: str | Path, cfg
                 _write_case(cases, name, image_path, label_path, data, rng, (patients or {}).get(name, name))
                 if progress:
                     progress(name)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return Path(out)
 
 
 def _write_case(cases: h5py.Group, name: str, image_path: Path, label_path: Path, data: DataConfig,

@@ -49,8 +49,9 @@ def run_demo(out: str | Path, cases: int = 8, test_cases: int = 2, epochs: int |
     """
     from slice2d.dataset import prepare
     from slice2d.metrics import evaluate_folders
-    from slice2d.predict import load_run, predict_files
-    from slice2d.severity import severity_report, write_cohort_csv, write_report
+    from slice2d.pipeline import assess_files
+    from slice2d.predict import load_run
+    from slice2d.severity import severity_report
     from slice2d.synth import write_phantoms
     from slice2d.train import train
 
@@ -68,26 +69,20 @@ def run_demo(out: str | Path, cases: int = 8, test_cases: int = 2, epochs: int |
     prepare(out / "train" / "images", out / "train" / "lesions", out / "slices.h5", cfg)
     announce(f"training a {cfg.data.size}x{cfg.data.size} U-Net for up to {cfg.train.epochs} epochs")
     run_dir = train(out / "slices.h5", out / "run", cfg, verbose=verbose)
-    announce("predicting the test phantoms")
-    run = load_run(run_dir)
+    announce("predicting the test phantoms: lesions, built-in lung extraction, per-lobe severity")
     test_images = sorted((out / "test" / "images").glob("*.nii.gz"))
-    predict_files(run, test_images, out / "predictions")
+    reports = assess_files(load_run(run_dir), test_images, out / "predictions", lobes_dir=out / "test" / "lobes")
     announce("evaluating against the phantoms' truth")
     _binary_references(out / "test" / "lesions", out / "test" / "infection")
     evaluate_folders(out / "predictions", out / "test" / "infection", out / "evaluation", labels={1: "infection"})
-    announce("scoring severity (per-lobe PI%, Chung TSS)")
-    reports = []
+    truth_tss = {}
     for image in test_images:
-        name = image.name
-        lesions = nib.load(out / "predictions" / name)
-        report = severity_report(np.asarray(lesions.dataobj), np.asarray(nib.load(out / "test" / "lungs" / name).dataobj),
-                                 lesions.affine, lobes=np.asarray(nib.load(out / "test" / "lobes" / name).dataobj),
-                                 scheme="chung", case=name.removesuffix(".nii.gz"))
-        write_report(report, out / "severity" / f"{report['case']}.json")
-        reports.append(report)
-    write_cohort_csv(reports, out / "severity" / "cohort.csv")
+        maps = {k: nib.load(out / "test" / k / image.name) for k in ("lesions", "lungs", "lobes")}
+        truth = severity_report(*(np.asarray(maps[k].dataobj) for k in ("lesions", "lungs")), maps["lesions"].affine,
+                                lobes=np.asarray(maps["lobes"].dataobj), scheme="chung")
+        truth_tss[image.name.removesuffix(".nii.gz")] = truth["tss"]
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     dice = summary["labels"]["infection"]["metrics"]["dice"]["mean"]
     return {"out": str(out), "run": str(run_dir), "predictions": str(out / "predictions"),
-            "evaluation": str(out / "evaluation"), "severity": str(out / "severity"),
-            "test_dice": dice, "tss": {r["case"]: r["tss"] for r in reports}}
+            "evaluation": str(out / "evaluation"), "severity": str(out / "predictions" / "severity"),
+            "test_dice": dice, "tss": {r["case"]: r["tss"] for r in reports}, "truth_tss": truth_tss}

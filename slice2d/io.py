@@ -11,6 +11,9 @@ trained on NIfTI volumes see the same picture.
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,10 +173,29 @@ def check_hu(image: np.ndarray, path: str | Path) -> None:
             "(no air below -500); convert to HU, or use a model/config with intensity.mode: uint8 for 8-bit data")
 
 
-def tmp_path_for(path: Path) -> Path:
-    """A hidden temporary sibling with the same suffix, renamed onto ``path`` once complete."""
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    return path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
+@contextmanager
+def atomic_path(*paths: str | Path) -> Iterator:
+    """Yield hidden temporary paths next to ``paths``; rename them onto ``paths`` only if the block succeeds.
+
+    One path yields one temporary ``Path``; several yield a tuple. The temporary names keep the
+    final suffix (nibabel and matplotlib pick the format from it) and start with a dot, so an
+    interrupted write never leaves a file that looks complete. Parent folders are created. On
+    error the temporary files are removed and the targets are left untouched.
+    """
+    targets = [Path(p) for p in paths]
+    tag = uuid.uuid4().hex[:8]
+    tmps = []
+    for t in targets:
+        suffix = ".nii.gz" if t.name.endswith(".nii.gz") else t.suffix
+        tmps.append(t.with_name(f".{t.name}.{tag}.partial{suffix}"))
+        t.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmps[0] if len(tmps) == 1 else tuple(tmps)
+        for tmp, target in zip(tmps, targets):
+            os.replace(tmp, target)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
 
 
 def save_like(array: np.ndarray, reference: nib.Nifti1Image, path: str | Path, dtype=np.uint8) -> Path:
@@ -195,11 +217,6 @@ def save_like(array: np.ndarray, reference: nib.Nifti1Image, path: str | Path, d
     out.header["scl_inter"] = 0.0
     if not np.allclose(out.affine, reference.affine, atol=1e-6):
         raise RuntimeError(f"{path}: output affine would differ from the input's; not writing")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path_for(path)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(out, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -21,9 +21,9 @@ canonical RAS+ grid, in these steps:
    left over), it is eroded in-plane until two large parts appear and every voxel goes to the
    nearest part; if erosion never separates them, the component is cut at the sagittal plane of
    least cross-section in the middle half of its x extent.
-6. Holes are filled per axial slice for each lung (vessels and nodules inside the lung become
-   lung) and each lung gets a small in-plane closing (about 2 mm), without taking voxels from the
-   other lung.
+6. Each lung gets an in-plane closing with a disc of ``CLOSING_MM`` (15 mm) and its holes are
+   filled per axial slice, without taking voxels from the other lung: vessels, nodules and dense
+   pathology at the lung border (subpleural consolidation, which is not air-like) become lung.
 
 Right lung = label 1 = the part at larger RAS x (RAS+: x increases toward the patient's right),
 left lung = label 2. Large volumes are processed at about ``WORK_SPACING_MM`` in-plane and the
@@ -46,6 +46,7 @@ MIN_COMPONENT_FRACTION = 0.1
 MIN_LUNGS_ML = 100.0
 AIRWAY_MAX_AREA_MM2 = 700.0
 WORK_SPACING_MM = 1.6
+CLOSING_MM = 15.0
 TABLE_OPENING_MM = 6.0
 
 
@@ -240,16 +241,27 @@ def _extract_work(image: np.ndarray, spacing) -> np.ndarray:
 
 
 def _fill_and_close(labels: np.ndarray, spacing) -> np.ndarray:
+    """Fill in-plane holes and close each lung with a disc of ``CLOSING_MM``, never across lungs.
+
+    The closing brings back dense pathology at the lung border (subpleural consolidation and
+    ground-glass above ``AIR_HU``), which the air threshold leaves out: without it the lung mask,
+    and so PI%, would miss exactly the lesions being measured. Bites up to about twice the radius
+    wide are closed; the broad concavities of heart and mediastinum are not.
+    """
     out = labels.copy()
-    r = max(1, int(round(2.0 / min(spacing[0], spacing[1]))))
-    closing = ndimage.iterate_structure(_inplane(1), r)
+    r = max(1, int(round(CLOSING_MM / min(spacing[0], spacing[1]))))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    disc = ((xx ** 2 + yy ** 2) <= r * r)[:, :, None]
     for value in (1, 2):
         m = labels == value
         if not m.any():
             continue
-        m = ndimage.binary_closing(np.pad(m, r + 1), closing)[r + 1:-r - 1, r + 1:-r - 1, r + 1:-r - 1]
-        m = _fill_holes_inplane(m)
-        out[m & (out == 0)] = value
+        box = _bbox(m, margin=r + 1)
+        sub = np.pad(m[box], ((r + 1, r + 1), (r + 1, r + 1), (0, 0)))
+        closed = ndimage.binary_closing(sub, disc)[r + 1:-r - 1, r + 1:-r - 1]
+        closed = _fill_holes_inplane(closed)
+        target = out[box]
+        target[closed & (target == 0)] = value
     return out
 
 
@@ -292,6 +304,9 @@ def extract_lungs(image_hu: np.ndarray, spacing) -> np.ndarray:
     out[both] = up[both]
     for v in (1, 2):
         out[_fill_holes_inplane(out == v) & (out == 0)] = v
+    # dense lung (pathology brought back by the closing) keeps the coarse label
+    dense = ~air & (up > 0) & (out == 0)
+    out[dense] = up[dense]
     return out
 
 

@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from slice2d.report import atomic_path, metrics_boxplot
+from slice2d.io import atomic_path
+from slice2d.report import metrics_boxplot
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,12 @@ transposed convolutions and skip connections on the way up; filters double at ea
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 from slice2d.config import ModelConfig
+
+BACKGROUND_PRIOR_FOREGROUND = 0.01  # initial probability mass of all foreground classes together
 
 
 def _conv_block(x, filters: int, cfg: ModelConfig, name: str):
@@ -51,5 +54,12 @@ def build_unet(size: int, n_classes: int, cfg: ModelConfig) -> keras.Model:
         x = layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
         x = _conv_block(x, filters, cfg, f"up{level}")
     # float32 softmax even under mixed precision, for a stable loss
-    outputs = layers.Conv2D(n_classes, 1, activation="softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="unet")
+    head = layers.Conv2D(n_classes, 1, activation="softmax", dtype="float32", name="probabilities")
+    outputs = head(x)
+    model = keras.Model(inputs, outputs, name="unet")
+    # Start from the prior "almost everything is background" (Lin et al. 2017): otherwise the
+    # first few hundred steps only learn that, and small foreground classes are learned late.
+    prior = np.full(n_classes, BACKGROUND_PRIOR_FOREGROUND / (n_classes - 1), dtype=np.float32)
+    prior[0] = 1.0 - BACKGROUND_PRIOR_FOREGROUND
+    head.bias.assign(np.log(prior))
+    return model

@@ -1,40 +1,18 @@
-"""Output files for evaluation and severity: atomic writes and figures (matplotlib, Agg backend).
+"""Figures for evaluation and severity (matplotlib, Agg backend), written atomically.
 
 matplotlib is imported inside the figure functions so that importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from slice2d.io import atomic_path
+
 BOX_METRICS = ("dice", "iou", "hd95_mm", "surface_dice")
-
-
-@contextmanager
-def atomic_path(*paths: str | Path) -> Iterator:
-    """Yield temporary paths next to ``paths``; rename them onto ``paths`` only if the block succeeds.
-
-    One path yields one temporary ``Path``; several yield a tuple. The temporary names keep the
-    final suffix (matplotlib picks the format from it). On error the temporary files are removed
-    and the targets are left untouched.
-    """
-    targets = [Path(p) for p in paths]
-    tag = uuid.uuid4().hex[:8]
-    tmps = [t.with_name(f".{t.name}.{tag}.tmp{t.suffix}") for t in targets]
-    try:
-        yield tmps[0] if len(tmps) == 1 else tuple(tmps)
-        for tmp, target in zip(tmps, targets):
-            os.replace(tmp, target)
-    finally:
-        for tmp in tmps:
-            if tmp.exists():
-                tmp.unlink()
 
 
 def _pyplot():

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slice2d.report import atomic_path
+from slice2d.io import atomic_path
 
 LOBE_NAMES = ("RUL", "RML", "RLL", "LUL", "LLL")
 ZONE_NAMES = {1: "R_upper", 2: "R_middle", 3: "R_lower", 4: "L_upper", 5: "L_middle", 6: "L_lower"}

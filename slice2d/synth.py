@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from slice2d.io import atomic_path
 
 LUNG_LABELS = {1: "right lung", 2: "left lung"}
 LOBE_LABELS = {1: "RUL", 2: "RML", 3: "RLL", 4: "LUL", 5: "LLL"}
@@ -430,15 +431,10 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     # nibabel stores "no scaling" as NaN; write an explicit 1 / 0 as the project's masks require.
     hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(raw))
     hdr["scl_slope"], hdr["scl_inter"] = 1.0, 0.0
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with open(tmp, "wb") as fh, gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=1, mtime=0) as gz:
-            gz.write(hdr.binaryblock)
-            gz.write(memoryview(raw)[len(hdr.binaryblock):])
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=1, mtime=0) as gz:
+        gz.write(hdr.binaryblock)
+        gz.write(memoryview(raw)[len(hdr.binaryblock):])
 
 
 def write_phantoms(out: Path, cases: int, shape: tuple[int, int, int] = (128, 128, 64),

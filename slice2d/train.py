@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 from slice2d import __version__
 from slice2d.config import Config, config_from_yaml, load_config
 from slice2d.dataset import SliceFile, Split, split_cases
-from slice2d.io import InputError
+from slice2d.io import InputError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +76,14 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _model_card(out: Path, cfg: Config, slices_path: Path, split: Split, history: list[dict[str, float]]) -> str:

@@ -23,9 +23,9 @@ def invoke(*args: str):
 
 def assert_user_error(result, *fragments: str) -> None:
     assert result.exit_code == 1, result.output
-    out = result.output.strip()
+    assert "Traceback" not in result.output
+    out = result.stderr.strip()
     assert out.startswith("error: "), out
-    assert "Traceback" not in out
     assert len(out.splitlines()) == 1, out
     for fragment in fragments:
         assert fragment in out, (fragment, out)

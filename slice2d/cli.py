@@ -253,7 +253,7 @@ def severity_cmd(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for everything the demo writes (replaced on a rerun).")] = Path("demo"),
-    cases: Annotated[int, typer.Option(min=3, help="Training phantoms.")] = 8,
+    cases: Annotated[int, typer.Option(min=3, help="Training phantoms.")] = 10,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the demo's training epochs.")] = None,
     quiet: Quiet = False,
 ) -> None:

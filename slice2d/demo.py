@@ -38,7 +38,7 @@ def _binary_references(lesions_dir: Path, out_dir: Path) -> None:
         nib.save(out, out_dir / path.name)
 
 
-def run_demo(out: str | Path, cases: int = 8, test_cases: int = 2, epochs: int | None = None,
+def run_demo(out: str | Path, cases: int = 10, test_cases: int = 3, epochs: int | None = None,
              shape: tuple[int, int, int] = (96, 96, 48), spacing: tuple[float, float, float] = (3.5, 3.5, 6.5),
              seed: int = 0, verbose: int = 2, step: Callable[[str], None] | None = None) -> dict:
     """Run the whole pipeline on phantoms; returns a summary with the paths and held-out results.
@@ -64,7 +64,8 @@ def run_demo(out: str | Path, cases: int = 8, test_cases: int = 2, epochs: int |
 
     announce(f"synthesising {cases} training and {test_cases} test phantoms")
     write_phantoms(out / "train", cases=cases, shape=shape, spacing=spacing, seed=seed)
-    write_phantoms(out / "test", cases=test_cases, shape=shape, spacing=spacing, seed=seed + 1000)
+    # test phantoms all carry lesions, so that a Dice score is defined for each of them
+    write_phantoms(out / "test", cases=test_cases, shape=shape, spacing=spacing, seed=seed + 1000, lesion_free=False)
     announce("preparing slices")
     prepare(out / "train" / "images", out / "train" / "lesions", out / "slices.h5", cfg)
     announce(f"training a {cfg.data.size}x{cfg.data.size} U-Net for up to {cfg.train.epochs} epochs")

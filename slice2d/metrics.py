@@ -276,7 +276,7 @@ def evaluate_folders(
         spacing = nib.affines.voxel_sizes(r_img.affine)
         for row in evaluate_case(p, r, spacing, table, tolerance_mm):
             rows.append({"case": _case_name(name), **row})
-        logger.info("evaluated %s", name)
+        logger.debug("evaluated %s", name)
         if progress is not None:
             progress(name)
 

@@ -439,7 +439,7 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 def write_phantoms(out: Path, cases: int, shape: tuple[int, int, int] = (128, 128, 64),
                    spacing: tuple[float, float, float] = (2.5, 2.5, 5.0), seed: int = 0,
-                   progress: Callable[[int], object] | None = None) -> list[Path]:
+                   progress: Callable[[int], object] | None = None, lesion_free: bool | None = None) -> list[Path]:
     """Write `cases` phantoms as OUT/{images,lungs,lobes,lesions}/phantom_NNN.nii.gz.
 
     Images are int16 HU, label maps uint8, all with slope 1 / intercept 0 and the phantom's LPS
@@ -453,7 +453,7 @@ def write_phantoms(out: Path, cases: int, shape: tuple[int, int, int] = (128, 12
         (out / name).mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(cases):
-        ph = make_phantom(shape, spacing, case_seed(seed, i))
+        ph = make_phantom(shape, spacing, case_seed(seed, i), lesion_free=lesion_free)
         fname = f"phantom_{i:03d}.nii.gz"
         for name, arr in (("lungs", ph.lungs), ("lobes", ph.lobes), ("lesions", ph.lesions)):
             _save_nifti(arr, ph.affine, out / name / fname)

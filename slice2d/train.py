@@ -1,6 +1,7 @@
 """train(slices, out, cfg) -> a self-describing run folder.
 
-The run folder holds ``model.keras`` (best epoch by validation mean foreground Dice), ``config.yaml``
+The run folder holds ``model.keras`` (best epoch by validation mean foreground Dice), ``backup/``
+(the last finished epoch: weights, optimiser, epoch counter), ``config.yaml``
 (the exact configuration, including the data section the slices were prepared with),
 ``splits.json`` (case ids for training and validation), ``history.csv``, ``curves.png`` and a short
 model card ``README.md``. An interrupted run continues with ``resume=True``: the same splits, the
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +113,8 @@ Weights trained by slice2d; the licence and attribution of the training data app
 def train(slices_path: str | Path, out: str | Path, cfg: Config, resume: bool = False, verbose: int = 1) -> Path:
     """Train a U-Net on a prepared slice file and write the run folder ``out``.
 
-    resume: continue an interrupted run in ``out`` (its saved config and splits are used; the
-    ``epochs`` of ``cfg`` may extend it). Without it, ``out`` must not already hold a run.
+    resume: continue an interrupted (or finished) run in ``out`` from its last finished epoch; its
+    saved config and splits are used, and the ``epochs`` of ``cfg`` may extend it. Without it, ``out`` must not already hold a run.
     """
     import keras
 
@@ -179,7 +179,7 @@ def train(slices_path: str | Path, out: str | Path, cfg: Config, resume: bool = 
     previous = _read_history(history_path)
     best_so_far = max((r.get(MONITOR, -np.inf) for r in previous), default=None)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True),
+        keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(str(out / "model.keras"), monitor=MONITOR, mode="max", save_best_only=True,
                                         initial_value_threshold=best_so_far),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.train.early_stopping_patience),
@@ -191,7 +191,6 @@ def train(slices_path: str | Path, out: str | Path, cfg: Config, resume: bool = 
               epochs=cfg.train.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
     if not (out / "model.keras").exists():  # no epoch beat the threshold (cannot happen on a fresh run)
         model.save(out / "model.keras")
-    shutil.rmtree(backup, ignore_errors=True)
     history = _read_history(history_path)
     plot_history(history, out / "curves.png")
     _write_text(out / "README.md", _model_card(out, cfg, Path(slices_path), split, history))

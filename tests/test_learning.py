@@ -76,7 +76,7 @@ def test_run_folder_describes_itself(trained):
     assert {"loss", "val_loss", "val_dice_lesion", "val_iou_lesion", "learning_rate"} <= set(rows[0])
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert (run_dir / "backup").is_dir()   # the last epoch's state, for --resume
-    assert load_run(run_dir).cfg.data.size == 64
+    assert load_run(run_dir).cfg.data == load_config("demo").data
 
 
 @pytest.mark.slow

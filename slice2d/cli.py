@@ -117,10 +117,12 @@ def synth(
 
 @app.command()
 def prepare(
-    images: Annotated[Path, typer.Option(help="Folder of image volumes (.nii/.nii.gz, HU).")],
-    labels: Annotated[Path, typer.Option(help="Folder of label maps with the same file names.")],
+    images: Annotated[Path, typer.Option(help="Folder of image volumes (.nii/.nii.gz, HU) or of slice images (PNG/JPG, 8-bit).")],
+    labels: Annotated[Path, typer.Option(help="Folder of label maps / label images with the same file names.")],
     out: Annotated[Path, typer.Option(help="HDF5 file to write.")],
     config: Annotated[Optional[str], typer.Option(help="YAML config or preset (lesions, lesions3, lungs, lobes, demo).")] = None,
+    patients: Annotated[Optional[Path], typer.Option(help="CSV 'file,patient' so that splits never cut a patient.")] = None,
+    rotate: Annotated[int, typer.Option(help="Quarter turns clockwise that bring slice images upright (anterior up).")] = 0,
     quiet: Quiet = False,
 ) -> None:
     """Slice volumes and label maps into an HDF5 file, with the geometry to undo every step."""
@@ -128,18 +130,20 @@ def prepare(
     from slice2d.config import load_config
     from slice2d.dataset import pair_cases
     from slice2d.dataset import prepare as prepare_slices
+    from slice2d.images import read_patients
 
     with _user_errors():
         cfg = load_config(config)
         n = len(pair_cases(images, labels))
+        ids = read_patients(patients) if patients else None
         with _progress(n, "prepare") as step:
-            prepare_slices(images, labels, out, cfg, progress=step)
+            prepare_slices(images, labels, out, cfg, patients=ids, rotate=rotate % 4, progress=step)
     log.info("wrote %s (%d cases, %dx%d slices)", out, n, cfg.data.size, cfg.data.size)
 
 
 @app.command()
 def train(
-    slices: Annotated[Path, typer.Argument(help="HDF5 file written by `slice2d prepare`.")],
+    slices: Annotated[list[Path], typer.Argument(help="HDF5 file(s) written by `slice2d prepare` (one config).")],
     out: Annotated[Path, typer.Option(help="Run folder to create, e.g. checkpoints/my-run.")],
     config: Annotated[Optional[str], typer.Option(help="YAML config or preset for the model and training.")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Override train.epochs.")] = None,
@@ -165,7 +169,7 @@ def train(
 
 @app.command()
 def predict(
-    input: Annotated[Path, typer.Argument(help="A .nii/.nii.gz volume or a folder of them.")],
+    input: Annotated[Path, typer.Argument(help="A .nii/.nii.gz volume, a folder of them, or a folder of PNG/JPG slices.")],
     model: Annotated[Path, typer.Option(help="Run folder written by `slice2d train`.")],
     out: Annotated[Path, typer.Option(help="Output folder; masks get the input's file names.")],
     lungs_model: Annotated[Optional[Path], typer.Option(help="Lung model run folder (default: built-in lung extraction).")] = None,
@@ -177,24 +181,36 @@ def predict(
     severity: Annotated[bool, typer.Option(help="For a lesion model: lungs, regions and a severity report per input.")] = True,
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per network call.")] = 32,
     probabilities: Annotated[bool, typer.Option(help="Also write class probabilities to OUT/probabilities/.")] = False,
+    rotate: Annotated[int, typer.Option(help="Slice images only: quarter turns clockwise that bring them upright.")] = 0,
     quiet: Quiet = False,
 ) -> None:
     """Segment CT volumes; each mask has exactly the input's shape and affine.
 
     With a lesion model, also writes OUT/lungs/, OUT/severity/<case>.json|png and OUT/severity/cohort.csv.
+    A folder of PNG/JPG slices gives OUT/<name>.png per slice, OUT/lungs/<name>.png (with a lung
+    model), the folder as a NIfTI stack in OUT/stack/ and its severity report.
     """
     _setup(quiet)
-    from slice2d.pipeline import SeverityOptions, assess_files
+    from slice2d.images import is_image
+    from slice2d.pipeline import SeverityOptions, assess_files, assess_slice_folder
     from slice2d.predict import input_files, load_run, predict_files
 
     with _user_errors():
         if lobes is not None and lobes_model is not None:
             raise typer.BadParameter("give --lobes or --lobes-model, not both")
+        options = SeverityOptions(scheme.value, lobe_labels.value, *_ZONES[zones.value])
+        if input.is_dir() and any(is_image(p) for p in input.iterdir()) and not list(input.glob("*.nii*")):
+            run = load_run(model)
+            lung_run = load_run(lungs_model) if lungs_model and severity else None
+            n = sum(1 for p in input.iterdir() if is_image(p))
+            with _progress(n, "predict") as step:
+                assess_slice_folder(run, input, out, lung_run=lung_run, options=options, rotate=rotate % 4, progress=step)
+            log.info("wrote slice label maps to %s (lungs/, stack/, severity/ where made)", out)
+            return
         files = input_files(input)
         run = load_run(model)
         with _progress(len(files), "predict") as step:
             if severity and run.cfg.data.task == "lesions":
-                options = SeverityOptions(scheme.value, lobe_labels.value, *_ZONES[zones.value])
                 assess_files(run, files, out, lung_run=load_run(lungs_model) if lungs_model else None,
                              lobe_run=load_run(lobes_model) if lobes_model else None, lobes_dir=lobes,
                              options=options, batch_size=batch_size, probabilities=probabilities, progress=step)

@@ -25,14 +25,20 @@ class _Frozen(BaseModel):
 class IntensityConfig(_Frozen):
     """How raw intensities become the network's [0, 1] input.
 
-    ``hu``: the input must be in Hounsfield units; values are clipped to ``window`` (HU) and scaled
-    to [0, 1]. Input that is clearly not HU (no air below -500) is refused.
-    ``uint8``: the input is already windowed to 0..255 (JPG/PNG slices, 8-bit "CT"); it is divided
-    by 255. Use this only when you know how the data were windowed.
+    Inputs come in two kinds: NIfTI volumes, which must be in Hounsfield units (clipped to
+    ``window`` and scaled to [0, 1]; a volume with no air below -500 is refused as "not HU"), and
+    8-bit slice images (JPG/PNG exports, already windowed by whoever exported them: divided by 255).
+    ``mode`` says what happens next:
+    ``window``: nothing; the network sees the windowed intensities.
+    ``clahe``: each axial slice is min-max stretched and equalised with CLAHE (contrast-limited
+    adaptive histogram equalisation), which makes HU volumes and 8-bit exports with different
+    windows look alike to the network.
     """
 
-    mode: Literal["hu", "uint8"] = "hu"
+    mode: Literal["window", "clahe"] = "window"
     window: tuple[float, float] = (-1000.0, 400.0)
+    clahe_clip: float = Field(2.0, gt=0)
+    clahe_tiles: int = Field(8, ge=1)
 
     @field_validator("window")
     @classmethod
@@ -51,6 +57,8 @@ class DataConfig(_Frozen):
         ``None`` keeps values as they are (they must then be < len(classes)).
     empty_fraction: fraction of slices without any foreground class that ``prepare`` keeps
         (seeded); 1.0 keeps every slice.
+    split_lungs: a merged lung mask (any non-zero) is split into 1 right / 2 left lung by side
+        (after ``label_map``); for data sets whose lung masks do not tell the sides apart.
     task: what the labels are, so that ``predict`` knows what a model's output means:
         ``lesions`` (1 infection, or 1 ground-glass / 2 consolidation), ``lungs`` (1 right, 2 left),
         ``lobes`` (1 RUL, 2 RML, 3 RLL, 4 LUL, 5 LLL) or ``other``.
@@ -62,6 +70,7 @@ class DataConfig(_Frozen):
     classes: tuple[str, ...] = ("background", "lesion")
     label_map: dict[int, int] | None = {1: 1, 2: 1}
     empty_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    split_lungs: bool = False
     seed: int = 0
 
     @model_validator(mode="after")

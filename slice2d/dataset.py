@@ -26,9 +26,10 @@ import numpy as np
 
 from slice2d import __version__
 from slice2d.config import Config, DataConfig
-from slice2d.io import (Geometry, InputError, atomic_path, case_name, check_hu, check_same_grid, from_canonical, geometry_of,
-                        list_niftis, load_volume, read_array, to_canonical)
-from slice2d.slicing import SliceGeometry, image_to_slices, labels_to_slices, normalise, plan_slices, slices_to_labels
+from slice2d.images import is_image, list_images, read_label_slice, read_slice, slice_geometry
+from slice2d.io import (Geometry, InputError, atomic_path, case_name, check_same_grid, from_canonical, geometry_of,
+                        is_nifti, list_niftis, load_volume, read_array, to_canonical)
+from slice2d.slicing import SliceGeometry, labels_to_slices, slices_to_labels, volume_to_network
 
 FORMAT = "slice2d-slices"
 FORMAT_VERSION = 1
@@ -53,10 +54,7 @@ def remap_labels(labels: np.ndarray, data: DataConfig, path: Path | str) -> np.n
     return lut[labels]
 
 
-def pair_cases(images_dir: Path, labels_dir: Path) -> list[tuple[str, Path, Path]]:
-    """Pair image and label files by case name; every image needs a label map and vice versa."""
-    images = {case_name(p): p for p in list_niftis(images_dir, "images")}
-    labels = {case_name(p): p for p in list_niftis(labels_dir, "labels")}
+def _pair(images: dict[str, Path], labels: dict[str, Path], images_dir: Path, labels_dir: Path) -> list[tuple[str, Path, Path]]:
     missing = sorted(set(images) - set(labels))
     if missing:
         raise InputError(f"{labels_dir}: no label map for cases {missing[:5]}; label files need the image's file name")
@@ -64,6 +62,51 @@ def pair_cases(images_dir: Path, labels_dir: Path) -> list[tuple[str, Path, Path
     if extra:
         raise InputError(f"{images_dir}: no image for label maps {extra[:5]}; label files need the image's file name")
     return [(name, images[name], labels[name]) for name in sorted(images)]
+
+
+def pair_cases(images_dir: Path, labels_dir: Path) -> list[tuple[str, Path, Path]]:
+    """Pair image and label files by case name; every image needs a label map and vice versa.
+
+    A folder of NIfTI volumes pairs with a folder of NIfTI label maps; a folder of slice images
+    (PNG/JPG, one single-slice case each) with a folder of label images of the same stems.
+    """
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    if images_dir.is_dir() and not any(is_nifti(p) for p in images_dir.iterdir()) and \
+            any(is_image(p) for p in images_dir.iterdir()):
+        return _pair({p.stem: p for p in list_images(images_dir)}, {p.stem: p for p in list_images(labels_dir, "labels")},
+                     images_dir, labels_dir)
+    return _pair({case_name(p): p for p in list_niftis(images_dir, "images")},
+                 {case_name(p): p for p in list_niftis(labels_dir, "labels")}, images_dir, labels_dir)
+
+
+def split_lungs_by_side(labels: np.ndarray) -> np.ndarray:
+    """A merged lung mask (canonical (P, L, S), any non-zero) -> 1 right lung, 2 left lung.
+
+    Per axial slice, each connected component goes to the side of the body midline (the middle of
+    the slice's lung columns) that holds most of it; a component straddling the midline (lungs
+    touching at the anterior junction) is cut at it. Canonical columns run from the patient's
+    right to left, so right lung = lower column index.
+    """
+    from scipy import ndimage
+
+    out = np.zeros(labels.shape, dtype=np.uint8)
+    for k in range(labels.shape[2]):
+        mask = labels[:, :, k] > 0
+        if not mask.any():
+            continue
+        cols = np.flatnonzero(mask.any(axis=0))
+        mid = (cols[0] + cols[-1]) / 2.0
+        comp, n = ndimage.label(mask)
+        column = np.broadcast_to(np.arange(mask.shape[1])[None, :], mask.shape)
+        for i in range(1, n + 1):
+            part = comp == i
+            right_share = np.mean(column[part] < mid)
+            if 0.2 < right_share < 0.8:
+                out[:, :, k][part & (column < mid)] = 1
+                out[:, :, k][part & (column >= mid)] = 2
+            else:
+                out[:, :, k][part] = 1 if right_share >= 0.5 else 2
+    return out
 
 
 def _keep_slices(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -75,11 +118,27 @@ def _keep_slices(labels: np.ndarray, fraction: float, rng: np.random.Generator) 
     return np.sort(np.concatenate([np.flatnonzero(has_fg), kept_empty])).astype(np.int32)
 
 
+def load_pair(image_path: Path, label_path: Path, rotate: int = 0) -> tuple[np.ndarray, np.ndarray, Geometry, str]:
+    """Image (raw), label map, geometry and intensity kind ("hu" or "uint8") of one case."""
+    if is_image(image_path):
+        image, labels = read_slice(image_path, rotate), read_label_slice(label_path, rotate)
+        if image.shape != labels.shape:
+            raise InputError(f"{label_path}: size {labels.shape} differs from {image_path.name} {image.shape}; "
+                             "are they the same slice?")
+        return image[:, :, None], labels[:, :, None], slice_geometry(image.shape), "uint8"
+    img = load_volume(image_path, "image")
+    lab = load_volume(label_path, "label map")
+    check_same_grid(img, lab, image_path, label_path)
+    return read_array(img, image_path, "image"), read_array(lab, label_path, "label"), geometry_of(img), "hu"
+
+
 def prepare(images_dir: str | Path, labels_dir: str | Path, out: str | Path, cfg: Config,
-            patients: dict[str, str] | None = None, progress: Callable[[str], None] | None = None) -> Path:
+            patients: dict[str, str] | None = None, rotate: int = 0,
+            progress: Callable[[str], None] | None = None) -> Path:
     """Slice every (image, label map) pair into an HDF5 file, one case at a time (memory stays flat).
 
     patients: optional case -> patient id, so splits never separate scans of one patient.
+    rotate: quarter turns clockwise that bring slice images upright (ignored for NIfTI).
     The file is written under a temporary name and renamed when complete.
     """
     pairs = pair_cases(Path(images_dir), Path(labels_dir))
@@ -92,36 +151,29 @@ def prepare(images_dir: str | Path, labels_dir: str | Path, out: str | Path, cfg
                             size=data.size)
             cases = h5.create_group("cases")
             for name, image_path, label_path in pairs:
-                _write_case(cases, name, image_path, label_path, data, rng, (patients or {}).get(name, name))
+                _write_case(cases, name, image_path, label_path, data, rng, (patients or {}).get(name, name), rotate)
                 if progress:
                     progress(name)
     return Path(out)
 
 
 def _write_case(cases: h5py.Group, name: str, image_path: Path, label_path: Path, data: DataConfig,
-                rng: np.random.Generator, patient: str) -> None:
-    img = load_volume(image_path, "image")
-    lab = load_volume(label_path, "label map")
-    check_same_grid(img, lab, image_path, label_path)
-    geometry = geometry_of(img)
-    image = read_array(img, image_path, "image")
-    if data.intensity.mode == "hu":
-        check_hu(image, image_path)
-    labels = remap_labels(read_array(lab, label_path, "label"), data, label_path)
-    image = to_canonical(normalise(image, data.intensity), geometry)
-    labels = to_canonical(labels, geometry)
-    spacing = geometry.canonical_spacing
-    sgeom = plan_slices(image.shape[0], image.shape[1], data.size, (spacing[0], spacing[1]))
+                rng: np.random.Generator, patient: str, rotate: int) -> None:
+    image, labels, geometry, kind = load_pair(image_path, label_path, rotate)
+    labels = to_canonical(remap_labels(labels, data, label_path), geometry)
+    if data.split_lungs:
+        labels = split_lungs_by_side(labels)
+    _, sgeom, slices = volume_to_network(image, geometry, data.intensity, data.size, kind, str(image_path))
     keep = _keep_slices(labels, data.empty_fraction, rng)
     group = cases.create_group(name)
-    group.create_dataset("image", data=image_to_slices(image[:, :, keep], sgeom).astype(np.float16),
-                         chunks=(1, data.size, data.size), compression="lzf")
+    group.create_dataset("image", data=slices[keep].astype(np.float16), chunks=(1, data.size, data.size),
+                         compression="lzf")
     group.create_dataset("label", data=labels_to_slices(labels[:, :, keep], sgeom),
                          chunks=(1, data.size, data.size), compression="lzf")
     group.create_dataset("z", data=keep)
     group.attrs.update(affine=geometry.affine, shape=np.array(geometry.shape), axcodes="".join(geometry.axcodes),
                        slice_geometry=json.dumps(sgeom.as_dict()), patient=patient,
-                       image_path=str(image_path), label_path=str(label_path))
+                       image_path=str(image_path), label_path=str(label_path), rotate=rotate)
 
 
 class SliceFile:

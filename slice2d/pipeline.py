@@ -15,7 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from slice2d.io import InputError, case_name, check_same_grid, geometry_of, load_volume, read_array, save_like
+from slice2d.io import (InputError, atomic_path, case_name, check_same_grid, geometry_of, load_volume, read_array,
+                        save_like)
 from slice2d.lungs import extract_lungs_nifti
 from slice2d.report import severity_figure
 from slice2d.severity import severity_report, write_cohort_csv, write_report
@@ -130,4 +131,66 @@ def score_files(lesions: Path, lungs: Path | None, lobes: Path | None, image: Pa
     lobe_map = _load_labels_on_grid(lobes, les_img, lesions, "lobe map") if lobes is not None else None
     report = score_case(ct, les, lung_map, lobe_map, les_img.affine, case_name(lesions), options, out)
     write_cohort_csv([report], out.with_suffix(".csv"))
+    return report
+
+
+def _write_png(labels: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(labels.astype(np.uint8)).save(tmp, format="PNG")
+
+
+def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=None,
+                        options: SeverityOptions = SeverityOptions(), rotate: int = 0,
+                        progress: Callable[[Path], None] | None = None) -> dict | None:
+    """Segment a folder of 8-bit slice images (one axial slice per file, natural file-name order).
+
+    Writes ``out_dir/<stem>.png`` (the lesion labels, the image's own size and orientation) and,
+    with a lung model, ``out_dir/lungs/<stem>.png``. When all slices share one size the folder is
+    also written as a stack, ``out_dir/stack/{image,lesions,lungs}.nii.gz`` (1 mm pixels and slice
+    distance assumed, the first file taken as the most superior slice), and scored: the report
+    ``out_dir/severity/<folder>.json`` uses the six zones (PI% does not depend on the unknown
+    spacing; its mL figures assume 1 mm voxels). Returns the report, or None when it was not made.
+    """
+    from slice2d.images import list_images, read_slice, slice_geometry
+    from slice2d.predict import predict_array
+
+    out_dir = Path(out_dir)
+    files = list_images(folder, "slice images")
+    if out_dir.resolve() == Path(folder).resolve():
+        raise InputError(f"{out_dir}: --out is the input folder; choose another output folder")
+    slices, lesion_maps, lung_maps = [], [], []
+    for path in files:
+        image = read_slice(path, rotate)
+        geometry = slice_geometry(image.shape)
+        lesions = predict_array(lesion_run, image[:, :, None], geometry, batch_size=1, source=str(path), kind="uint8")[0][:, :, 0]
+        _write_png(np.rot90(lesions, k=rotate), out_dir / f"{path.stem}.png")
+        slices.append(image)
+        lesion_maps.append(lesions)
+        if lung_run is not None:
+            lungs = predict_array(lung_run, image[:, :, None], geometry, batch_size=1, source=str(path), kind="uint8")[0][:, :, 0]
+            _write_png(np.rot90(lungs, k=rotate), out_dir / "lungs" / f"{path.stem}.png")
+            lung_maps.append(lungs)
+        if progress:
+            progress(path)
+    if len({s.shape for s in slices}) != 1:
+        log.warning("slices differ in size: no stack and no severity report (per-slice maps were written)")
+        return None
+    # canonical (P, L) in-plane; the stack's third axis runs from the first file (superior) down
+    affine = np.array([[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    stack = nib.Nifti1Image(np.stack(slices, axis=2), affine)
+    stack.header.set_xyzt_units("mm")
+    save_like(np.stack(slices, axis=2), stack, out_dir / "stack" / "image.nii.gz")
+    save_like(np.stack(lesion_maps, axis=2), stack, out_dir / "stack" / "lesions.nii.gz")
+    if lung_run is None:
+        log.warning("no lung model: lung maps and the severity report need one for 8-bit slices "
+                    "(the built-in lung extraction needs HU)")
+        return None
+    lungs = np.stack(lung_maps, axis=2)
+    save_like(lungs, stack, out_dir / "stack" / "lungs.nii.gz")
+    image_hu = np.stack(slices, axis=2).astype(np.float32) * (1400.0 / 255.0) - 1000.0  # for display only
+    report = score_case(image_hu, np.stack(lesion_maps, axis=2), lungs, None, affine, Path(folder).name,
+                        options, out_dir / "severity" / f"{Path(folder).name}.json")
+    write_cohort_csv([report], out_dir / "severity" / "cohort.csv")
     return report

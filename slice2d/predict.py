@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from slice2d.config import Config, ConfigError, load_config
-from slice2d.io import (Geometry, InputError, check_hu, from_canonical, geometry_of, is_nifti,
+from slice2d.io import (Geometry, InputError, from_canonical, geometry_of, is_nifti,
                         list_niftis, load_volume, read_array, save_like, to_canonical)
-from slice2d.slicing import image_to_slices, normalise, plan_slices, probabilities_to_slice
+from slice2d.slicing import probabilities_to_slice, volume_to_network
 
 
 @dataclass(frozen=True)
@@ -74,20 +74,17 @@ def predict_slices(run: Run, slices: np.ndarray, batch_size: int = 32) -> np.nda
 
 
 def predict_array(run: Run, image: np.ndarray, geometry: Geometry, batch_size: int = 32,
-                  probabilities: bool = False, source: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
+                  probabilities: bool = False, source: str = "image", kind: str = "hu") -> tuple[np.ndarray, np.ndarray | None]:
     """Segment one volume.
 
-    image: raw intensities (HU, or 0..255 for a uint8 model) on the input grid (X, Y, Z).
+    image: raw intensities on the input grid (X, Y, Z); kind: "hu" for NIfTI volumes in HU,
+    "uint8" for stacks of 8-bit slice images.
     Returns the label map (X, Y, Z) uint8 on the same grid, and with ``probabilities`` the class
     probabilities (X, Y, Z, C) float32 (else None).
     """
     data = run.cfg.data
-    if data.intensity.mode == "hu":
-        check_hu(image, source)
-    canonical = to_canonical(normalise(image, data.intensity), geometry)
-    spacing = geometry.canonical_spacing
-    sgeom = plan_slices(canonical.shape[0], canonical.shape[1], data.size, (spacing[0], spacing[1]))
-    probs = predict_slices(run, image_to_slices(canonical, sgeom), batch_size)
+    canonical, sgeom, slices = volume_to_network(image, geometry, data.intensity, data.size, kind, source)
+    probs = predict_slices(run, slices, batch_size)
     labels = np.empty(canonical.shape, dtype=np.uint8)
     full = np.empty((*canonical.shape, probs.shape[-1]), dtype=np.float32) if probabilities else None
     for k in range(canonical.shape[2]):

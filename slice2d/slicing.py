@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from slice2d.config import IntensityConfig
+from slice2d.io import Geometry, check_hu, to_canonical
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,41 @@ def plan_slices(rows: int, cols: int, size: int, spacing: tuple[float, float] = 
     return SliceGeometry(rows, cols, new_rows, new_cols, (size - new_rows) // 2, (size - new_cols) // 2, size)
 
 
-def normalise(image: np.ndarray, intensity: IntensityConfig) -> np.ndarray:
-    """Raw intensities -> float32 in [0, 1]: HU clipped to the window, or 8-bit divided by 255."""
-    low, high = (0.0, 255.0) if intensity.mode == "uint8" else intensity.window
+def normalise(image: np.ndarray, intensity: IntensityConfig, kind: str = "hu") -> np.ndarray:
+    """Raw intensities -> float32 in [0, 1]: HU clipped to the window (kind "hu"), or 8-bit / 255 ("uint8")."""
+    low, high = (0.0, 255.0) if kind == "uint8" else intensity.window
     out = (np.asarray(image, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def equalise(volume: np.ndarray, intensity: IntensityConfig) -> np.ndarray:
+    """Per axial slice: min-max stretch, then CLAHE; volume (rows, cols, Z) in [0, 1], returned in [0, 1]."""
+    clahe = cv2.createCLAHE(clipLimit=intensity.clahe_clip, tileGridSize=(intensity.clahe_tiles,) * 2)
+    out = np.empty(volume.shape, dtype=np.float32)
+    for k in range(volume.shape[2]):
+        sl = volume[:, :, k]
+        low, high = float(sl.min()), float(sl.max())
+        stretched = (sl - low) / (high - low) if high > low else np.zeros_like(sl)
+        out[:, :, k] = clahe.apply(np.round(stretched * 255).astype(np.uint8)) / np.float32(255)
+    return out
+
+
+def volume_to_network(image: np.ndarray, geometry: Geometry, intensity: IntensityConfig, size: int,
+                      kind: str = "hu", source: str = "image") -> tuple[np.ndarray, SliceGeometry, np.ndarray]:
+    """Everything between a raw volume and the network, shared by ``prepare`` and ``predict``.
+
+    image: raw intensities on the input grid (X, Y, Z); kind: "hu" (NIfTI, checked to be HU) or
+    "uint8" (8-bit slice images). Returns the normalised canonical volume (rows, cols, Z), its
+    slice geometry and the network slices (Z, size, size) float32.
+    """
+    if kind == "hu":
+        check_hu(image, source)
+    canonical = to_canonical(normalise(image, intensity, kind), geometry)
+    if intensity.mode == "clahe":
+        canonical = equalise(canonical, intensity)
+    spacing = geometry.canonical_spacing
+    sgeom = plan_slices(canonical.shape[0], canonical.shape[1], size, (spacing[0], spacing[1]))
+    return canonical, sgeom, image_to_slices(canonical, sgeom)
 
 
 def _nearest_index(n_from: int, n_to: int) -> np.ndarray:

@@ -27,12 +27,22 @@ RUN_FILES = ("model.keras", "config.yaml", "splits.json")
 MONITOR = "val_dice_mean"
 
 
-def _resolve_config(slices: SliceFile, cfg: Config) -> Config:
+def _resolve_config(files: list[SliceFile], cfg: Config) -> Config:
     """The run's config: model and training from ``cfg``, data exactly as the slices were prepared."""
-    data = config_from_yaml(slices.data_config_yaml).data
-    if data != cfg.data:
-        log.info("using the data settings stored in %s (they define the slices)", slices.path)
-    return Config(data=data, model=cfg.model, train=cfg.train)
+    datas = [config_from_yaml(f.data_config_yaml).data for f in files]
+    for f, d in zip(files[1:], datas[1:]):
+        if (d.size, d.classes, d.intensity, d.task) != (datas[0].size, datas[0].classes, datas[0].intensity, datas[0].task):
+            raise InputError(f"{f.path}: prepared with other data settings (size, classes, intensity or task) than "
+                             f"{files[0].path}; prepare all slice files with one config")
+    if datas[0] != cfg.data:
+        log.info("using the data settings stored in %s (they define the slices)", files[0].path)
+    return Config(data=datas[0], model=cfg.model, train=cfg.train)
+
+
+def _gather(files: list[SliceFile], names: list[str], cases: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of the named cases, from whichever file holds each."""
+    parts = [f.arrays([c for c in names if cases[c][0] is f]) for f in files]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _read_history(path: Path) -> list[dict[str, float]]:
@@ -86,7 +96,7 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _model_card(out: Path, cfg: Config, slices_path: Path, split: Split, history: list[dict[str, float]]) -> str:
+def _model_card(out: Path, cfg: Config, slices_paths: list[Path], split: Split, history: list[dict[str, float]]) -> str:
     best = max(history, key=lambda r: r.get(MONITOR, -1.0)) if history else {}
     metrics = "\n".join(f"| {k[4:]} | {v:.4f} |" for k, v in sorted(best.items()) if k.startswith("val_")
                         and ("dice" in k or "iou" in k))
@@ -95,8 +105,9 @@ def _model_card(out: Path, cfg: Config, slices_path: Path, split: Split, history
 - slice2d {__version__}; U-Net depth {cfg.model.depth}, base filters {cfg.model.base_filters},
   {'residual blocks, ' if cfg.model.residual else ''}classes {list(cfg.data.classes)}
 - Input: {cfg.data.size}x{cfg.data.size} axial slices in the canonical display orientation;
-  intensity {cfg.data.intensity.mode}{' window ' + str(list(cfg.data.intensity.window)) + ' HU' if cfg.data.intensity.mode == 'hu' else ''}.
-- Data: `{slices_path}`; {len(split.train)} training cases, {len(split.val)} validation cases (`splits.json`).
+  intensity: NIfTI in HU windowed to {list(cfg.data.intensity.window)} HU, 8-bit slices / 255, then
+  `{cfg.data.intensity.mode}`{' (per-slice min-max + CLAHE)' if cfg.data.intensity.mode == 'clahe' else ''}.
+- Data: {', '.join(f'`{p}`' for p in slices_paths)}; {len(split.train)} training cases, {len(split.val)} validation cases (`splits.json`).
 - Best epoch: {int(best.get('epoch', -1)) + 1} of {len(history)}.
 
 ## Validation metrics at the best epoch (pixels pooled over the validation slices)
@@ -110,9 +121,12 @@ Weights trained by slice2d; the licence and attribution of the training data app
 """
 
 
-def train(slices_path: str | Path, out: str | Path, cfg: Config, resume: bool = False, verbose: int = 1) -> Path:
-    """Train a U-Net on a prepared slice file and write the run folder ``out``.
+def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, resume: bool = False,
+          verbose: int = 1) -> Path:
+    """Train a U-Net on one or more prepared slice files and write the run folder ``out``.
 
+    Several files (e.g. two data sets) must share their data settings; each is split by patient
+    on its own and the parts are joined, so every source is on both sides of the split.
     resume: continue an interrupted (or finished) run in ``out`` from its last finished epoch; its
     saved config and splits are used, and the ``epochs`` of ``cfg`` may extend it. Without it, ``out`` must not already hold a run.
     """
@@ -132,21 +146,34 @@ def train(slices_path: str | Path, out: str | Path, cfg: Config, resume: bool = 
         raise InputError(f"{out}: run folder already exists and is not empty; pass --resume to continue it or choose another --out")
 
     keras.utils.set_random_seed(cfg.train.seed)
-    with SliceFile(slices_path) as slices:
+    paths = [Path(p) for p in ([slices_path] if isinstance(slices_path, (str, Path)) else slices_path)]
+    files = [SliceFile(p) for p in paths]
+    try:
+        cases = {}  # case -> (file, patient)
+        for f in files:
+            for c in f.cases:
+                if c in cases:
+                    raise InputError(f"{f.path}: case {c} is also in {cases[c][0].path}; case names must be unique across files")
+                cases[c] = (f, f.patient(c))
         if not resume:
-            cfg = _resolve_config(slices, cfg)
-        patients = {c: slices.patient(c) for c in slices.cases}
+            cfg = _resolve_config(files, cfg)
         if resume:
             split = Split(**json.loads((out / "splits.json").read_text()))
-            unknown = sorted(set(split.train + split.val) - set(patients))
+            unknown = sorted(set(split.train + split.val) - set(cases))
             if unknown:
-                raise InputError(f"{slices_path}: cases {unknown[:5]} of the run's splits.json are missing; resume with the same slice file")
+                raise InputError(f"{paths[0]}: cases {unknown[:5]} of the run's splits.json are missing; resume with the same slice files")
         else:
-            split = split_cases(patients, cfg.train.val_fraction, cfg.train.folds, cfg.train.fold, cfg.train.seed)
-        train_x, train_y = slices.arrays(split.train)
-        val_x, val_y = slices.arrays(split.val)
+            # each file is split on its own, so that every source is represented on both sides
+            parts = [split_cases({c: f.patient(c) for c in f.cases}, cfg.train.val_fraction, cfg.train.folds,
+                                 cfg.train.fold, cfg.train.seed) for f in files]
+            split = Split(train=[c for p in parts for c in p.train], val=[c for p in parts for c in p.val])
+        train_x, train_y = _gather(files, split.train, cases)
+        val_x, val_y = _gather(files, split.val, cases)
+    finally:
+        for f in files:
+            f.h5.close()
     if len(train_x) == 0 or len(val_x) == 0:
-        raise InputError(f"{slices_path}: the split left {len(train_x)} training and {len(val_x)} validation slices; "
+        raise InputError(f"{paths[0]}: the split left {len(train_x)} training and {len(val_x)} validation slices; "
                          "add cases or change train.val_fraction")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -193,5 +220,5 @@ def train(slices_path: str | Path, out: str | Path, cfg: Config, resume: bool = 
         model.save(out / "model.keras")
     history = _read_history(history_path)
     plot_history(history, out / "curves.png")
-    _write_text(out / "README.md", _model_card(out, cfg, Path(slices_path), split, history))
+    _write_text(out / "README.md", _model_card(out, cfg, paths, split, history))
     return out

@@ -244,11 +244,11 @@ def evaluate(
 
 @app.command("severity")
 def severity_cmd(
-    lesions: Annotated[Path, typer.Option(help="Lesion label map (1 infection, or 1 ground-glass / 2 consolidation).")],
-    out: Annotated[Path, typer.Option(help="Report .json; a .png and a one-row .csv are written beside it.")],
-    lungs: Annotated[Optional[Path], typer.Option(help="Lung map (1 right, 2 left).")] = None,
-    lobes: Annotated[Optional[Path], typer.Option(help="Lobe map (convention: --lobe-labels).")] = None,
-    image: Annotated[Optional[Path], typer.Option(help="The CT (HU): figure background; lungs are extracted from it when --lungs is absent.")] = None,
+    lesions: Annotated[Path, typer.Option(help="Lesion label map (1 infection, or 1 ground-glass / 2 consolidation), or a folder of them.")],
+    out: Annotated[Path, typer.Option(help="Report .json (a .png and a one-row .csv beside it); a folder for a folder of maps.")],
+    lungs: Annotated[Optional[Path], typer.Option(help="Lung map (1 right, 2 left), or a folder of same-named maps.")] = None,
+    lobes: Annotated[Optional[Path], typer.Option(help="Lobe map (convention: --lobe-labels), or a folder.")] = None,
+    image: Annotated[Optional[Path], typer.Option(help="The CT (HU), or a folder: figure background; lungs are extracted from it when --lungs is absent.")] = None,
     scheme: Annotated[Scheme, typer.Option(help="Severity scheme.")] = Scheme.chung,
     lobe_labels: Annotated[LobeLabels, typer.Option(help="Label convention of the lobe map.")] = LobeLabels.slice2d,
     zones: Annotated[Zones, typer.Option(help="How lungs are cut into thirds when there is no lobe map.")] = Zones.extent,
@@ -260,10 +260,12 @@ def severity_cmd(
 
     with _user_errors():
         options = SeverityOptions(scheme.value, lobe_labels.value, *_ZONES[zones.value])
-        report = score_files(lesions, lungs, lobes, image, options, out)
-    category = f" ({report['category']})" if report.get("category") else ""
-    log.info("%s TSS %d/%d%s, total PI %.1f %%; wrote %s", report["scheme"], report["tss"], report["tss_max"],
-             category, report["total_pi"], out)
+        reports = score_files(lesions, lungs, lobes, image, options, out)
+    for report in reports:
+        category = f" ({report['category']})" if report.get("category") else ""
+        log.info("%s: %s TSS %d/%d%s, total PI %.1f %%", report["case"], report["scheme"], report["tss"],
+                 report["tss_max"], category, report["total_pi"])
+    log.info("wrote %s", out)
 
 
 @app.command()

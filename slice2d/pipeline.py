@@ -15,8 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from slice2d.io import (InputError, atomic_path, case_name, check_same_grid, geometry_of, load_volume, read_array,
-                        save_like)
+from slice2d.io import (InputError, atomic_path, case_name, check_same_grid, geometry_of, list_niftis, load_volume,
+                        read_array, save_like)
 from slice2d.lungs import extract_lungs_nifti
 from slice2d.report import severity_figure
 from slice2d.severity import severity_report, write_cohort_csv, write_report
@@ -105,33 +105,61 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
     return reports
 
 
-def score_files(lesions: Path, lungs: Path | None, lobes: Path | None, image: Path | None,
-                options: SeverityOptions, out: Path) -> dict:
-    """``slice2d severity`` on one case: maps from files, report to ``out`` (JSON), ``out`` .png and .csv.
-
-    Without a lung map, lungs come from the built-in extraction on ``image`` (required then).
-    """
-    if out.suffix != ".json":
-        raise InputError(f"{out}: --out must name a .json file (the .png and .csv are written beside it)")
+def _score_one(lesions: Path, lungs: Path | None, lobes: Path | None, image: Path | None,
+               options: SeverityOptions, json_path: Path) -> dict:
     les_img = load_volume(lesions, "lesion map")
     les = read_array(les_img, lesions, "label")
-    ct = None
+    ct = ct_img = None
     if image is not None:
         ct_img = load_volume(image, "image")
         check_same_grid(les_img, ct_img, lesions, image)
         ct = read_array(ct_img, image)
     if lungs is not None:
         lung_map = _load_labels_on_grid(lungs, les_img, lesions, "lung map")
-    elif ct is not None:
+    elif ct_img is not None:
         lung_map = extract_lungs_nifti(ct_img)
     elif lobes is None:
-        raise InputError("give --lungs, --lobes, or --image (for the built-in lung extraction)")
+        raise InputError(f"{lesions}: give --lungs, --lobes, or --image (for the built-in lung extraction)")
     else:
         lung_map = None
     lobe_map = _load_labels_on_grid(lobes, les_img, lesions, "lobe map") if lobes is not None else None
-    report = score_case(ct, les, lung_map, lobe_map, les_img.affine, case_name(lesions), options, out)
-    write_cohort_csv([report], out.with_suffix(".csv"))
-    return report
+    return score_case(ct, les, lung_map, lobe_map, les_img.affine, case_name(lesions), options, json_path)
+
+
+def score_files(lesions: Path, lungs: Path | None, lobes: Path | None, image: Path | None,
+                options: SeverityOptions, out: Path, progress: Callable[[Path], None] | None = None) -> list[dict]:
+    """``slice2d severity``: reports from existing maps, for one case or a cohort.
+
+    One case: ``lesions`` and the others are files; the report goes to ``out`` (.json), with the
+    figure (.png) and a one-row CSV beside it. A cohort: ``lesions`` (and any of ``lungs``,
+    ``lobes``, ``image`` given) are folders of same-named files; ``out`` is a folder that receives
+    ``<case>.json``, ``<case>.png`` and ``cohort.csv``. Without a lung map, lungs come from the
+    built-in extraction on the CT ``image``.
+    """
+    if not Path(lesions).is_dir():
+        if out.suffix != ".json":
+            raise InputError(f"{out}: --out must name a .json file (the .png and .csv are written beside it)")
+        report = _score_one(lesions, lungs, lobes, image, options, out)
+        write_cohort_csv([report], out.with_suffix(".csv"))
+        return [report]
+    if out.suffix:
+        raise InputError(f"{out}: with a folder of lesion maps, --out must be a folder")
+    files = list_niftis(lesions, "lesion maps")
+    for folder in (lungs, lobes, image):
+        if folder is not None and not Path(folder).is_dir():
+            raise InputError(f"{folder}: with a folder of lesion maps, give folders of same-named files")
+        if folder is not None:
+            absent = [p.name for p in files if not (Path(folder) / p.name).is_file()]
+            if absent:
+                raise InputError(f"{folder}: no file named {absent[0]}; maps are paired by file name")
+    reports = []
+    for path in files:
+        paired = [Path(f) / path.name if f is not None else None for f in (lungs, lobes, image)]
+        reports.append(_score_one(path, *paired, options, out / f"{case_name(path)}.json"))
+        if progress:
+            progress(path)
+    write_cohort_csv(reports, out / "cohort.csv")
+    return reports
 
 
 def _write_png(labels: np.ndarray, path: Path) -> None:

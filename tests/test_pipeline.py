@@ -67,6 +67,22 @@ def test_severity_with_built_in_lungs_and_zones(phantoms, tmp_path):
     assert report["lung_ml"] == pytest.approx(truth_ml, rel=0.1)   # built-in extraction within 10 %
 
 
+def test_severity_on_a_cohort_folder(phantoms, tmp_path):
+    result = invoke("severity", "--lesions", phantoms / "lesions", "--lungs", phantoms / "lungs", "--lobes",
+                    phantoms / "lobes", "--scheme", "pan", "--out", tmp_path / "cohort", "-q")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "cohort" / "cohort.csv").open()))
+    assert [r["case"] for r in rows] == ["phantom_000", "phantom_001"]
+    for row in rows:
+        report = json.loads((tmp_path / "cohort" / f"{row['case']}.json").read_text())
+        assert int(row["tss"]) == report["tss"] and row["category"] == report["category"]
+        assert report["tss_max"] == 25 and report["category"] in ("normal", "mild", "moderate", "severe")
+    (tmp_path / "few").mkdir()
+    (tmp_path / "few" / "phantom_000.nii.gz").symlink_to(phantoms / "lungs" / "phantom_000.nii.gz")
+    result = invoke("severity", "--lesions", phantoms / "lesions", "--lungs", tmp_path / "few", "--out", tmp_path / "c2")
+    assert_user_error(result, "no file named phantom_001.nii.gz")
+
+
 def test_severity_bad_input(phantoms, tmp_path):
     name = "phantom_000.nii.gz"
     bad_lobes = tmp_path / "lobes.nii.gz"

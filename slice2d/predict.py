@@ -30,6 +30,19 @@ class Run:
     model: object  # keras.Model; typed loosely so that importing this module stays cheap
 
 
+SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def shipped_model(task: str, required: bool = True) -> Path | None:
+    """The run folder of a model shipped in the repository's checkpoints/ (``lesions`` or ``lungs``)."""
+    path = SHIPPED / task
+    if (path / "model.keras").is_file():
+        return path
+    if required:
+        raise InputError(f"no --model given and no shipped {task} model in {SHIPPED}; pass --model checkpoints/<run>")
+    return None
+
+
 def load_run(path: str | Path) -> Run:
     """Load a run folder; the model is loaded in Keras safe mode (no code from the file runs)."""
     path = Path(path)

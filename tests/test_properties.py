@@ -1,0 +1,83 @@
+"""Property-based tests (hypothesis): slicing/reassembly and metrics over random shapes, spacings,
+orientations and label contents. Bounded: a few dozen examples each, seconds in all."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from slice2d.io import from_canonical, geometry_of, to_canonical
+from slice2d.metrics import binary_metrics
+from slice2d.slicing import labels_to_slices, plan_slices, slices_to_labels
+
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+@st.composite
+def oriented_labels(draw):
+    """A random label volume with a random axis permutation, flips and anisotropic spacing."""
+    shape = tuple(draw(st.integers(2, 40)) for _ in range(3))
+    spacing = [draw(st.floats(0.3, 5.0)) for _ in range(3)]
+    perm = draw(st.permutations([0, 1, 2]))
+    signs = [draw(st.sampled_from([-1.0, 1.0])) for _ in range(3)]
+    affine = np.eye(4)
+    affine[:3, :3] = 0
+    for axis in range(3):
+        affine[perm[axis], axis] = signs[axis] * spacing[axis]
+    affine[:3, 3] = [draw(st.floats(-200, 200)) for _ in range(3)]
+    labels = draw(arrays(np.uint8, shape, elements=st.integers(0, 4)))
+    return labels, affine
+
+
+@SETTINGS
+@given(oriented_labels(), st.sampled_from([32, 64, 128]))
+def test_orientation_and_slicing_round_trip(case, size):
+    labels, affine = case
+    geometry = geometry_of(nib.Nifti1Image(labels, affine))
+    canonical = to_canonical(labels, geometry)
+    np.testing.assert_array_equal(from_canonical(canonical, geometry), labels)
+    spacing = geometry.canonical_spacing
+    g = plan_slices(canonical.shape[0], canonical.shape[1], size, (spacing[0], spacing[1]))
+    assert 1 <= g.new_rows <= size and 1 <= g.new_cols <= size
+    assert 0 <= g.top and g.top + g.new_rows <= size and 0 <= g.left and g.left + g.new_cols <= size
+    slices = labels_to_slices(canonical, g)
+    assert slices.shape == (canonical.shape[2], size, size)
+    back = from_canonical(slices_to_labels(slices, g), geometry)
+    assert back.shape == labels.shape
+    if g.new_rows >= g.rows and g.new_cols >= g.cols:   # nothing was shrunk: exact
+        np.testing.assert_array_equal(back, labels)
+    assert set(np.unique(back)) <= set(np.unique(labels))
+
+
+masks = arrays(bool, st.tuples(st.integers(2, 12), st.integers(2, 12), st.integers(2, 8)))
+spacings = st.tuples(*[st.floats(0.5, 4.0)] * 3)
+
+
+@SETTINGS
+@given(masks, spacings)
+def test_metrics_of_a_mask_with_itself(mask, spacing):
+    m = binary_metrics(mask, mask, spacing, 1.0)
+    assert m["dice"] == 1.0 and m["iou"] == 1.0 and m["surface_dice"] == 1.0
+    assert m["hd95_mm"] == 0.0 and m["assd_mm"] == 0.0
+    assert m["pred_ml"] == m["ref_ml"]
+
+
+@SETTINGS
+@given(st.data(), spacings)
+def test_metrics_are_bounded_and_symmetric(data, spacing):
+    shape = data.draw(st.tuples(st.integers(2, 12), st.integers(2, 12), st.integers(2, 8)))
+    a = data.draw(arrays(bool, shape))
+    b = data.draw(arrays(bool, shape))
+    ab, ba = binary_metrics(a, b, spacing, 2.0), binary_metrics(b, a, spacing, 2.0)
+    for key in ("dice", "iou", "surface_dice", "hd95_mm", "assd_mm"):
+        assert np.isnan(ab[key]) and np.isnan(ba[key]) or np.isclose(ab[key], ba[key]), key
+    assert 0.0 <= ab["dice"] <= 1.0 and 0.0 <= ab["iou"] <= ab["dice"] + 1e-12
+    if a.any() or b.any():
+        assert np.isclose(ab["iou"], ab["dice"] / (2 - ab["dice"]))
+    if a.any() and b.any():
+        assert ab["hd95_mm"] >= 0 and ab["assd_mm"] >= 0
+        diagonal = float(np.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
+        assert ab["hd95_mm"] <= diagonal + 1e-6

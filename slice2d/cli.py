@@ -46,6 +46,9 @@ class Zones(str, Enum):
 # zone option -> (severity.lung_zones method, joint)
 _ZONES = {"extent": ("extent", False), "volume": ("volume", False), "volume-joint": ("volume", True)}
 
+SchemeOption = Annotated[Scheme, typer.Option(help="Severity scheme.")]
+LobeLabelsOption = Annotated[LobeLabels, typer.Option(help="Label convention of the lobe maps.")]
+ZonesOption = Annotated[Zones, typer.Option(help="How lungs are cut into thirds when there is no lobe map.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.")]
 
 
@@ -175,9 +178,9 @@ def predict(
     lungs_model: Annotated[Optional[Path], typer.Option(help="Lung model run folder (default: the shipped checkpoints/lungs, else the built-in lung extraction for HU volumes).")] = None,
     lobes_model: Annotated[Optional[Path], typer.Option(help="Lobe model run folder (default: six lung zones).")] = None,
     lobes: Annotated[Optional[Path], typer.Option(help="Folder of lobe maps named like the inputs, instead of a lobe model.")] = None,
-    scheme: Annotated[Scheme, typer.Option(help="Severity scheme.")] = Scheme.chung,
-    lobe_labels: Annotated[LobeLabels, typer.Option(help="Label convention of the --lobes maps.")] = LobeLabels.slice2d,
-    zones: Annotated[Zones, typer.Option(help="How lungs are cut into thirds when there is no lobe map.")] = Zones.extent,
+    scheme: SchemeOption = Scheme.chung,
+    lobe_labels: LobeLabelsOption = LobeLabels.slice2d,
+    zones: ZonesOption = Zones.extent,
     severity: Annotated[bool, typer.Option(help="For a lesion model: lungs, regions and a severity report per input.")] = True,
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per network call.")] = 32,
     probabilities: Annotated[bool, typer.Option(help="Also write class probabilities to OUT/probabilities/.")] = False,
@@ -254,9 +257,9 @@ def severity_cmd(
     lungs: Annotated[Optional[Path], typer.Option(help="Lung map (1 right, 2 left), or a folder of same-named maps.")] = None,
     lobes: Annotated[Optional[Path], typer.Option(help="Lobe map (convention: --lobe-labels), or a folder.")] = None,
     image: Annotated[Optional[Path], typer.Option(help="The CT (HU), or a folder: figure background; lungs are extracted from it when --lungs is absent.")] = None,
-    scheme: Annotated[Scheme, typer.Option(help="Severity scheme.")] = Scheme.chung,
-    lobe_labels: Annotated[LobeLabels, typer.Option(help="Label convention of the lobe map.")] = LobeLabels.slice2d,
-    zones: Annotated[Zones, typer.Option(help="How lungs are cut into thirds when there is no lobe map.")] = Zones.extent,
+    scheme: SchemeOption = Scheme.chung,
+    lobe_labels: LobeLabelsOption = LobeLabels.slice2d,
+    zones: ZonesOption = Zones.extent,
     quiet: Quiet = False,
 ) -> None:
     """Per-lobe (or per-zone) percentage of infection and the total severity score."""

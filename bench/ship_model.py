@@ -1,0 +1,86 @@
+"""Copy a trained run into checkpoints/<task>/ as a shipped default model, with its model card.
+
+    python bench/ship_model.py lungs runs/real/lungs-128-fold2 --cv runs/real/lungs-128-cv.json
+
+The model is re-saved without optimiser state (a few MB), loaded back in safe mode to check it,
+and the model card gets the cross-validation table, the data's licences and the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import keras
+
+import slice2d.losses  # noqa: F401  registers the custom objects
+from slice2d.predict import SHIPPED, load_run
+
+DATA_NOTES = {
+    "covid-ct-slices": "COVID-19 CT Lung and Infection Segmentation Dataset (Ma et al., Medical Physics 2021; "
+                       "Zenodo 3757476): annotations CC BY 4.0; CT images from coronacases.org and Radiopaedia "
+                       "(CC BY-NC-SA); slices exported by the COVID19-CT-Segmentation project (code MIT).",
+    "covid-semiseg": "MedSeg COVID-19 CT segmentation dataset as split by Inf-Net / COVID-SemiSeg "
+                     "(Fan et al., IEEE TMI 2020); see LICENSE_Inf-Net.txt beside the data.",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("task", choices=["lesions", "lungs"])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--cv", type=Path, required=True, help="the <task>-<size>-cv.json of bench/real_cv.py")
+    parser.add_argument("--command", default=None, help="the command that trained the folds")
+    args = parser.parse_args()
+    run = load_run(args.run)
+    dest = SHIPPED / args.task
+    tmp = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    run.model.save(tmp / "model.keras")  # loaded with compile=False: no optimiser state
+    for name in ("config.yaml", "splits.json", "history.csv", "curves.png"):
+        shutil.copy2(args.run / name, tmp / name)
+    keras.saving.load_model(tmp / "model.keras", safe_mode=True)
+    cv = json.loads(args.cv.read_text())
+    rows = []
+    for fold, res in sorted(cv.items()):
+        for set_name, classes in res["sets"].items():
+            for cls, m in classes.items():
+                rows.append(f"| {set_name} | {cls} | {fold} | {m['n_slices']} | {m['dice_mean']:.3f} | "
+                            f"{m['iou_mean']:.3f} | {m['dice_pooled']:.3f} |")
+    sets = sorted({s for res in cv.values() for s in res["sets"]})
+    cfg = run.cfg
+    card = f"""# slice2d shipped model: {args.task}
+
+- U-Net depth {cfg.model.depth}, base filters {cfg.model.base_filters}; classes {list(cfg.data.classes)};
+  {cfg.data.size}x{cfg.data.size} slices in the radiological display orientation.
+- Intensity convention: NIfTI in HU windowed to {list(cfg.data.intensity.window)} HU, 8-bit slices / 255,
+  then `{cfg.data.intensity.mode}` (per-slice min-max + CLAHE, clip {cfg.data.intensity.clahe_clip},
+  {cfg.data.intensity.clahe_tiles}x{cfg.data.intensity.clahe_tiles} tiles).
+- This is the model of fold {args.run.name.rsplit('fold', 1)[-1]} of a 5-fold cross-validation (trained on
+  4/5 of the patients, `splits.json`), chosen as the fold with the best validation Dice; it was not
+  retrained on all data.
+- Trained with: `{args.command or 'python bench/real_cv.py ' + args.task}`
+
+## Cross-validation (validation slices at their original resolution; `bench/real_cv.py`)
+
+| set | class | fold | slices | per-slice Dice | per-slice IoU | pooled Dice |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+## Training data and licences
+{chr(10).join(f'- {DATA_NOTES[s]}' for s in sets)}
+
+The Radiopaedia images are CC BY-NC-SA: use these weights for non-commercial research only, with
+attribution to the data sets above.
+"""
+    (tmp / "README.md").write_text(card)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    print(f"shipped {args.run} -> {dest} ({(dest / 'model.keras').stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

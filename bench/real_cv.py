@@ -58,7 +58,12 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path]) -> dict:
     val = set(json.loads((run_dir / "splits.json").read_text())["val"])
     result = {}
     for set_name, path in files.items():
-        per_class = {c: {"dice": [], "iou": [], "inter": 0, "total": 0} for c in range(1, len(data.classes))}
+        names = dict(enumerate(data.classes))
+        groups = {c: (c,) for c in range(1, len(data.classes))}
+        if data.split_lungs:  # also score the lungs as one mask, as the published lung figures do
+            groups[len(names)] = tuple(range(1, len(data.classes)))
+            names[len(names)] = "lungs_merged"
+        per_class = {c: {"dice": [], "iou": [], "inter": 0, "total": 0} for c in groups}
         with SliceFile(path) as sf:
             cases = [c for c in sf.cases if c in val]
             attrs = {c: dict(sf.h5["cases"][c].attrs) for c in cases}
@@ -70,13 +75,13 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path]) -> dict:
                 ref = split_lungs_by_side(ref[:, :, None])[:, :, 0]
             pred = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8")[0][:, :, 0]
             for c, acc in per_class.items():
-                p, r = pred == c, ref == c
+                p, r = np.isin(pred, groups[c]), np.isin(ref, groups[c])
                 inter, total = int(np.count_nonzero(p & r)), int(np.count_nonzero(p) + np.count_nonzero(r))
                 acc["dice"].append(1.0 if total == 0 else 2 * inter / total)
                 acc["iou"].append(1.0 if total == 0 else inter / (total - inter))
                 acc["inter"] += inter
                 acc["total"] += total
-        result[set_name] = {data.classes[c]: {"n_slices": len(acc["dice"]), "dice_mean": float(np.mean(acc["dice"])),
+        result[set_name] = {names[c]: {"n_slices": len(acc["dice"]), "dice_mean": float(np.mean(acc["dice"])),
                                               "iou_mean": float(np.mean(acc["iou"])),
                                               "dice_pooled": 2 * acc["inter"] / max(1, acc["total"])}
                             for c, acc in per_class.items()}

@@ -113,7 +113,7 @@ def main() -> None:
         results[str(fold)] = {"sets": evaluate_fold(run_dir, files), "seconds": time.perf_counter() - start,
                               "machine": f"{platform.machine()} {platform.node()}"}
         results_path.write_text(json.dumps(results, indent=1))
-    print(f"| set | class | fold | slices | per-slice Dice | per-slice IoU | pooled Dice |\n|---|---|---|---|---|---|---|")
+    print("| set | class | fold | slices | per-slice Dice | per-slice IoU | pooled Dice |\n|---|---|---|---|---|---|---|")
     for fold, res in sorted(results.items()):
         for set_name, classes in res["sets"].items():
             for cls, m in classes.items():

@@ -196,9 +196,7 @@ def predict(
     _setup(quiet)
     from slice2d.images import is_image
     from slice2d.pipeline import SeverityOptions, assess_files, assess_slice_folder
-    from slice2d.predict import input_files, load_run, predict_files
-
-    from slice2d.predict import shipped_model
+    from slice2d.predict import input_files, load_run, predict_files, shipped_model
 
     with _user_errors():
         if lobes is not None and lobes_model is not None:

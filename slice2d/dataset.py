@@ -27,8 +27,20 @@ import numpy as np
 from slice2d import __version__
 from slice2d.config import Config, DataConfig
 from slice2d.images import is_image, list_images, read_label_slice, read_slice, slice_geometry
-from slice2d.io import (Geometry, InputError, atomic_path, case_name, check_same_grid, from_canonical, geometry_of,
-                        is_nifti, list_niftis, load_volume, read_array, to_canonical)
+from slice2d.io import (
+    Geometry,
+    InputError,
+    atomic_path,
+    case_name,
+    check_same_grid,
+    from_canonical,
+    geometry_of,
+    is_nifti,
+    list_niftis,
+    load_volume,
+    read_array,
+    to_canonical,
+)
 from slice2d.slicing import SliceGeometry, labels_to_slices, slices_to_labels, volume_to_network
 
 FORMAT = "slice2d-slices"

@@ -15,8 +15,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from slice2d.io import (InputError, atomic_path, case_name, check_same_grid, geometry_of, list_niftis, load_volume,
-                        read_array, save_like)
+from slice2d.io import (
+    InputError,
+    atomic_path,
+    case_name,
+    check_same_grid,
+    geometry_of,
+    list_niftis,
+    load_volume,
+    read_array,
+    save_like,
+)
 from slice2d.lungs import extract_lungs_nifti
 from slice2d.report import severity_figure
 from slice2d.severity import severity_report, write_cohort_csv, write_report

@@ -16,8 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from slice2d.config import Config, ConfigError, load_config
-from slice2d.io import (Geometry, InputError, from_canonical, geometry_of, is_nifti,
-                        list_niftis, load_volume, read_array, save_like, to_canonical)
+from slice2d.io import (
+    Geometry,
+    InputError,
+    from_canonical,
+    geometry_of,
+    is_nifti,
+    list_niftis,
+    load_volume,
+    read_array,
+    save_like,
+)
 from slice2d.slicing import probabilities_to_slice, volume_to_network
 
 

@@ -18,9 +18,9 @@ from test_cli import invoke
 
 from slice2d.config import load_config
 from slice2d.dataset import prepare
+from slice2d.io import geometry_of
 from slice2d.model import build_unet
 from slice2d.predict import Run, load_run, predict_array
-from slice2d.io import geometry_of
 from slice2d.synth import write_phantoms
 from slice2d.train import train
 

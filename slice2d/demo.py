@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from slice2d.config import load_config
-from slice2d.io import InputError
+from slice2d.io import InputError, case_name
 
 MARKER = ".slice2d-demo"
 
@@ -81,7 +81,7 @@ def run_demo(out: str | Path, cases: int = 10, test_cases: int = 3, epochs: int 
         maps = {k: nib.load(out / "test" / k / image.name) for k in ("lesions", "lungs", "lobes")}
         truth = severity_report(*(np.asarray(maps[k].dataobj) for k in ("lesions", "lungs")), maps["lesions"].affine,
                                 lobes=np.asarray(maps["lobes"].dataobj), scheme="chung")
-        truth_tss[image.name.removesuffix(".nii.gz")] = truth["tss"]
+        truth_tss[case_name(image)] = truth["tss"]
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     dice = summary["labels"]["infection"]["metrics"]["dice"]["mean"]
     return {"out": str(out), "run": str(run_dir), "predictions": str(out / "predictions"),

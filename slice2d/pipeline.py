@@ -75,12 +75,11 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
     Writes ``out_dir/<name>`` (lesions), ``out_dir/lungs/<name>``, ``out_dir/lobes/<name>`` (with a
     lobe model), ``out_dir/severity/<case>.json|png`` and ``out_dir/severity/cohort.csv``.
     """
-    from slice2d.predict import predict_array
+    from slice2d.predict import predict_array, refuse_overwrite
 
     out_dir = Path(out_dir)
+    refuse_overwrite(inputs, out_dir)
     for path in inputs:
-        if (out_dir / path.name).resolve() == path.resolve():
-            raise InputError(f"{path}: --out would overwrite the input; choose another output folder")
         if lobes_dir is not None and not (lobes_dir / path.name).is_file():
             raise InputError(f"{lobes_dir}: no lobe map named {path.name}; lobe maps need the image's file name")
     reports = []

@@ -128,6 +128,13 @@ def input_files(source: str | Path) -> list[Path]:
     return [source]
 
 
+def refuse_overwrite(inputs: list[Path], out_dir: Path) -> None:
+    """Raise if writing ``out_dir/<input name>`` would replace an input file."""
+    for path in inputs:
+        if (out_dir / path.name).resolve() == path.resolve():
+            raise InputError(f"{path}: --out would overwrite the input; choose another output folder")
+
+
 def predict_files(run: Run, inputs: list[Path], out_dir: str | Path, batch_size: int = 32,
                   probabilities: bool = False, progress: Callable[[Path], None] | None = None) -> list[Path]:
     """Segment each input NIfTI and write ``out_dir/<same file name>`` (uint8 labels, the input's grid).
@@ -136,9 +143,7 @@ def predict_files(run: Run, inputs: list[Path], out_dir: str | Path, batch_size:
     probability of each foreground class.
     """
     out_dir = Path(out_dir)
-    for path in inputs:
-        if (out_dir / path.name).resolve() == path.resolve():
-            raise InputError(f"{path}: --out would overwrite the input; choose another output folder")
+    refuse_overwrite(inputs, out_dir)
     written = []
     for path in inputs:
         img = load_volume(path, "image")

@@ -23,7 +23,6 @@ from slice2d.io import InputError, atomic_path
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("model.keras", "config.yaml", "splits.json")
 MONITOR = "val_dice_mean"
 
 

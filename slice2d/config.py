@@ -180,7 +180,7 @@ def load_config(path: str | Path | None = None) -> Config:
     if path is None:
         return Config()
     p = Path(path)
-    if not p.exists() and preset_path(str(path)).exists():
+    if not p.is_file() and preset_path(str(path)).is_file():  # a preset name, even beside a folder of that name
         p = preset_path(str(path))
     if not p.is_file():
         presets = ", ".join(sorted(f.stem for f in PRESETS_DIR.glob("*.yaml")))

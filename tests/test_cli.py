@@ -120,6 +120,14 @@ def test_bad_config_names_the_field(good, tmp_path):
                              "--out", tmp_path / "s.h5", "--config", "no-such-preset"), "config file not found")
 
 
+def test_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    from slice2d.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()          # what `slice2d demo` creates before it loads the preset
+    assert load_config("demo").data.size == 96
+
+
 def test_train_and_predict_bad_input(good, tmp_path):
     not_h5 = tmp_path / "x.h5"
     not_h5.write_bytes(b"nope")

@@ -121,11 +121,12 @@ def test_bad_config_names_the_field(good, tmp_path):
 
 
 def test_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
-    from slice2d.config import load_config
+    from slice2d.config import load_config, preset_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "demo").mkdir()          # what `slice2d demo` creates before it loads the preset
-    assert load_config("demo").data.size == 96
+    assert load_config("demo") == load_config(preset_path("demo"))
+    assert load_config("demo") != load_config(None)
 
 
 def test_train_and_predict_bad_input(good, tmp_path):

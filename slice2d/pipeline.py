@@ -215,9 +215,10 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
         return None
     # canonical (P, L) in-plane; the stack's third axis runs from the first file (superior) down
     affine = np.array([[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
-    stack = nib.Nifti1Image(np.stack(slices, axis=2), affine)
+    volume = np.stack(slices, axis=2)
+    stack = nib.Nifti1Image(volume, affine)
     stack.header.set_xyzt_units("mm")
-    save_like(np.stack(slices, axis=2), stack, out_dir / "stack" / "image.nii.gz")
+    save_like(volume, stack, out_dir / "stack" / "image.nii.gz")
     save_like(np.stack(lesion_maps, axis=2), stack, out_dir / "stack" / "lesions.nii.gz")
     if lung_run is None:
         log.warning("no lung model: lung maps and the severity report need one for 8-bit slices "
@@ -225,7 +226,7 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
         return None
     lungs = np.stack(lung_maps, axis=2)
     save_like(lungs, stack, out_dir / "stack" / "lungs.nii.gz")
-    image_hu = np.stack(slices, axis=2).astype(np.float32) * (1400.0 / 255.0) - 1000.0  # for display only
+    image_hu = volume.astype(np.float32) * (1400.0 / 255.0) - 1000.0  # for display only
     report = score_case(image_hu, np.stack(lesion_maps, axis=2), lungs, None, affine, Path(folder).name,
                         options, out_dir / "severity" / f"{Path(folder).name}.json")
     write_cohort_csv([report], out_dir / "severity" / "cohort.csv")

@@ -2,6 +2,7 @@
 
     python bench/real_cv.py lungs   --folds 5 --out runs/real   # covid-ct-slices, split by patient
     python bench/real_cv.py lesions --folds 5 --out runs/real   # covid-ct-slices (by patient) + covid-semiseg (by slice)
+    python bench/real_cv.py lesions3 --folds 5 --out runs/real  # ground-glass / consolidation, covid-semiseg only
 
 Each fold is trained with `slice2d.train.train` (config `configs/real-<task>.yaml`, folds by
 patient, each data set split on its own) unless its run folder is already complete, then
@@ -34,7 +35,8 @@ SETS = {
                                     "lesions": DATA / "covid-ct-slices" / "infection"}, rotate=0),
     # MedSeg slices are stored rotated: a quarter turn clockwise puts anterior at the top
     "covid-semiseg": dict(images=DATA / "covid-semiseg" / "train" / "images", patients=None,
-                          labels={"lesions": DATA / "covid-semiseg" / "train" / "masks"}, rotate=1),
+                          labels={"lesions": DATA / "covid-semiseg" / "train" / "masks",
+                                                   "lesions3": DATA / "covid-semiseg" / "train" / "masks"}, rotate=1),
 }
 
 
@@ -90,7 +92,7 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("task", choices=["lungs", "lesions"])
+    parser.add_argument("task", choices=["lungs", "lesions", "lesions3"])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only", type=int, nargs="*", help="train/evaluate only these folds")
     parser.add_argument("--size", type=int, default=128)

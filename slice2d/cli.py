@@ -79,6 +79,11 @@ def _user_errors() -> Iterator[None]:
             message = f"{exc.filename}: {exc.strerror}; check the path and its permissions"
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(1) from None
+    except MemoryError:
+        if _state["debug"]:
+            raise
+        typer.echo("error: out of memory; lower --batch-size or process fewer/smaller volumes at a time", err=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("interrupted; no partial output was left behind", err=True)
         raise typer.Exit(130) from None
@@ -134,11 +139,13 @@ def prepare(
     from slice2d.dataset import pair_cases
     from slice2d.dataset import prepare as prepare_slices
     from slice2d.images import read_patients
+    from slice2d.io import writable_folder
 
     with _user_errors():
         cfg = load_config(config)
         n = len(pair_cases(images, labels))
         ids = read_patients(patients) if patients else None
+        writable_folder(out.parent)
         with _progress(n, "prepare") as step:
             prepare_slices(images, labels, out, cfg, patients=ids, rotate=rotate % 4, progress=step)
     log.info("wrote %s (%d cases, %dx%d slices)", out, n, cfg.data.size, cfg.data.size)
@@ -196,6 +203,7 @@ def predict(
     _setup(quiet)
     from slice2d.images import is_image
     from slice2d.pipeline import SeverityOptions, assess_files, assess_slice_folder
+    from slice2d.io import writable_folder
     from slice2d.predict import input_files, load_run, predict_files, shipped_model
 
     with _user_errors():
@@ -208,6 +216,7 @@ def predict(
         if input.is_dir() and any(is_image(p) for p in input.iterdir()) and not list(input.glob("*.nii*")):
             run = load_run(model)
             lung_run = load_run(lungs_model) if lungs_model and severity else None
+            writable_folder(out)
             n = sum(1 for p in input.iterdir() if is_image(p))
             with _progress(n, "predict") as step:
                 assess_slice_folder(run, input, out, lung_run=lung_run, options=options, rotate=rotate % 4, progress=step)
@@ -215,6 +224,7 @@ def predict(
             return
         files = input_files(input)
         run = load_run(model)
+        writable_folder(out)
         with _progress(len(files), "predict") as step:
             if severity and run.cfg.data.task == "lesions":
                 assess_files(run, files, out, lung_run=load_run(lungs_model) if lungs_model else None,
@@ -238,11 +248,13 @@ def evaluate(
 ) -> None:
     """3D metrics on the original grid: Dice, IoU, sensitivity, specificity, precision, HD95, ASSD, surface Dice, volumes."""
     _setup(quiet)
-    from slice2d.io import list_niftis
+    from slice2d.io import list_niftis, writable_folder
     from slice2d.metrics import evaluate_folders
 
     with _user_errors():
         n = len(list_niftis(pred, "prediction"))
+        list_niftis(ref, "reference")
+        writable_folder(out)
         with _progress(n, "evaluate") as step:
             evaluate_folders(pred, ref, out, labels=labels or None, tolerance_mm=tolerance, progress=step)
     log.info("wrote %s, %s and %s", out / "metrics.csv", out / "summary.json", out / "metrics.png")

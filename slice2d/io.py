@@ -10,6 +10,7 @@ trained on NIfTI volumes see the same picture.
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 
 CANONICAL = ("P", "L", "S")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MAX_VOXELS = 2**31  # 8 GiB as float32: larger is a damaged header, not a CT series
 
 
 class InputError(ValueError):
@@ -104,7 +106,11 @@ def load_volume(path: str | Path, kind: str = "image") -> nib.Nifti1Image:
         raise InputError(f"{path}: cannot be read as NIfTI ({exc.__class__.__name__}: {exc}); is the file complete?") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{path}: not a NIfTI image ({type(img).__name__})")
+    if img.get_data_dtype().fields is not None:
+        raise InputError(f"{path}: an RGB (colour) volume; slice2d needs one grey value per voxel (HU)")
     shape = img.shape
+    if np.prod(shape, dtype=np.float64) > MAX_VOXELS:
+        raise InputError(f"{path}: header claims {tuple(shape)} voxels, more than any CT series; the header is damaged")
     if len(shape) == 4 and shape[3] == 1:
         img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., 0], img.affine, img.header)
         shape = img.shape
@@ -121,6 +127,8 @@ def read_array(img: nib.Nifti1Image, path: str | Path, kind: str = "image") -> n
     """The voxel data as float32 (images) or integers (label maps), with NaN/Inf refused."""
     try:
         data = np.asanyarray(img.dataobj)
+    except MemoryError:
+        raise InputError(f"{path}: not enough memory to read {tuple(img.shape)} voxels") from None
     except Exception as exc:
         raise InputError(f"{path}: voxel data cannot be read ({exc.__class__.__name__}); the file is probably truncated") from None
     if data.ndim == 4:
@@ -180,22 +188,42 @@ def atomic_path(*paths: str | Path) -> Iterator:
     One path yields one temporary ``Path``; several yield a tuple. The temporary names keep the
     final suffix (nibabel and matplotlib pick the format from it) and start with a dot, so an
     interrupted write never leaves a file that looks complete. Parent folders are created. On
-    error the temporary files are removed and the targets are left untouched.
+    error the temporary files are removed and the targets are left untouched; a full disk or an
+    unwritable folder becomes an ``InputError`` naming the target.
     """
     targets = [Path(p) for p in paths]
     tag = uuid.uuid4().hex[:8]
     tmps = []
     for t in targets:
-        suffix = ".nii.gz" if t.name.endswith(".nii.gz") else t.suffix
+        suffix = next((s for s in (".nii.gz", ".weights.h5") if t.name.endswith(s)), t.suffix)
         tmps.append(t.with_name(f".{t.name}.{tag}.partial{suffix}"))
-        t.parent.mkdir(parents=True, exist_ok=True)
+        writable_folder(t.parent)
     try:
         yield tmps[0] if len(tmps) == 1 else tuple(tmps)
         for tmp, target in zip(tmps, targets):
             os.replace(tmp, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc):  # h5py: no errno
+            raise InputError(f"{targets[0]}: no space left on the device; free some space or write elsewhere "
+                             "(nothing was written)") from None
+        raise
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
+
+
+def writable_folder(folder: str | Path, what: str = "output") -> Path:
+    """Create ``folder`` if needed and check that files can be created in it; raise a one-line InputError if not."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".slice2d-write-test-{uuid.uuid4().hex[:8]}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        reason = "a file is in the way" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else (exc.strerror or str(exc))
+        raise InputError(f"{folder}: cannot write the {what} here ({reason}); choose another --out") from None
+    return folder
 
 
 def save_like(array: np.ndarray, reference: nib.Nifti1Image, path: str | Path, dtype=np.uint8) -> Path:

@@ -60,6 +60,8 @@ def load_run(path: str | Path) -> Run:
     missing = [f for f in ("model.keras", "config.yaml") if not (path / f).is_file()]
     if missing:
         raise InputError(f"{path}: run folder lacks {', '.join(missing)}; is training finished?")
+    from slice2d.train import check_run_stamp
+    check_run_stamp(path)
     try:
         cfg = load_config(path / "config.yaml")
     except ConfigError as exc:

@@ -1,17 +1,20 @@
 """train(slices, out, cfg) -> a self-describing run folder.
 
-The run folder holds ``model.keras`` (best epoch by validation mean foreground Dice), ``backup/``
-(the last finished epoch: weights, optimiser, epoch counter), ``config.yaml``
+The run folder holds ``run.json`` (the format stamp), ``model.keras`` (best epoch by validation
+mean foreground Dice), ``backup/`` (the last finished epoch: weights and optimiser state in
+``epoch-NNNN.weights.h5``), ``config.yaml``
 (the exact configuration, including the data section the slices were prepared with),
 ``splits.json`` (case ids for training and validation), ``history.csv``, ``curves.png`` and a short
 model card ``README.md``. An interrupted run continues with ``resume=True``: the same splits, the
-weights and optimiser of the last finished epoch, and the history appended.
+weights and optimiser of the last finished epoch, and the history appended. Every file is written
+under a temporary name and renamed when complete, so a run killed at any moment can be resumed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +22,44 @@ import numpy as np
 from slice2d import __version__
 from slice2d.config import Config, config_from_yaml, load_config
 from slice2d.dataset import SliceFile, Split, split_cases
-from slice2d.io import InputError, atomic_path
+from slice2d.io import InputError, atomic_path, writable_folder
 
 log = logging.getLogger(__name__)
 
 MONITOR = "val_dice_mean"
+RUN_FORMAT = "slice2d-run"
+RUN_FORMAT_VERSION = 1  # bump when a run folder written before can no longer be read
+BACKUP_NAME = re.compile(r"epoch-(\d{4})\.weights\.h5")
+
+
+def write_run_stamp(out: Path) -> None:
+    """``run.json``: which format (and slice2d version) wrote this run folder."""
+    stamp = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "slice2d": __version__}
+    _write_text(out / "run.json", json.dumps(stamp, indent=1))
+
+
+def check_run_stamp(run: Path) -> None:
+    """Refuse a run folder written by another tool or by an incompatible slice2d version."""
+    path = run / "run.json"
+    try:
+        stamp = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{run}: run folder lacks run.json; it was not written by this slice2d (or is "
+                         "incomplete); train it again") from None
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{path}: damaged (not JSON); train the run again") from None
+    if not isinstance(stamp, dict) or stamp.get("format") != RUN_FORMAT:
+        raise InputError(f"{path}: not a slice2d run folder")
+    if stamp.get("format_version") != RUN_FORMAT_VERSION:
+        raise InputError(f"{run}: written by slice2d {stamp.get('slice2d')} in run format "
+                         f"{stamp.get('format_version')}; this slice2d ({__version__}) reads format "
+                         f"{RUN_FORMAT_VERSION}; use that version or train again")
+
+
+def latest_backup(folder: Path) -> tuple[int, Path] | None:
+    """(epochs finished, file) of the newest complete epoch backup, or None."""
+    found = [(int(m.group(1)), p) for p in folder.glob("epoch-*.weights.h5") if (m := BACKUP_NAME.fullmatch(p.name))]
+    return max(found) if found else None
 
 
 def _resolve_config(files: list[SliceFile], cfg: Config) -> Config:
@@ -54,16 +90,84 @@ def _read_history(path: Path) -> list[dict[str, float]]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Config):
-    """Endless augmented batches of a fixed size (XLA compiles one shape)."""
+def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    import csv
+    import io
+
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["epoch"] + [k for k in keys if k != "epoch"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**r, "epoch": int(r["epoch"])} for r in rows)
+    _write_text(path, text.getvalue())
+
+
+def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Config, start_epoch: int = 0):
+    """Endless augmented batches of a fixed size (XLA compiles one shape); a resumed run draws new ones."""
     from slice2d.augment import augment_batch, build_augmentation
-    pipeline = build_augmentation(cfg.train.augment, cfg.train.seed)
-    rng = np.random.default_rng(cfg.train.seed)
+    seed = cfg.train.seed + 1000 * start_epoch
+    pipeline = build_augmentation(cfg.train.augment, seed)
+    rng = np.random.default_rng(seed)
     while True:
         order = rng.permutation(len(images))
         for start in range(0, len(order) - batch_size + 1, batch_size):
             idx = np.sort(order[start:start + batch_size])
             yield augment_batch(pipeline, images[idx], labels[idx])
+
+
+def _callbacks(out: Path, history: list[dict[str, float]]):
+    """Keras callbacks that write the best model, each epoch's backup and the history, atomically."""
+    import keras
+
+    class History(keras.callbacks.Callback):
+        """``history.csv``, rewritten whole after every epoch (earlier epochs of a resumed run kept)."""
+
+        def __init__(self, path: Path, rows: list[dict[str, float]]):
+            super().__init__()
+            self.path, self.rows = path, list(rows)
+
+        def on_epoch_end(self, epoch, logs=None):
+            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            self.rows.append({"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())},
+                              "learning_rate": lr})
+            _write_history(self.path, self.rows)
+
+    class BestModel(keras.callbacks.Callback):
+        """``model.keras`` whenever the validation mean Dice improves."""
+
+        def __init__(self, path: Path, best: float | None):
+            super().__init__()
+            self.path, self.best = path, -np.inf if best is None else best
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(MONITOR)
+            if value is not None and value > self.best:
+                self.best = float(value)
+                with atomic_path(self.path) as tmp:
+                    self.model.save(tmp)
+
+    class EpochBackup(keras.callbacks.Callback):
+        """``backup/epoch-NNNN.weights.h5`` (weights and optimiser) after every epoch; older ones removed."""
+
+        def __init__(self, folder: Path):
+            super().__init__()
+            self.folder = folder
+
+        def on_epoch_end(self, epoch, logs=None):
+            path = self.folder / f"epoch-{epoch + 1:04d}.weights.h5"
+            with atomic_path(path) as tmp:
+                self.model.save_weights(tmp)
+            for old in self.folder.glob("epoch-*.weights.h5"):
+                if old != path and BACKUP_NAME.fullmatch(old.name):
+                    old.unlink()
+
+    best_so_far = max((r.get(MONITOR, -np.inf) for r in history), default=None)
+    # History first: EarlyStopping / ReduceLROnPlateau, which follow, see the same logs
+    return [History(out / "history.csv", history), BestModel(out / "model.keras", best_so_far),
+            EpochBackup(out / "backup")]
 
 
 def plot_history(history: list[dict[str, float]], path: Path) -> None:
@@ -139,6 +243,7 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
     if resume:
         if not (out / "config.yaml").exists() or not (out / "splits.json").exists():
             raise InputError(f"{out}: nothing to resume (no config.yaml/splits.json); start a new run without --resume")
+        check_run_stamp(out)
         saved = load_config(out / "config.yaml")
         cfg = saved.updated(train={"epochs": cfg.train.epochs})
     elif out.exists() and any(out.iterdir()):
@@ -175,7 +280,8 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
         raise InputError(f"{paths[0]}: the split left {len(train_x)} training and {len(val_x)} validation slices; "
                          "add cases or change train.val_fraction")
 
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out, "run folder")
+    write_run_stamp(out)
     _write_text(out / "config.yaml", cfg.to_yaml())
     _write_text(out / "splits.json", json.dumps(split.as_dict(), indent=1))
     log.info("training on %d slices (%d cases), validating on %d slices (%d cases)",
@@ -186,7 +292,7 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
     batch_size = min(cfg.train.batch_size, len(train_x))
     size = cfg.data.size
     train_ds = tf.data.Dataset.from_generator(
-        lambda: _batches(train_x, train_y, batch_size, cfg),
+        lambda: _batches(train_x, train_y, batch_size, cfg, initial_epoch),
         output_signature=(tf.TensorSpec((batch_size, size, size, 1), tf.float32),
                           tf.TensorSpec((batch_size, size, size), tf.uint8)),
     ).prefetch(2)
@@ -200,23 +306,31 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
         jit_compile=cfg.train.jit_compile,
     )
     history_path = out / "history.csv"
+    initial_epoch = 0
     if not resume:
         history_path.unlink(missing_ok=True)
-    previous = _read_history(history_path)
-    best_so_far = max((r.get(MONITOR, -np.inf) for r in previous), default=None)
+    elif (found := latest_backup(backup)) is not None:
+        initial_epoch, weights = found
+        model.optimizer.build(model.trainable_variables)  # the backup holds the optimiser state too
+        try:
+            model.load_weights(weights)
+        except Exception as exc:
+            raise InputError(f"{weights}: cannot be loaded ({exc.__class__.__name__}); delete it to resume "
+                             "from the epoch before, or train again") from None
+        log.info("resuming after epoch %d (%s)", initial_epoch, weights.name)
+    # rows of epochs after the backup (cut short, or not backed up) are dropped: they run again
+    previous = [r for r in _read_history(history_path) if int(r.get("epoch", -1)) < initial_epoch]
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(str(out / "model.keras"), monitor=MONITOR, mode="max", save_best_only=True,
-                                        initial_value_threshold=best_so_far),
+        *_callbacks(out, previous),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.train.early_stopping_patience),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=cfg.train.lr_patience,
                                           min_lr=cfg.train.min_learning_rate),
-        keras.callbacks.CSVLogger(str(history_path), append=True),
     ]
     model.fit(train_ds, steps_per_epoch=max(1, len(train_x) // batch_size), validation_data=val_ds,
-              epochs=cfg.train.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+              epochs=cfg.train.epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
     if not (out / "model.keras").exists():  # no epoch beat the threshold (cannot happen on a fresh run)
-        model.save(out / "model.keras")
+        with atomic_path(out / "model.keras") as tmp:
+            model.save(tmp)
     history = _read_history(history_path)
     plot_history(history, out / "curves.png")
     _write_text(out / "README.md", _model_card(out, cfg, paths, split, history))

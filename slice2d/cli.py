@@ -61,6 +61,8 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebac
 def _setup(quiet: bool) -> None:
     _state["quiet"] = quiet
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
+    # TensorFlow's retracing notices are about its internals, not the user's input
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

@@ -203,9 +203,10 @@ class SliceFile:
         if attrs.get("format") != FORMAT or "cases" not in self.h5:
             self.h5.close()
             raise InputError(f"{self.path}: not a slice2d slice file; create it with `slice2d prepare`")
-        if int(attrs.get("format_version", -1)) != FORMAT_VERSION:
+        version = attrs.get("format_version")
+        if version is None or int(version) != FORMAT_VERSION:
             self.h5.close()
-            raise InputError(f"{self.path}: slice file format {attrs.get('format_version')} is not "
+            raise InputError(f"{self.path}: slice file format {version} is not "
                              f"{FORMAT_VERSION}; run `slice2d prepare` again with this version")
         self.data_config_yaml = str(attrs["data_config"])
         self.classes = json.loads(attrs["classes"])

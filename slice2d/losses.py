@@ -14,16 +14,17 @@ from keras import ops
 EPS = 1e-6
 
 
-def _one_hot(y_true, n_classes: int):
+def _one_hot(y_true, y_pred):
+    """Integer labels (B, *spatial) or (B, *spatial, 1) -> one-hot like ``y_pred`` (B, *spatial, C); 2D or 3D."""
     y_true = ops.cast(y_true, "int32")
-    if len(y_true.shape) == 4:
+    if len(y_true.shape) == len(y_pred.shape):
         y_true = ops.squeeze(y_true, axis=-1)
-    return ops.one_hot(y_true, n_classes)
+    return ops.one_hot(y_true, y_pred.shape[-1])
 
 
 def focal_loss(y_true, y_pred, gamma: float = 2.0):
     """Mean categorical focal cross-entropy (Lin et al. 2017) over pixels."""
-    y_onehot = _one_hot(y_true, y_pred.shape[-1])
+    y_onehot = _one_hot(y_true, y_pred)
     p = ops.clip(ops.cast(y_pred, "float32"), EPS, 1.0 - EPS)
     per_pixel = -ops.sum(y_onehot * ops.power(1.0 - p, gamma) * ops.log(p), axis=-1)
     return ops.mean(per_pixel)
@@ -31,9 +32,9 @@ def focal_loss(y_true, y_pred, gamma: float = 2.0):
 
 def soft_dice_loss(y_true, y_pred, smooth: float = 1.0):
     """1 - mean soft Dice over the foreground classes, each pooled over batch and pixels."""
-    y_onehot = _one_hot(y_true, y_pred.shape[-1])[..., 1:]
+    y_onehot = _one_hot(y_true, y_pred)[..., 1:]
     p = ops.cast(y_pred, "float32")[..., 1:]
-    axes = (0, 1, 2)
+    axes = tuple(range(len(y_pred.shape) - 1))  # batch and all spatial axes
     intersection = ops.sum(y_onehot * p, axis=axes)
     denominator = ops.sum(y_onehot, axis=axes) + ops.sum(p, axis=axes)
     return 1.0 - ops.mean((2.0 * intersection + smooth) / (denominator + smooth))

@@ -75,7 +75,7 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
     Writes ``out_dir/<name>`` (lesions), ``out_dir/lungs/<name>``, ``out_dir/lobes/<name>`` (with a
     lobe model), ``out_dir/severity/<case>.json|png`` and ``out_dir/severity/cohort.csv``.
     """
-    from slice2d.predict import predict_array, refuse_overwrite
+    from slice2d.predict import predict_volume, refuse_overwrite
 
     out_dir = Path(out_dir)
     refuse_overwrite(inputs, out_dir)
@@ -87,14 +87,14 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
         img = load_volume(path, "image")
         image = read_array(img, path)
         geometry = geometry_of(img)
-        lesions, probs = predict_array(lesion_run, image, geometry, batch_size, probabilities, str(path))
-        if lung_run is not None:
-            lungs = predict_array(lung_run, image, geometry, batch_size, source=str(path))[0]
-        else:
-            lungs = extract_lungs_nifti(img)
+        others = [r for r in (lung_run, lobe_run) if r is not None]
+        (lesions, probs), *rest = predict_volume([lesion_run, *others], image, geometry, batch_size, probabilities,
+                                                 str(path))
+        maps = {id(r): labels for r, (labels, _) in zip(others, rest)}
+        lungs = maps[id(lung_run)] if lung_run is not None else extract_lungs_nifti(img)
         lobes, preset = None, options.lobe_labels
         if lobe_run is not None:
-            lobes = predict_array(lobe_run, image, geometry, batch_size, source=str(path))[0]
+            lobes = maps[id(lobe_run)]
             preset = "slice2d"
             save_like(lobes, img, out_dir / "lobes" / path.name)
         elif lobes_dir is not None:
@@ -196,18 +196,23 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
     files = list_images(folder, "slice images")
     if out_dir.resolve() == Path(folder).resolve():
         raise InputError(f"{out_dir}: --out is the input folder; choose another output folder")
-    slices, lesion_maps, lung_maps = [], [], []
-    for path in files:
-        image = read_slice(path, rotate)
-        geometry = slice_geometry(image.shape)
-        lesions = predict_array(lesion_run, image[:, :, None], geometry, batch_size=1, source=str(path), kind="uint8")[0][:, :, 0]
-        _write_png(np.rot90(lesions, k=rotate), out_dir / f"{path.stem}.png")
-        slices.append(image)
-        lesion_maps.append(lesions)
-        if lung_run is not None:
-            lungs = predict_array(lung_run, image[:, :, None], geometry, batch_size=1, source=str(path), kind="uint8")[0][:, :, 0]
-            _write_png(np.rot90(lungs, k=rotate), out_dir / "lungs" / f"{path.stem}.png")
-            lung_maps.append(lungs)
+    slices = [read_slice(path, rotate) for path in files]  # all read and checked before anything is written
+
+    def segment(run) -> list[np.ndarray]:
+        if len({s.shape for s in slices}) == 1:  # one batched pass over the stack
+            stack = np.stack(slices, axis=2)
+            maps = predict_array(run, stack, slice_geometry(slices[0].shape, len(slices)), source=str(folder),
+                                 kind="uint8")[0]
+            return [maps[:, :, k] for k in range(len(slices))]
+        return [predict_array(run, s[:, :, None], slice_geometry(s.shape), batch_size=1, source=str(path),
+                              kind="uint8")[0][:, :, 0] for s, path in zip(slices, files)]
+
+    lesion_maps = segment(lesion_run)
+    lung_maps = segment(lung_run) if lung_run is not None else []
+    for k, path in enumerate(files):
+        _write_png(np.rot90(lesion_maps[k], k=rotate), out_dir / f"{path.stem}.png")
+        if lung_maps:
+            _write_png(np.rot90(lung_maps[k], k=rotate), out_dir / "lungs" / f"{path.stem}.png")
         if progress:
             progress(path)
     if len({s.shape for s in slices}) != 1:

@@ -27,7 +27,7 @@ from slice2d.io import (
     read_array,
     save_like,
 )
-from slice2d.slicing import probabilities_to_slice, volume_to_network
+from slice2d.slicing import probabilities_to_labels, probabilities_to_slice, volume_to_network
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,33 @@ def predict_slices(run: Run, slices: np.ndarray, batch_size: int = 32) -> np.nda
     return out
 
 
+def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch_size: int = 32,
+                   probabilities: bool = False, source: str = "image", kind: str = "hu") -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Segment one volume with each of ``runs`` (e.g. lesions and lungs); see ``predict_array``.
+
+    Runs that share an intensity convention and slice size share one pass of slicing. With
+    ``probabilities``, the first run's class probabilities are returned too (the others' are None).
+    """
+    inputs: dict = {}
+    results = []
+    for i, run in enumerate(runs):
+        data = run.cfg.data
+        key = (data.intensity, data.size)
+        if key not in inputs:
+            inputs[key] = volume_to_network(image, geometry, data.intensity, data.size, kind, source)
+        shape, sgeom, slices = inputs[key]
+        probs = predict_slices(run, slices, batch_size)
+        labels = probabilities_to_labels(probs, sgeom)
+        full = None
+        if probabilities and i == 0:
+            full = np.empty((*shape, probs.shape[-1]), dtype=np.float32)
+            for k in range(shape[2]):
+                full[:, :, k] = probabilities_to_slice(probs[k], sgeom)
+            full = from_canonical(full, geometry)
+        results.append((from_canonical(labels, geometry), full))
+    return results
+
+
 def predict_array(run: Run, image: np.ndarray, geometry: Geometry, batch_size: int = 32,
                   probabilities: bool = False, source: str = "image", kind: str = "hu") -> tuple[np.ndarray, np.ndarray | None]:
     """Segment one volume.
@@ -106,17 +133,7 @@ def predict_array(run: Run, image: np.ndarray, geometry: Geometry, batch_size: i
     Returns the label map (X, Y, Z) uint8 on the same grid, and with ``probabilities`` the class
     probabilities (X, Y, Z, C) float32 (else None).
     """
-    data = run.cfg.data
-    canonical, sgeom, slices = volume_to_network(image, geometry, data.intensity, data.size, kind, source)
-    probs = predict_slices(run, slices, batch_size)
-    labels = np.empty(canonical.shape, dtype=np.uint8)
-    full = np.empty((*canonical.shape, probs.shape[-1]), dtype=np.float32) if probabilities else None
-    for k in range(canonical.shape[2]):
-        p = probabilities_to_slice(probs[k], sgeom)
-        labels[:, :, k] = np.argmax(p, axis=-1)
-        if full is not None:
-            full[:, :, k] = p
-    return from_canonical(labels, geometry), (from_canonical(full, geometry) if full is not None else None)
+    return predict_volume([run], image, geometry, batch_size, probabilities, source, kind)[0]
 
 
 def input_files(source: str | Path) -> list[Path]:

@@ -196,7 +196,6 @@ def severity_report(
     n_classes = _lesion_classes(lesions)
     voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / 1000.0
 
-    region_maps: list[tuple[str, np.ndarray]] = []
     note = None
     if lobes is not None:
         lobes = np.asarray(lobes)
@@ -224,7 +223,10 @@ def severity_report(
 
     if scheme == "zones6" or lobes is None:
         zones = lung_zones(lungs, affine, zone_method, zone_joint)
-        region_maps = [(name, zones == value) for value, name in ZONE_NAMES.items()]
+        region_names = list(ZONE_NAMES.values())
+        region_index = np.zeros(lesions.shape, np.uint8)  # 1.. in the order of region_names
+        for i, value in enumerate(ZONE_NAMES, 1):
+            region_index[zones == value] = i
         if scheme == "zones6":
             lung_region = zones > 0
         regions_kind = "zones"
@@ -233,31 +235,40 @@ def severity_report(
                     f"lobes (tss_max {6 * (len(SCHEME_EDGES[scheme]) + 1)}"
                     + ("; the pan category is defined for lobes only" if scheme == "pan" else "") + ")")
     else:
-        region_maps = [(name, lobe_masks[name]) for name in LOBE_NAMES]
+        region_names = list(LOBE_NAMES)
+        region_index = np.zeros(lesions.shape, np.uint8)
+        for i, name in enumerate(region_names, 1):
+            region_index[lobe_masks[name]] = i
         regions_kind = "lobes"
+
+    # voxel counts per region in one pass each (bincount over the region index)
+    def counts(selected: np.ndarray | None = None) -> np.ndarray:
+        values = region_index.ravel() if selected is None else region_index[selected]
+        return np.bincount(values, minlength=len(region_names) + 1)
 
     lesion_any = lesions > 0
     in_lungs = lesion_any & lung_region
     outside = int(np.count_nonzero(lesion_any & ~lung_region))
+    region_counts, lesion_counts = counts(), counts(lesion_any)
+    if n_classes == 2:
+        ggo_counts, con_counts = counts(lesions == 1), counts(lesions == 2)
     regions = {}
     tss = 0
-    for name, m in region_maps:
-        n_region = int(np.count_nonzero(m))
-        n_lesion = int(np.count_nonzero(lesion_any & m))
+    for i, name in enumerate(region_names, 1):
+        n_region, n_lesion = int(region_counts[i]), int(lesion_counts[i])
         score = region_score(n_lesion, n_region, scheme)
         tss += score
         entry = {"pi": _pi(n_lesion, n_region), "score": score, "region_voxels": n_region,
                  "lesion_voxels": n_lesion, "region_ml": n_region * voxel_ml, "lesion_ml": n_lesion * voxel_ml}
         if n_classes == 2:
-            n_ggo = int(np.count_nonzero((lesions == 1) & m))
-            n_con = int(np.count_nonzero((lesions == 2) & m))
+            n_ggo, n_con = int(ggo_counts[i]), int(con_counts[i])
             entry.update(ggo_ml=n_ggo * voxel_ml, consolidation_ml=n_con * voxel_ml,
                          ggo_pi=_pi(n_ggo, n_region), consolidation_pi=_pi(n_con, n_region))
         regions[name] = entry
 
     n_lung = int(np.count_nonzero(lung_region))
     n_in = int(np.count_nonzero(in_lungs))
-    tss_max = len(region_maps) * (len(SCHEME_EDGES[scheme]) + 1)
+    tss_max = len(region_names) * (len(SCHEME_EDGES[scheme]) + 1)
     report = {
         "case": case,
         "scheme": scheme,

@@ -49,40 +49,48 @@ def plan_slices(rows: int, cols: int, size: int, spacing: tuple[float, float] = 
 
 
 def normalise(image: np.ndarray, intensity: IntensityConfig, kind: str = "hu") -> np.ndarray:
-    """Raw intensities -> float32 in [0, 1]: HU clipped to the window (kind "hu"), or 8-bit / 255 ("uint8")."""
+    """Raw intensities -> a new C-contiguous float32 array in [0, 1]: HU clipped to the window (kind
+    "hu"), or 8-bit / 255 ("uint8")."""
     low, high = (0.0, 255.0) if kind == "uint8" else intensity.window
-    out = (np.asarray(image, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
+    out = np.subtract(image, np.float32(low), dtype=np.float32, order="C")
+    out /= np.float32(high - low)
     return np.clip(out, 0.0, 1.0, out=out)
 
 
 def equalise(volume: np.ndarray, intensity: IntensityConfig) -> np.ndarray:
-    """Per axial slice: min-max stretch, then CLAHE; volume (rows, cols, Z) in [0, 1], returned in [0, 1]."""
+    """Per axial slice: min-max stretch, then CLAHE; volume (rows, cols, Z) in [0, 1], returned in [0, 1].
+
+    Works on a slice-major copy (each slice contiguous) and returns a (rows, cols, Z) view of it.
+    """
     clahe = cv2.createCLAHE(clipLimit=intensity.clahe_clip, tileGridSize=(intensity.clahe_tiles,) * 2)
-    out = np.empty(volume.shape, dtype=np.float32)
-    for k in range(volume.shape[2]):
-        sl = volume[:, :, k]
+    planes = np.ascontiguousarray(np.moveaxis(volume, 2, 0), dtype=np.float32)
+    out = np.empty(planes.shape, dtype=np.float32)
+    for k, sl in enumerate(planes):
         low, high = float(sl.min()), float(sl.max())
         stretched = (sl - low) / (high - low) if high > low else np.zeros_like(sl)
-        out[:, :, k] = clahe.apply(np.round(stretched * 255).astype(np.uint8)) / np.float32(255)
-    return out
+        out[k] = clahe.apply(np.round(stretched * 255).astype(np.uint8)) / np.float32(255)
+    return np.moveaxis(out, 0, 2)
 
 
 def volume_to_network(image: np.ndarray, geometry: Geometry, intensity: IntensityConfig, size: int,
-                      kind: str = "hu", source: str = "image") -> tuple[np.ndarray, SliceGeometry, np.ndarray]:
+                      kind: str = "hu", source: str = "image") -> tuple[tuple[int, int, int], SliceGeometry, np.ndarray]:
     """Everything between a raw volume and the network, shared by ``prepare`` and ``predict``.
 
     image: raw intensities on the input grid (X, Y, Z); kind: "hu" (NIfTI, checked to be HU) or
-    "uint8" (8-bit slice images). Returns the normalised canonical volume (rows, cols, Z), its
-    slice geometry and the network slices (Z, size, size) float32.
+    "uint8" (8-bit slice images). Returns the canonical shape (rows, cols, Z), the slice geometry
+    and the network slices (Z, size, size) float32. One pass: the volume is normalised into a
+    slice-major copy, so that every later per-slice step reads contiguous memory.
     """
     if kind == "hu":
         check_hu(image, source)
-    canonical = to_canonical(normalise(image, intensity, kind), geometry)
+    canonical = to_canonical(image, geometry)
+    planes = normalise(np.moveaxis(canonical, 2, 0), intensity, kind)  # (Z, rows, cols), contiguous
+    volume = np.moveaxis(planes, 0, 2)
     if intensity.mode == "clahe":
-        canonical = equalise(canonical, intensity)
+        volume = equalise(volume, intensity)
     spacing = geometry.canonical_spacing
-    sgeom = plan_slices(canonical.shape[0], canonical.shape[1], size, (spacing[0], spacing[1]))
-    return canonical, sgeom, image_to_slices(canonical, sgeom)
+    sgeom = plan_slices(volume.shape[0], volume.shape[1], size, (spacing[0], spacing[1]))
+    return volume.shape, sgeom, image_to_slices(volume, sgeom)
 
 
 def _nearest_index(n_from: int, n_to: int) -> np.ndarray:
@@ -118,6 +126,26 @@ def slices_to_labels(slices: np.ndarray, geom: SliceGeometry) -> np.ndarray:
     r = _nearest_index(geom.new_rows, geom.rows)
     c = _nearest_index(geom.new_cols, geom.cols)
     return np.ascontiguousarray(np.moveaxis(inner[:, r][:, :, c], 0, 2))
+
+
+def probabilities_to_labels(probs: np.ndarray, geom: SliceGeometry) -> np.ndarray:
+    """Network probabilities (N, size, size, C) -> labels (rows, cols, N) uint8 on the canonical grid.
+
+    Each class's probability map is resized (bilinear) to the slice's own pixel grid and the most
+    probable class taken per pixel (the first on a tie) -- the argmax of ``probabilities_to_slice``,
+    one contiguous plane at a time.
+    """
+    inner = probs[:, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols]
+    planes = np.ascontiguousarray(np.moveaxis(inner, 3, 1), dtype=np.float32)  # (N, C, h, w)
+    out = np.zeros((len(probs), geom.rows, geom.cols), dtype=np.uint8)
+    for k in range(len(planes)):
+        best = cv2.resize(planes[k, 0], (geom.cols, geom.rows), interpolation=cv2.INTER_LINEAR)
+        for c in range(1, planes.shape[1]):
+            p = cv2.resize(planes[k, c], (geom.cols, geom.rows), interpolation=cv2.INTER_LINEAR)
+            better = p > best
+            out[k][better] = c
+            np.maximum(best, p, out=best)
+    return np.moveaxis(out, 0, 2)
 
 
 def probabilities_to_slice(probs: np.ndarray, geom: SliceGeometry) -> np.ndarray:

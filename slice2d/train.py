@@ -225,13 +225,14 @@ Weights trained by slice2d; the licence and attribution of the training data app
 
 
 def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, resume: bool = False,
-          verbose: int = 1) -> Path:
+          verbose: int = 1, callbacks: list | None = None) -> Path:
     """Train a U-Net on one or more prepared slice files and write the run folder ``out``.
 
     Several files (e.g. two data sets) must share their data settings; each is split by patient
     on its own and the parts are joined, so every source is on both sides of the split.
     resume: continue an interrupted (or finished) run in ``out`` from its last finished epoch; its
     saved config and splits are used, and the ``epochs`` of ``cfg`` may extend it. Without it, ``out`` must not already hold a run.
+    callbacks: extra Keras callbacks (e.g. the timing callback of bench/performance.py).
     """
     import keras
 
@@ -321,6 +322,7 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
     # rows of epochs after the backup (cut short, or not backed up) are dropped: they run again
     previous = [r for r in _read_history(history_path) if int(r.get("epoch", -1)) < initial_epoch]
     callbacks = [
+        *(callbacks or []),
         *_callbacks(out, previous),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.train.early_stopping_patience),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=cfg.train.lr_patience,

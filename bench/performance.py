@@ -1,0 +1,330 @@
+"""Speed and memory of slice2d on this machine; each part writes its section of BENCHMARKS.md.
+
+    python bench/performance.py train     # training slices/s, default U-Net, batch 16, 128x128 (XLA on/off; the old default)
+    python bench/performance.py memory    # peak memory of one training step: default 2D U-Net vs a 3D U-Net (MIScnn setup)
+    python bench/performance.py prepare   # `slice2d prepare` of a 512x512x300 volume: seconds, peak memory; 1 vs 3 cases
+    python bench/performance.py predict   # `slice2d predict` of a 512x512x300 volume, whole process; the model alone
+    python bench/performance.py all
+
+Every measurement runs in a fresh child process (so peak memory is that of the measured work
+alone) and is repeated; the tables quote medians. The synthetic 512x512x300 chest CT is made once
+with `slice2d synth` and kept in --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import ROOT, machine, median, write_section  # noqa: E402
+
+ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+CLI = [sys.executable, str(ROOT / "cli.py")]
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float, str]:
+    """Run a command; (wall seconds, peak resident memory in GB of that child, output)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out}")
+    return seconds, usage.ru_maxrss / 2**20, out
+
+
+def child(name: str, *args: str) -> dict:
+    """Run one of this script's child measurements in a fresh process; its JSON result."""
+    _, peak, out = run_measured([sys.executable, __file__, "_child", name, *args])
+    result = json.loads(out.strip().splitlines()[-1])
+    result["process_peak_gb"] = peak
+    return result
+
+
+def big_volume(work: Path) -> Path:
+    """The synthetic 512x512x300 chest CT (0.7 x 0.7 x 1.0 mm), made once."""
+    folder = work / "big"
+    if not (folder / "images" / "phantom_000.nii.gz").is_file():
+        run_measured([*CLI, "synth", str(folder), "--cases", "1", "--shape", "512", "512", "300",
+                      "--spacing", "0.7", "0.7", "1.0", "--seed", "3", "-q"])
+    return folder
+
+
+# ---- children (run in their own process) --------------------------------------------------
+
+def _rss_gb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def child_train(variant: str, work: str) -> dict:
+    import keras
+
+    from slice2d.config import load_config
+    from slice2d.train import train
+
+    cfg = load_config("lesions").updated(train={"epochs": 5, "batch_size": 16, "early_stopping_patience": 10})
+    if variant == "no-xla":
+        cfg = cfg.updated(train={"jit_compile": False})
+    elif variant == "old-default":  # depth 4 / 16 filters: the default before this benchmark
+        cfg = cfg.updated(model={"depth": 4, "base_filters": 16})
+
+    class Timer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epochs, self.steps = [], 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start, self.steps = time.perf_counter(), 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            self.end = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs.append(self.steps * 16 / (self.end - self.start))  # training part only, no validation
+
+    timer = Timer()
+    out = Path(work) / f"train-{variant}"
+    shutil.rmtree(out, ignore_errors=True)
+    train(Path(work) / "train.h5", out, cfg, verbose=0, callbacks=[timer])
+    return {"variant": variant, "slices_per_s_by_epoch": timer.epochs,
+            "slices_per_s": median(timer.epochs[1:]),  # epoch 1 includes compilation
+            "params": int(keras.saving.load_model(out / "model.keras", compile=False).count_params())}
+
+
+def _unet3d(shape, n_classes, depth, base):
+    import keras
+    from keras import layers
+
+    def block(x, f, name):
+        for i in (1, 2):
+            x = layers.Conv3D(f, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
+            x = layers.Activation("relu")(x)
+        return x
+
+    inputs = keras.Input((*shape, 1))
+    x, skips = inputs, []
+    for level in range(depth):
+        x = block(x, base * 2 ** level, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling3D(2)(x)
+    x = layers.Dropout(0.1)(block(x, base * 2 ** depth, "bottom"))
+    for level in reversed(range(depth)):
+        x = layers.Conv3DTranspose(base * 2 ** level, 2, strides=2, padding="same")(x)
+        x = block(layers.Concatenate()([x, skips[level]]), base * 2 ** level, f"up{level}")
+    return keras.Model(inputs, layers.Conv3D(n_classes, 1, activation="softmax", dtype="float32")(x))
+
+
+def child_memory(kind: str) -> dict:
+    import keras
+    import numpy as np
+
+    from slice2d.config import ModelConfig
+    from slice2d.losses import FocalDiceLoss
+    from slice2d.model import build_unet
+
+    mc = ModelConfig()
+    if kind == "2d":
+        model, batch, shape = build_unet(128, 2, mc), 16, (128, 128)
+    else:  # covid19.MIScnn: 160x160x80 patches, batch 2, depth 4; the same base filters as the 2D default
+        model, batch, shape = _unet3d((160, 160, 80), 2, 4, mc.base_filters), 2, (160, 160, 80)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=FocalDiceLoss(), jit_compile=False)
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, *shape, 1), dtype=np.float32)
+    y = (rng.random((batch, *shape)) > 0.9).astype(np.uint8)
+    before = _rss_gb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    start = time.perf_counter()
+    model.train_on_batch(x, y)
+    seconds = time.perf_counter() - start
+    return {"kind": kind, "batch": batch, "input": list(shape), "params": int(model.count_params()),
+            "rss_before_gb": before, "step_peak_gb": _rss_gb("VmHWM"), "step_gb": _rss_gb("VmHWM") - before,
+            "first_step_s": seconds}
+
+
+def child_model_speed(run_dir: str, jit: str) -> dict:
+    import numpy as np
+
+    from slice2d.predict import load_run, predict_slices
+
+    run = load_run(run_dir)
+    run.model.jit_compile = jit == "xla"
+    slices = np.random.default_rng(0).random((300, run.cfg.data.size, run.cfg.data.size), dtype=np.float32)
+    start = time.perf_counter()
+    predict_slices(run, slices[:32])  # compile
+    first = time.perf_counter() - start
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        predict_slices(run, slices, batch_size=32)
+        rates.append(300 / (time.perf_counter() - start))
+    return {"jit": jit, "slices_per_s": median(rates), "first_call_s": first}
+
+
+# ---- parts -------------------------------------------------------------------------------
+
+def part_train(work: Path, repeats: int) -> None:
+    from slice2d.config import load_config
+    from slice2d.dataset import prepare
+    from slice2d.synth import write_phantoms
+
+    if not (work / "train.h5").is_file():
+        write_phantoms(work / "phantoms", cases=4, shape=(128, 128, 64), spacing=(2.8, 2.8, 5.0), seed=0)
+        prepare(work / "phantoms" / "images", work / "phantoms" / "lesions", work / "train.h5",
+                load_config("lesions").updated(data={"empty_fraction": 1.0}))
+    rows = {}
+    for variant in ("default", "no-xla", "old-default"):
+        results = [child("train", variant, str(work)) for _ in range(repeats)]
+        rows[variant] = {"slices_per_s": median([r["slices_per_s"] for r in results]),
+                         "peak_gb": median([r["process_peak_gb"] for r in results]), "params": results[0]["params"],
+                         "runs": results}
+    d, n, o = rows["default"], rows["no-xla"], rows["old-default"]
+    md = f"""## Training throughput
+
+`python bench/performance.py train` on {machine()}.
+Training slices/s of the default U-Net (`configs/lesions.yaml`: 128x128, batch 16, focal + Dice
+loss, per-class Dice/IoU metrics, albumentations augmentation in the input pipeline), measured over
+the training part of epochs 2-5 of a real `slice2d.train.train` run (epoch 1 includes compilation),
+median of {repeats} runs, each in a fresh process; peak = the process's peak resident memory.
+
+| model | XLA | parameters | training slices/s | peak memory |
+|---|---|---|---|---|
+| default: depth 5, 8 base filters | on (default) | {d['params']:,} | **{d['slices_per_s']:.1f}** | {d['peak_gb']:.2f} GB |
+| default: depth 5, 8 base filters | off | {n['params']:,} | {n['slices_per_s']:.1f} | {n['peak_gb']:.2f} GB |
+| previous default: depth 4, 16 base filters | on | {o['params']:,} | {o['slices_per_s']:.1f} | {o['peak_gb']:.2f} GB |
+"""
+    write_section("train", md, {"machine": machine(), "rows": rows})
+
+
+def part_memory(work: Path, repeats: int) -> None:
+    from slice2d.config import ModelConfig
+
+    rows = {kind: [child("memory", kind) for _ in range(repeats)] for kind in ("2d", "3d")}
+    step = {k: median([r["step_gb"] for r in v]) for k, v in rows.items()}
+    peak = {k: median([r["process_peak_gb"] for r in v]) for k, v in rows.items()}
+    r2, r3 = rows["2d"][0], rows["3d"][0]
+    md = f"""## Memory: 2D slices against a 3D U-Net
+
+`python bench/performance.py memory` on {machine()}.
+One training step (Adam, focal + Dice loss, no XLA for either) of the default 2D U-Net and of a 3D
+U-Net in the configuration of the covid19.MIScnn study (160x160x80 patches, batch 2, depth 4), with
+the same base filters ({ModelConfig().base_filters}), batch norm and dropout, each built in Keras in a fresh process of
+the same run. "Step memory" is the rise of the peak resident memory during the step over the
+memory held just before it (model, optimiser and batch built); median of {repeats}.
+
+| model | input per step | parameters | step memory | whole process peak |
+|---|---|---|---|---|
+| 2D U-Net (default) | {r2['batch']} x {r2['input'][0]}x{r2['input'][1]} | {r2['params']:,} | {step['2d']:.3f} GB | {peak['2d']:.2f} GB |
+| 3D U-Net (MIScnn setup) | {r3['batch']} x {r3['input'][0]}x{r3['input'][1]}x{r3['input'][2]} | {r3['params']:,} | {step['3d']:.3f} GB | {peak['3d']:.2f} GB |
+
+Ratio 2D / 3D: **{step['2d'] / step['3d']:.3f}** for the step memory, {peak['2d'] / peak['3d']:.3f} for the whole
+process (which includes TensorFlow's own {r2['rss_before_gb']:.1f} GB or so). One 3D step took {median([r['first_step_s'] for r in rows['3d']]):.0f} s here.
+"""
+    write_section("memory", md, {"machine": machine(), "rows": rows, "ratio_step": step["2d"] / step["3d"],
+                                 "ratio_process": peak["2d"] / peak["3d"]})
+
+
+def part_prepare(work: Path, repeats: int) -> None:
+    big = big_volume(work)
+    three = work / "three"
+    for sub in ("images", "lesions"):
+        (three / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            link = three / sub / f"case{i}.nii.gz"
+            if not link.exists():
+                link.symlink_to(big / sub / "phantom_000.nii.gz")
+    rows = {}
+    for name, folder in (("one", big), ("three", three)):
+        runs = []
+        for _ in range(repeats):
+            out = work / f"prepare-{name}.h5"
+            out.unlink(missing_ok=True)
+            seconds, peak, _ = run_measured([*CLI, "prepare", "--images", str(folder / "images"), "--labels",
+                                             str(folder / "lesions"), "--out", str(out), "--config", "lesions", "-q"])
+            runs.append({"seconds": seconds, "peak_gb": peak})
+        rows[name] = {"seconds": median([r["seconds"] for r in runs]), "peak_gb": median([r["peak_gb"] for r in runs]),
+                      "runs": runs}
+    md = f"""## Prepare: one 512x512x300 volume
+
+`python bench/performance.py prepare` on {machine()}.
+`slice2d prepare` (whole process, start-up included) of a synthetic 512x512x300 chest CT
+(0.7x0.7x1.0 mm, `slice2d synth`) with its lesion map, `configs/lesions.yaml` (128x128); median of
+{repeats} runs. Cases are streamed one at a time, so three copies of the volume need no more memory
+than one.
+
+| cases | seconds | peak memory |
+|---|---|---|
+| 1 | **{rows['one']['seconds']:.1f}** | **{rows['one']['peak_gb']:.2f} GB** |
+| 3 | {rows['three']['seconds']:.1f} | {rows['three']['peak_gb']:.2f} GB |
+"""
+    write_section("prepare", md, {"machine": machine(), "rows": rows})
+
+
+def part_predict(work: Path, repeats: int) -> None:
+    from slice2d.predict import shipped_model
+
+    big = big_volume(work)
+    volume = big / "images" / "phantom_000.nii.gz"
+    runs = []
+    for _ in range(repeats):
+        out = work / "predicted"
+        shutil.rmtree(out, ignore_errors=True)
+        seconds, peak, _ = run_measured([*CLI, "predict", str(volume), "--out", str(out), "-q"])
+        runs.append({"seconds": seconds, "peak_gb": peak})
+    report = json.loads((work / "predicted" / "severity" / "phantom_000.json").read_text())
+    model = {jit: [child("model_speed", str(shipped_model("lesions")), jit) for _ in range(repeats)]
+             for jit in ("none", "xla")}
+    speed = {jit: median([r["slices_per_s"] for r in v]) for jit, v in model.items()}
+    first = {jit: median([r["first_call_s"] for r in v]) for jit, v in model.items()}
+    md = f"""## Predict: one 512x512x300 volume
+
+`python bench/performance.py predict` on {machine()}.
+`slice2d predict VOLUME --out OUT` with the defaults (shipped lesion model, shipped lung model,
+six lung zones, Chung severity report and figure) on a synthetic 512x512x300 chest CT: the whole
+process, Python and TensorFlow start-up included; median of {repeats} runs.
+
+| what | value |
+|---|---|
+| whole `slice2d predict`, seconds | **{median([r['seconds'] for r in runs]):.1f}** (runs: {', '.join(f"{r['seconds']:.1f}" for r in runs)}) |
+| peak memory | {median([r['peak_gb'] for r in runs]):.2f} GB |
+| lesion model alone, 300 slices at batch 32, slices/s (no XLA, the default) | {speed['none']:.0f} |
+| lesion model alone with XLA, slices/s | {speed['xla']:.0f} (first call {first['xla']:.1f} s with compilation, against {first['none']:.1f} s) |
+| lung volume found by the shipped lung model (both lungs) | {report['lung_ml']:.0f} mL |
+"""
+    write_section("predict", md, {"machine": machine(), "runs": runs, "model": model})
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "_child":
+        name, args = sys.argv[2], sys.argv[3:]
+        result = {"train": child_train, "memory": child_memory, "model_speed": child_model_speed}[name](*args)
+        print(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=["train", "memory", "prepare", "predict", "all"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/slice2d-bench"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    parts = {"train": part_train, "memory": part_memory, "prepare": part_prepare, "predict": part_predict}
+    for name, part in parts.items():
+        if args.part in (name, "all"):
+            part(args.work, args.repeats)
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    main()

@@ -17,7 +17,8 @@ are stored; slices that were dropped hold no foreground, so reassembly fills the
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,13 +200,19 @@ class SliceFile:
             self.h5 = h5py.File(self.path, "r")
         except OSError:
             raise InputError(f"{self.path}: not a readable HDF5 file (truncated?); run `slice2d prepare` again") from None
+        try:
+            with self._reading():
+                self._check_layout()
+        except InputError:
+            self.h5.close()
+            raise
+
+    def _check_layout(self) -> None:
         attrs = self.h5.attrs
         if attrs.get("format") != FORMAT or "cases" not in self.h5:
-            self.h5.close()
             raise InputError(f"{self.path}: not a slice2d slice file; create it with `slice2d prepare`")
         version = attrs.get("format_version")
         if version is None or int(version) != FORMAT_VERSION:
-            self.h5.close()
             raise InputError(f"{self.path}: slice file format {version} is not "
                              f"{FORMAT_VERSION}; run `slice2d prepare` again with this version")
         self.data_config_yaml = str(attrs["data_config"])
@@ -213,8 +220,20 @@ class SliceFile:
         for name in self.cases:
             group = self.h5["cases"][name]
             if not {"image", "label", "z"} <= set(group) or group["image"].shape != group["label"].shape:
-                self.h5.close()
                 raise InputError(f"{self.path}: case {name} is incomplete; run `slice2d prepare` again")
+            self.geometry(name)
+            self.patient(name)
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Turn h5py's errors on a damaged file into one InputError."""
+        try:
+            yield
+        except InputError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise InputError(f"{self.path}: damaged slice file ({exc.__class__.__name__}); "
+                             "run `slice2d prepare` again") from None
 
     def __enter__(self) -> SliceFile:
         return self
@@ -240,8 +259,9 @@ class SliceFile:
         if not cases:
             size = int(self.h5.attrs["size"])
             return np.zeros((0, size, size, 1), np.float32), np.zeros((0, size, size), np.uint8)
-        images = [self.h5["cases"][c]["image"][...] for c in cases]
-        labels = [self.h5["cases"][c]["label"][...] for c in cases]
+        with self._reading():
+            images = [self.h5["cases"][c]["image"][...] for c in cases]
+            labels = [self.h5["cases"][c]["label"][...] for c in cases]
         return np.concatenate(images).astype(np.float32)[..., None], np.concatenate(labels)
 
     def reassemble_labels(self, case: str) -> np.ndarray:
@@ -250,9 +270,11 @@ class SliceFile:
         group = self.h5["cases"][case]
         canonical_shape = to_canonical(np.zeros(geometry.shape, dtype=np.uint8), geometry).shape
         volume = np.zeros(canonical_shape, dtype=np.uint8)
-        z = group["z"][...]
+        with self._reading():
+            z = group["z"][...]
+            labels = group["label"][...]
         if len(z):
-            volume[:, :, z] = slices_to_labels(group["label"][...], sgeom)
+            volume[:, :, z] = slices_to_labels(labels, sgeom)
         return from_canonical(volume, geometry)
 
 

@@ -57,7 +57,8 @@ def _open(path: Path):
     try:
         img = Image.open(path)
         img.load()
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # PIL raises all of these for damaged or hostile files
         raise InputError(f"{path}: cannot be read as an image ({exc.__class__.__name__}); is the file complete?") from None
     return img
 

@@ -17,6 +17,7 @@ import keras
 
 import slice2d.losses  # noqa: F401  registers the custom objects
 from slice2d.predict import SHIPPED, load_run
+from slice2d.train import write_run_stamp
 
 DATA_NOTES = {
     "covid-ct-slices": "COVID-19 CT Lung and Infection Segmentation Dataset (Ma et al., Medical Physics 2021; "
@@ -29,7 +30,7 @@ DATA_NOTES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("task", choices=["lesions", "lungs"])
+    parser.add_argument("task", choices=["lesions", "lungs", "lesions3"])
     parser.add_argument("run", type=Path)
     parser.add_argument("--cv", type=Path, required=True, help="the <task>-<size>-cv.json of bench/real_cv.py")
     parser.add_argument("--command", default=None, help="the command that trained the folds")
@@ -42,6 +43,7 @@ def main() -> None:
     run.model.save(tmp / "model.keras")  # loaded with compile=False: no optimiser state
     for name in ("config.yaml", "splits.json", "history.csv", "curves.png"):
         shutil.copy2(args.run / name, tmp / name)
+    write_run_stamp(tmp)
     keras.saving.load_model(tmp / "model.keras", safe_mode=True)
     cv = json.loads(args.cv.read_text())
     rows = []

@@ -326,3 +326,22 @@ def test_killed_training_resumes_with_same_splits_and_history(tmp_path):
     assert epochs_done() == list(range(6))            # continued, each epoch once
     assert history.read_text().splitlines()[1:len(done) + 1] == rows_before  # earlier epochs kept as they were
     assert (run / "model.keras").is_file() and json.loads((run / "run.json").read_text())["format"] == "slice2d-run"
+
+
+def test_a_model_file_carrying_code_is_refused(run_copy, tmp_path):
+    """Safe mode: a .keras file with a Lambda layer (arbitrary Python) is refused, its code never runs."""
+    import keras
+
+    marker = tmp_path / "code-ran"
+    inputs = keras.Input((128, 128, 1))
+    path = str(marker)
+    evil = keras.layers.Lambda(lambda x: (open(path, "w").close(), x)[1])(inputs)
+    outputs = keras.layers.Conv2D(2, 1, activation="softmax")(evil)
+    keras.Model(inputs, outputs).save(run_copy / "model.keras")
+    marker.unlink(missing_ok=True)
+    from slice2d.io import InputError
+    from slice2d.predict import load_run
+
+    with pytest.raises(InputError, match="cannot be loaded"):
+        load_run(run_copy)
+    assert not marker.exists()

@@ -124,6 +124,7 @@ class TrainConfig(_Frozen):
     fold: int = Field(0, ge=0)
     seed: int = 0
     jit_compile: bool = True
+    mixed_precision: bool = True  # float16 compute with float32 weights, on a GPU only (CPUs gain nothing)
     augment: AugmentConfig = AugmentConfig()
 
     @model_validator(mode="after")

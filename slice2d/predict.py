@@ -76,10 +76,27 @@ def load_run(path: str | Path) -> Run:
     except Exception as exc:
         raise InputError(f"{path / 'model.keras'}: cannot be loaded ({exc.__class__.__name__}); "
                          "the file is damaged or from an incompatible version") from None
+    if any(layer.dtype_policy.name.startswith("mixed") for layer in model.layers) and not _has_gpu():
+        model = _as_float32(model, cfg)
     expected = (None, cfg.data.size, cfg.data.size, len(cfg.data.classes))
     if tuple(model.output_shape) != expected:
         raise InputError(f"{path}: model output {model.output_shape} does not match config.yaml {expected}")
     return Run(path=path, cfg=cfg, model=model)
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _as_float32(model, cfg: Config):
+    """A model trained with mixed precision (on a GPU), rebuilt in float32 for the CPU; same weights."""
+    from slice2d.model import build_unet
+
+    rebuilt = build_unet(cfg.data.size, len(cfg.data.classes), cfg.model)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
 
 
 def predict_slices(run: Run, slices: np.ndarray, batch_size: int = 32) -> np.ndarray:

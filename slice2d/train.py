@@ -299,7 +299,13 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
     ).prefetch(2)
     val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(batch_size).prefetch(2)
 
-    model = build_unet(size, len(cfg.data.classes), cfg.model)
+    policy = "mixed_float16" if cfg.train.mixed_precision and tf.config.list_physical_devices("GPU") else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_unet(size, len(cfg.data.classes), cfg.model)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # layers keep the policy they were built with
+    log.info("compute precision: %s", policy)
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
         loss=FocalDiceLoss(cfg.train.focal_weight, cfg.train.dice_weight, cfg.train.focal_gamma),

@@ -345,3 +345,25 @@ def test_a_model_file_carrying_code_is_refused(run_copy, tmp_path):
     with pytest.raises(InputError, match="cannot be loaded"):
         load_run(run_copy)
     assert not marker.exists()
+
+
+def test_a_mixed_precision_run_loads_as_float32_on_a_cpu(run_copy):
+    """A model trained with mixed precision on a GPU predicts on a CPU in float32, with its own weights."""
+    import keras
+
+    from slice2d.model import build_unet
+    from slice2d.predict import load_run, predict_slices
+
+    shipped = load_run(SHIPPED / "lesions")
+    cfg = shipped.cfg
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = build_unet(cfg.data.size, len(cfg.data.classes), cfg.model)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    mixed.set_weights(shipped.model.get_weights())
+    mixed.save(run_copy / "model.keras")
+    run = load_run(run_copy)
+    assert {layer.dtype_policy.name for layer in run.model.layers} == {"float32"}
+    slices = np.random.default_rng(0).random((4, cfg.data.size, cfg.data.size), dtype=np.float32)
+    np.testing.assert_allclose(predict_slices(run, slices, 4), predict_slices(shipped, slices, 4), atol=1e-5)

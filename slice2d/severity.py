@@ -89,11 +89,23 @@ def _world_z(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 def _thirds(z: np.ndarray, method: str) -> tuple[float, float]:
-    """Cut levels (c1, c2) in world z: lower is z < c1, middle c1 <= z < c2, upper z >= c2."""
+    """Cut levels (c1, c2) in world z of voxels ``z``: lower is z < c1, middle c1 <= z < c2, upper z >= c2."""
     if method == "extent":
-        lo, hi = float(z.min()), float(z.max())
-        return lo + (hi - lo) / 3.0, lo + 2.0 * (hi - lo) / 3.0
+        return _thirds_of_levels(np.array([z.min(), z.max()]), np.ones(2), method)
     levels, counts = np.unique(np.round(z, 3), return_counts=True)
+    return _thirds_of_levels(levels, counts, method)
+
+
+def _thirds_of_levels(levels: np.ndarray, counts: np.ndarray, method: str) -> tuple[float, float]:
+    """Cut levels from the world z levels that hold lung (ascending) and the voxel count at each.
+
+    "extent" cuts the span between the first and last level in thirds; "volume" cuts between the
+    levels (rounded to 0.001 mm) whose cumulative count is closest to 1/3 and 2/3 of the total.
+    """
+    if method == "extent":
+        lo, hi = float(levels[0]), float(levels[-1])
+        return lo + (hi - lo) / 3.0, lo + 2.0 * (hi - lo) / 3.0
+    levels = np.round(levels, 3)
     cum = np.cumsum(counts)
     total = int(cum[-1])
     cuts = []
@@ -102,6 +114,13 @@ def _thirds(z: np.ndarray, method: str) -> tuple[float, float]:
         i = int(np.argmin(np.abs(3 * cum - k * total)))
         cuts.append(0.5 * float(levels[i] + levels[i + 1]) if i + 1 < levels.size else math.inf)
     return cuts[0], cuts[1]
+
+
+def _axial_axis(affine: np.ndarray) -> int | None:
+    """The array axis along which world z changes when it is the only one (axial slices), else None."""
+    row = np.asarray(affine, dtype=float)[2, :3]
+    moving = [i for i in range(3) if row[i] != 0.0]
+    return moving[0] if len(moving) == 1 else None
 
 
 def lung_zones(lungs: np.ndarray, affine: np.ndarray, method: str = "extent", joint: bool = False) -> np.ndarray:
@@ -122,6 +141,38 @@ def lung_zones(lungs: np.ndarray, affine: np.ndarray, method: str = "extent", jo
     if method not in ZONE_METHODS:
         raise ValueError(f"unknown zone method {method!r}; use one of {ZONE_METHODS}")
     lungs = np.asarray(lungs)
+    axis = _axial_axis(affine)
+    if axis is None:
+        return _lung_zones_voxelwise(lungs, affine, method, joint)
+    # World z depends on one array axis only (the usual axial series): cut per slice index, which
+    # gives exactly the voxelwise result in a few passes over the volume.
+    a = np.asarray(affine, dtype=float)
+    z = a[2, axis] * np.arange(lungs.shape[axis]) + a[2, 3]   # world z of each slice index
+    others = tuple(i for i in range(3) if i != axis)
+    masks = {lung: lungs == lung for lung in (1, 2)}
+    per_slice = {lung: np.count_nonzero(m, axis=others) for lung, m in masks.items()}
+
+    def cuts(counts: np.ndarray) -> tuple[float, float]:
+        present = counts > 0
+        order = np.argsort(z[present])
+        return _thirds_of_levels(z[present][order], counts[present][order], method)
+
+    both = per_slice[1] + per_slice[2]
+    joint_cuts = cuts(both) if joint and both.any() else None
+    zones = np.zeros(lungs.shape, np.uint8)
+    shape = [1, 1, 1]
+    shape[axis] = lungs.shape[axis]
+    for lung, first in ((1, 1), (2, 4)):
+        if not per_slice[lung].any():
+            continue
+        c1, c2 = joint_cuts or cuts(per_slice[lung])
+        zone_of_slice = np.where(z >= c2, first, np.where(z >= c1, first + 1, first + 2)).astype(np.uint8)
+        np.copyto(zones, zone_of_slice.reshape(shape), where=masks[lung])
+    return zones
+
+
+def _lung_zones_voxelwise(lungs: np.ndarray, affine: np.ndarray, method: str, joint: bool) -> np.ndarray:
+    """``lung_zones`` for oblique affines: every lung voxel placed by its own world z."""
     zones = np.zeros(lungs.shape, np.uint8)
     joint_cuts = _thirds(_world_z(lungs > 0, affine), method) if joint and (lungs > 0).any() else None
     for lung, first in ((1, 1), (2, 4)):
@@ -224,9 +275,7 @@ def severity_report(
     if scheme == "zones6" or lobes is None:
         zones = lung_zones(lungs, affine, zone_method, zone_joint)
         region_names = list(ZONE_NAMES.values())
-        region_index = np.zeros(lesions.shape, np.uint8)  # 1.. in the order of region_names
-        for i, value in enumerate(ZONE_NAMES, 1):
-            region_index[zones == value] = i
+        region_index = zones  # zone values 1..6 are already in the order of region_names
         if scheme == "zones6":
             lung_region = zones > 0
         regions_kind = "zones"
@@ -243,8 +292,9 @@ def severity_report(
 
     # voxel counts per region in one pass each (bincount over the region index)
     def counts(selected: np.ndarray | None = None) -> np.ndarray:
-        values = region_index.ravel() if selected is None else region_index[selected]
-        return np.bincount(values, minlength=len(region_names) + 1)
+        if selected is None:  # all voxels: one comparison per region beats bincount's int64 copy
+            return np.array([0] + [np.count_nonzero(region_index == i) for i in range(1, len(region_names) + 1)])
+        return np.bincount(region_index[selected], minlength=len(region_names) + 1)
 
     lesion_any = lesions > 0
     in_lungs = lesion_any & lung_region

@@ -81,3 +81,19 @@ def test_metrics_are_bounded_and_symmetric(data, spacing):
         assert ab["hd95_mm"] >= 0 and ab["assd_mm"] >= 0
         diagonal = float(np.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
         assert ab["hd95_mm"] <= diagonal + 1e-6
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["RAS", "LPS", "PIL"]),
+       method=st.sampled_from(["extent", "volume"]), joint=st.booleans())
+def test_per_slice_zones_equal_voxelwise_zones(seed, kind, method, joint):
+    """The fast per-slice zone cut gives exactly the voxel-by-voxel result on axial series."""
+    from conftest import make_affine
+
+    from slice2d.severity import _lung_zones_voxelwise, lung_zones
+
+    rng = np.random.default_rng(seed)
+    lungs = rng.choice(np.array([0, 1, 2], np.uint8), size=(9, 11, 13), p=[0.5, 0.25, 0.25])
+    affine = make_affine(kind, spacing=tuple(rng.uniform(0.5, 3.0, 3)))
+    np.testing.assert_array_equal(lung_zones(lungs, affine, method, joint),
+                                  _lung_zones_voxelwise(lungs, affine, method, joint))

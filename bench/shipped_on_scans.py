@@ -1,0 +1,71 @@
+"""The shipped models on real HU scans they were never trained on (../shared/data/ct-samples).
+
+    python bench/shipped_on_scans.py    (writes the "shipped-on-scans" section of BENCHMARKS.md)
+
+Lungs: Dice of the shipped lung model (and of the built-in extraction) against the reference
+lung mask of copdgene-10002K; lung volumes and lesion load on cmb-crc-chest-ct, a chest CT
+without COVID-19 (so every lesion voxel found there is a false positive).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import machine, write_section  # noqa: E402
+
+from slice2d.io import geometry_of, read_array  # noqa: E402
+from slice2d.lungs import extract_lungs_nifti  # noqa: E402
+from slice2d.predict import load_run, predict_volume, shipped_model  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct-samples"
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def main() -> None:
+    if not SAMPLES.is_dir():
+        sys.exit(f"{SAMPLES} not found; this benchmark needs the real CT samples")
+    lesion_run, lung_run = load_run(shipped_model("lesions")), load_run(shipped_model("lungs"))
+    results = {}
+    for name in ("copdgene-10002K-ct-64", "cmb-crc-chest-ct"):
+        img = nib.load(SAMPLES / f"{name}.nii.gz")
+        lesions, lungs = (m for m, _ in predict_volume([lesion_run, lung_run], read_array(img, name), geometry_of(img)))
+        voxel_ml = abs(float(np.linalg.det(img.affine[:3, :3]))) / 1000
+        builtin = extract_lungs_nifti(img)
+        results[name] = {"right_ml": np.count_nonzero(lungs == 1) * voxel_ml,
+                         "left_ml": np.count_nonzero(lungs == 2) * voxel_ml,
+                         "lesion_ml": np.count_nonzero(lesions > 0) * voxel_ml,
+                         "lesion_in_lungs_ml": np.count_nonzero((lesions > 0) & (lungs > 0)) * voxel_ml,
+                         "agreement_with_builtin": dice(lungs > 0, builtin > 0)}
+        if name.startswith("copdgene"):
+            ref = np.asarray(nib.load(SAMPLES / "copdgene-10002K-lungs-64.nii.gz").dataobj)
+            results[name].update({f"dice_{side}": dice(lungs == v, ref == v) for side, v in (("right", 1), ("left", 2))})
+            results[name]["dice_both"] = dice(lungs > 0, ref > 0)
+            results[name]["builtin_dice_both"] = dice(builtin > 0, ref > 0)
+    c, m = results["copdgene-10002K-ct-64"], results["cmb-crc-chest-ct"]
+    md = f"""## Shipped models on real HU scans
+
+`python bench/shipped_on_scans.py` on {machine()}. Neither scan was used in training; both are
+in HU and go through the same CLAHE convention as the 8-bit training slices.
+
+| scan | what | value |
+|---|---|---|
+| copdgene-10002K (64×64×79, 4.2 mm) | lung model Dice vs reference, right / left / both | {c['dice_right']:.3f} / {c['dice_left']:.3f} / {c['dice_both']:.3f} |
+| copdgene-10002K | built-in extraction Dice vs reference, both lungs | {c['builtin_dice_both']:.3f} |
+| copdgene-10002K (no COVID-19) | lesion model, false-positive lesion volume inside the lungs | {c['lesion_in_lungs_ml']:.1f} mL |
+| cmb-crc-chest-ct (512×512×100) | lung volume right / left (lung model) | {m['right_ml']:.0f} / {m['left_ml']:.0f} mL |
+| cmb-crc-chest-ct | agreement of lung model and built-in extraction (Dice) | {m['agreement_with_builtin']:.3f} |
+| cmb-crc-chest-ct (no COVID-19) | lesion model, false-positive lesion volume inside the lungs | {m['lesion_in_lungs_ml']:.1f} mL |
+"""
+    write_section("shipped-on-scans", md, {"machine": machine(), "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,16 @@ def _corrupt(folder: Path, name: str, kind: str) -> None:
         data = np.zeros((20, 22, 6), np.float32) - 1000
         data[3, 3, 3] = np.nan
         nib.save(nib.Nifti1Image(data, aff), path)
+    elif kind == "inf":
+        data = np.zeros((20, 22, 6), np.float32) - 1000
+        data[3, 3, 3] = np.inf
+        nib.save(nib.Nifti1Image(data, aff), path)
+    elif kind == "wrong-magic":  # a NIfTI whose header magic is damaged
+        raw = bytearray(nib.Nifti1Image(np.zeros((20, 22, 6), np.float32) - 1000, aff).to_bytes())
+        raw[344:348] = b"XXXX"
+        path.write_bytes(gzip.compress(bytes(raw)))
+    elif kind == "rgb":
+        nib.save(nib.Nifti1Image(np.zeros((20, 22, 6), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")]), aff), path)
     elif kind == "bad-labels":
         nib.save(nib.Nifti1Image(np.full((20, 22, 6), 7, np.uint8), aff), path)
 
@@ -92,6 +103,9 @@ def _corrupt(folder: Path, name: str, kind: str) -> None:
     ("labels", "affine", "affine differs"),
     ("images", "not-hu", "Hounsfield"),
     ("images", "nan", "NaN"),
+    ("images", "inf", "Inf"),
+    ("images", "wrong-magic", "cannot be read as NIfTI"),
+    ("images", "rgb", "RGB (colour) volume"),
     ("labels", "bad-labels", "unexpected label values [7]"),
 ])
 def test_prepare_bad_input(good, tmp_path, where, kind, message):

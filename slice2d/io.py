@@ -197,7 +197,7 @@ def atomic_path(*paths: str | Path) -> Iterator:
     for t in targets:
         suffix = next((s for s in (".nii.gz", ".weights.h5") if t.name.endswith(s)), t.suffix)
         tmps.append(t.with_name(f".{t.name}.{tag}.partial{suffix}"))
-        writable_folder(t.parent)
+        make_folder(t.parent)
     try:
         yield tmps[0] if len(tmps) == 1 else tuple(tmps)
         for tmp, target in zip(tmps, targets):
@@ -212,17 +212,30 @@ def atomic_path(*paths: str | Path) -> Iterator:
             tmp.unlink(missing_ok=True)
 
 
-def writable_folder(folder: str | Path, what: str = "output") -> Path:
-    """Create ``folder`` if needed and check that files can be created in it; raise a one-line InputError if not."""
-    folder = Path(folder)
+@contextmanager
+def _folder_errors(folder: Path, what: str) -> Iterator[None]:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".slice2d-write-test-{uuid.uuid4().hex[:8]}"
-        probe.touch()
-        probe.unlink()
+        yield
     except OSError as exc:
         reason = "a file is in the way" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else (exc.strerror or str(exc))
         raise InputError(f"{folder}: cannot write the {what} here ({reason}); choose another --out") from None
+
+
+def make_folder(folder: str | Path, what: str = "output") -> Path:
+    """Create ``folder`` if needed; a one-line InputError if it cannot be."""
+    folder = Path(folder)
+    with _folder_errors(folder, what):
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def writable_folder(folder: str | Path, what: str = "output") -> Path:
+    """``make_folder``, then check that files can be created in it (the up-front check of a command)."""
+    folder = make_folder(folder, what)
+    with _folder_errors(folder, what):
+        probe = folder / f".slice2d-write-test-{uuid.uuid4().hex[:8]}"
+        probe.touch()
+        probe.unlink()
     return folder
 
 

@@ -190,7 +190,7 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
     spacing; its mL figures assume 1 mm voxels). Returns the report, or None when it was not made.
     """
     from slice2d.images import list_images, read_slice, slice_geometry
-    from slice2d.predict import predict_array
+    from slice2d.predict import predict_array, predict_volume
 
     out_dir = Path(out_dir)
     files = list_images(folder, "slice images")
@@ -198,17 +198,17 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
         raise InputError(f"{out_dir}: --out is the input folder; choose another output folder")
     slices = [read_slice(path, rotate) for path in files]  # all read and checked before anything is written
 
-    def segment(run) -> list[np.ndarray]:
-        if len({s.shape for s in slices}) == 1:  # one batched pass over the stack
-            stack = np.stack(slices, axis=2)
-            maps = predict_array(run, stack, slice_geometry(slices[0].shape, len(slices)), source=str(folder),
-                                 kind="uint8")[0]
-            return [maps[:, :, k] for k in range(len(slices))]
-        return [predict_array(run, s[:, :, None], slice_geometry(s.shape), batch_size=1, source=str(path),
-                              kind="uint8")[0][:, :, 0] for s, path in zip(slices, files)]
-
-    lesion_maps = segment(lesion_run)
-    lung_maps = segment(lung_run) if lung_run is not None else []
+    runs = [r for r in (lesion_run, lung_run) if r is not None]
+    if len({s.shape for s in slices}) == 1:  # one batched pass over the stack, sliced once for both models
+        stack = np.stack(slices, axis=2)
+        results = predict_volume(runs, stack, slice_geometry(slices[0].shape, len(slices)), source=str(folder),
+                                 kind="uint8")
+        maps = [[labels[:, :, k] for k in range(len(slices))] for labels, _ in results]
+    else:
+        maps = [[predict_array(run, s[:, :, None], slice_geometry(s.shape), batch_size=1, source=str(path),
+                               kind="uint8")[0][:, :, 0] for s, path in zip(slices, files)] for run in runs]
+    lesion_maps = maps[0]
+    lung_maps = maps[1] if lung_run is not None else []
     for k, path in enumerate(files):
         _write_png(np.rot90(lesion_maps[k], k=rotate), out_dir / f"{path.stem}.png")
         if lung_maps:

@@ -6,10 +6,12 @@
 
 Each fold is trained with `slice2d.train.train` (config `configs/real-<task>.yaml`, folds by
 patient, each data set split on its own) unless its run folder is already complete, then
-evaluated on the validation slices at their original resolution (the network output is resized
-back onto each slice's own pixel grid). Per data set and class it reports the mean of per-slice
+evaluated on the fold's test slices at their original resolution. The test fold is never seen by
+training: the best epoch, early stopping and the learning-rate schedule use a validation split of
+the other patients (`train.val_fraction`). The network output is resized back onto each slice's
+own pixel grid; per data set and class it reports the mean of per-slice
 Dice and IoU (a slice with empty reference and empty prediction scores 1) and the pooled Dice
-over all validation pixels. Results: `<out>/<task>-cv.json` and a Markdown table on stdout.
+over all test pixels. Results: `<out>/<task>-cv.json` and a Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def slice_files(task: str, out: Path, size: int) -> dict[str, Path]:
 def evaluate_fold(run_dir: Path, files: dict[str, Path]) -> dict:
     run = load_run(run_dir)
     data = run.cfg.data
-    val = set(json.loads((run_dir / "splits.json").read_text())["val"])
+    test = set(json.loads((run_dir / "splits.json").read_text())["test"])  # the fold: unseen by training
     result = {}
     for set_name, path in files.items():
         names = dict(enumerate(data.classes))
@@ -67,7 +69,7 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path]) -> dict:
             names[len(names)] = "lungs_merged"
         per_class = {c: {"dice": [], "iou": [], "inter": 0, "total": 0} for c in groups}
         with SliceFile(path) as sf:
-            cases = [c for c in sf.cases if c in val]
+            cases = [c for c in sf.cases if c in test]
             attrs = {c: dict(sf.h5["cases"][c].attrs) for c in cases}
         for case in cases:
             rotate = int(attrs[case]["rotate"])
@@ -97,6 +99,8 @@ def main() -> None:
     parser.add_argument("--only", type=int, nargs="*", help="train/evaluate only these folds")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--depth", type=int, default=None, help="U-Net depth (default: the config's)")
+    parser.add_argument("--base-filters", type=int, default=None, help="U-Net base filters (default: the config's)")
     parser.add_argument("--out", type=Path, default=Path("runs/real"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +115,9 @@ def main() -> None:
                                                            data={"size": args.size})
             if args.epochs:
                 cfg = cfg.updated(train={"epochs": args.epochs})
+            model = {k: v for k, v in {"depth": args.depth, "base_filters": args.base_filters}.items() if v}
+            if model:
+                cfg = cfg.updated(model=model)
             train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2)
         results[str(fold)] = {"sets": evaluate_fold(run_dir, files), "seconds": time.perf_counter() - start,
                               "machine": f"{platform.machine()} {platform.node()}"}

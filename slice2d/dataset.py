@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -280,29 +280,37 @@ class SliceFile:
 
 @dataclass(frozen=True)
 class Split:
+    """train: fitted on; val: picks the best epoch, drives early stopping and the learning rate;
+    test: the cross-validation fold, never seen by training in any way (empty without folds)."""
+
     train: list[str]
     val: list[str]
+    test: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, list[str]]:
-        return {"train": self.train, "val": self.val}
+        return {"train": self.train, "val": self.val, "test": self.test}
 
 
 def split_cases(patients: dict[str, str], val_fraction: float, folds: int, fold: int, seed: int) -> Split:
     """Seeded split by patient: all cases of one patient land on the same side.
 
-    With ``folds > 1`` the patients are shuffled once and cut into ``folds`` groups; group ``fold``
-    is the validation set. Otherwise ``val_fraction`` of the patients (at least one) validate.
+    The patients are shuffled once. With ``folds > 1`` they are cut into ``folds`` groups; group
+    ``fold`` is the test set, and ``val_fraction`` of the other patients (at least one) validate, so
+    that choosing the best epoch never looks at the fold that is reported. Without folds,
+    ``val_fraction`` of the patients (at least one) validate and there is no test set.
     """
     ids = sorted(set(patients.values()))
-    if len(ids) < 2:
-        raise InputError(f"need cases from at least 2 patients to split train/validation, found {len(ids)}")
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    test_ids: set[str] = set()
     if folds > 1:
-        if folds > len(ids):
-            raise InputError(f"{folds} folds need at least {folds} patients, found {len(ids)}")
-        val_ids = set(np.array_split(np.array(order, dtype=object), folds)[fold].tolist())
-    else:
-        n_val = min(len(ids) - 1, max(1, int(round(val_fraction * len(ids)))))
-        val_ids = set(order[:n_val])
+        if len(ids) < folds + 1:
+            raise InputError(f"{folds} folds need at least {folds + 1} patients (one more to validate), found {len(ids)}")
+        test_ids = set(np.array_split(np.array(order, dtype=object), folds)[fold].tolist())
+        order = [i for i in order if i not in test_ids]
+    if len(order) < 2:
+        raise InputError(f"need cases from at least 2 patients to split train/validation, found {len(order)}")
+    n_val = min(len(order) - 1, max(1, int(round(val_fraction * len(order)))))
+    val_ids = set(order[:n_val])
     cases = sorted(patients)
-    return Split(train=[c for c in cases if patients[c] not in val_ids], val=[c for c in cases if patients[c] in val_ids])
+    return Split(train=[c for c in cases if patients[c] not in val_ids | test_ids],
+                 val=[c for c in cases if patients[c] in val_ids], test=[c for c in cases if patients[c] in test_ids])

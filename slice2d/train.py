@@ -210,7 +210,8 @@ def _model_card(out: Path, cfg: Config, slices_paths: list[Path], split: Split, 
 - Input: {cfg.data.size}x{cfg.data.size} axial slices in the canonical display orientation;
   intensity: NIfTI in HU windowed to {list(cfg.data.intensity.window)} HU, 8-bit slices / 255, then
   `{cfg.data.intensity.mode}`{' (per-slice min-max + CLAHE)' if cfg.data.intensity.mode == 'clahe' else ''}.
-- Data: {', '.join(f'`{p}`' for p in slices_paths)}; {len(split.train)} training cases, {len(split.val)} validation cases (`splits.json`).
+- Data: {', '.join(f'`{p}`' for p in slices_paths)}; {len(split.train)} training cases, {len(split.val)} validation cases
+  (best epoch, early stopping){f', {len(split.test)} test cases (fold {cfg.train.fold} of {cfg.train.folds}, unseen)' if split.test else ''} (`splits.json`).
 - Best epoch: {int(best.get('epoch', -1)) + 1} of {len(history)}.
 
 ## Validation metrics at the best epoch (pixels pooled over the validation slices)
@@ -264,14 +265,15 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
             cfg = _resolve_config(files, cfg)
         if resume:
             split = Split(**json.loads((out / "splits.json").read_text()))
-            unknown = sorted(set(split.train + split.val) - set(cases))
+            unknown = sorted(set(split.train + split.val + split.test) - set(cases))
             if unknown:
                 raise InputError(f"{paths[0]}: cases {unknown[:5]} of the run's splits.json are missing; resume with the same slice files")
         else:
             # each file is split on its own, so that every source is represented on both sides
             parts = [split_cases({c: f.patient(c) for c in f.cases}, cfg.train.val_fraction, cfg.train.folds,
                                  cfg.train.fold, cfg.train.seed) for f in files]
-            split = Split(train=[c for p in parts for c in p.train], val=[c for p in parts for c in p.val])
+            split = Split(train=[c for p in parts for c in p.train], val=[c for p in parts for c in p.val],
+                          test=[c for p in parts for c in p.test])
         train_x, train_y = _gather(files, split.train, cases)
         val_x, val_y = _gather(files, split.val, cases)
     finally:
@@ -285,8 +287,8 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
     write_run_stamp(out)
     _write_text(out / "config.yaml", cfg.to_yaml())
     _write_text(out / "splits.json", json.dumps(split.as_dict(), indent=1))
-    log.info("training on %d slices (%d cases), validating on %d slices (%d cases)",
-             len(train_x), len(split.train), len(val_x), len(split.val))
+    log.info("training on %d slices (%d cases), validating on %d slices (%d cases); %d test cases held out",
+             len(train_x), len(split.train), len(val_x), len(split.val), len(split.test))
 
     import tensorflow as tf
 

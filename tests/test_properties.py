@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from slice2d.dataset import split_cases
 from slice2d.io import from_canonical, geometry_of, to_canonical
 from slice2d.metrics import binary_metrics
 from slice2d.slicing import labels_to_slices, plan_slices, slices_to_labels
@@ -97,3 +98,18 @@ def test_per_slice_zones_equal_voxelwise_zones(seed, kind, method, joint):
     affine = make_affine(kind, spacing=tuple(rng.uniform(0.5, 3.0, 3)))
     np.testing.assert_array_equal(lung_zones(lungs, affine, method, joint),
                                   _lung_zones_voxelwise(lungs, affine, method, joint))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_patients=st.integers(6, 30), folds=st.integers(2, 5), val_fraction=st.floats(0.05, 0.5), seed=st.integers(0, 99))
+def test_cross_validation_folds_never_leak_into_training_or_validation(n_patients, folds, val_fraction, seed):
+    # two cases per patient, so that a split by case rather than by patient would show
+    patients = {f"p{p}_{k}": f"p{p}" for p in range(n_patients) for k in range(2)}
+    tested = []
+    for fold in range(folds):
+        s = split_cases(patients, val_fraction, folds, fold, seed)
+        sides = [{patients[c] for c in part} for part in (s.train, s.val, s.test)]
+        assert all(sides) and not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+        assert sorted(s.train + s.val + s.test) == sorted(patients)
+        tested += s.test
+    assert sorted(tested) == sorted(patients)  # every case is tested exactly once over the folds

@@ -169,6 +169,22 @@ def test_lesions_outside_lungs_and_two_classes():
     assert r["total_pi"] == pytest.approx(300 / 50)
 
 
+@pytest.mark.parametrize("layout", ["fortran", "transposed view"])
+def test_report_does_not_depend_on_memory_layout(layout):
+    lobes = _lobe_volume()
+    rng = np.random.default_rng(0)
+    lesions = (rng.random(lobes.shape) < 0.2).astype(np.uint8) * rng.integers(1, 3, lobes.shape).astype(np.uint8)
+    lungs = _lungs_from(lobes)
+    expected = severity_report(lesions, lungs, AFFINE, scheme="chung")
+    if layout == "fortran":
+        other = np.asfortranarray(lungs)
+    else:
+        other = np.ascontiguousarray(np.transpose(lungs, (2, 0, 1))).transpose(1, 2, 0)
+    assert severity_report(lesions, other, AFFINE, scheme="chung") == expected
+    assert severity_report(np.asfortranarray(lesions), lungs, AFFINE, scheme="chung") == expected
+    assert expected["lesion_classes"] == 2 and expected["total_pi"] > 0
+
+
 def _zone_lungs():
     """Right lung on slices 0..8, left lung on slices 3..14 of a 2 mm z grid."""
     lungs = np.zeros((8, 4, 16), np.uint8)

@@ -3,6 +3,7 @@
     python bench/real_cv.py lungs   --folds 5 --out runs/real   # covid-ct-slices, split by patient
     python bench/real_cv.py lesions --folds 5 --out runs/real   # covid-ct-slices (by patient) + covid-semiseg (by slice)
     python bench/real_cv.py lesions3 --folds 5 --out runs/real  # ground-glass / consolidation, covid-semiseg only
+    python bench/real_cv.py lungs --final --out runs/real      # the model to ship: all patients, no test fold
 
 Each fold is trained with `slice2d.train.train` (config `configs/real-<task>.yaml`, folds by
 patient, each data set split on its own) unless its run folder is already complete, then
@@ -102,23 +103,29 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=None, help="U-Net depth (default: the config's)")
     parser.add_argument("--base-filters", type=int, default=None, help="U-Net base filters (default: the config's)")
     parser.add_argument("--out", type=Path, default=Path("runs/real"))
+    parser.add_argument("--final", action="store_true",
+                        help="train once on all patients (validation split only, no test fold): the model to ship")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     files = slice_files(args.task, args.out, args.size)
     results_path = args.out / f"{args.task}-{args.size}-cv.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for fold in args.only if args.only is not None else range(args.folds):
-        run_dir = args.out / f"{args.task}-{args.size}-fold{fold}"
+    folds = [None] if args.final else args.only if args.only is not None else range(args.folds)
+    for fold in folds:
+        run_dir = args.out / f"{args.task}-{args.size}-{'all' if fold is None else f'fold{fold}'}"
         start = time.perf_counter()
         if not (run_dir / "README.md").exists():
-            cfg = load_config(f"real-{args.task}").updated(train={"folds": args.folds, "fold": fold},
-                                                           data={"size": args.size})
+            split = {"folds": 1, "fold": 0} if fold is None else {"folds": args.folds, "fold": fold}
+            cfg = load_config(f"real-{args.task}").updated(train=split, data={"size": args.size})
             if args.epochs:
                 cfg = cfg.updated(train={"epochs": args.epochs})
             model = {k: v for k, v in {"depth": args.depth, "base_filters": args.base_filters}.items() if v}
             if model:
                 cfg = cfg.updated(model=model)
             train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2)
+        if fold is None:
+            print(f"trained {run_dir} in {time.perf_counter() - start:.0f} s")
+            return
         results[str(fold)] = {"sets": evaluate_fold(run_dir, files), "seconds": time.perf_counter() - start,
                               "machine": f"{platform.machine()} {platform.node()}"}
         results_path.write_text(json.dumps(results, indent=1))

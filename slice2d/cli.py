@@ -191,7 +191,7 @@ def predict(
     lobe_labels: LobeLabelsOption = LobeLabels.slice2d,
     zones: ZonesOption = Zones.extent,
     severity: Annotated[bool, typer.Option(help="For a lesion model: lungs, regions and a severity report per input.")] = True,
-    batch_size: Annotated[int, typer.Option(min=1, help="Slices per network call.")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per network call.")] = 16,
     probabilities: Annotated[bool, typer.Option(help="Also write class probabilities to OUT/probabilities/.")] = False,
     rotate: Annotated[int, typer.Option(help="Slice images only: quarter turns clockwise that bring them upright.")] = 0,
     quiet: Quiet = False,
@@ -216,8 +216,8 @@ def predict(
             lungs_model = shipped_model("lungs", required=False)
         options = SeverityOptions(scheme.value, lobe_labels.value, *_ZONES[zones.value])
         if input.is_dir() and any(is_image(p) for p in input.iterdir()) and not list(input.glob("*.nii*")):
-            run = load_run(model)
-            lung_run = load_run(lungs_model) if lungs_model and severity else None
+            run = load_run(model, background=True)
+            lung_run = load_run(lungs_model, background=True) if lungs_model and severity else None
             writable_folder(out)
             n = sum(1 for p in input.iterdir() if is_image(p))
             with _progress(n, "predict") as step:
@@ -225,12 +225,15 @@ def predict(
             log.info("wrote slice label maps to %s (lungs/, stack/, severity/ where made)", out)
             return
         files = input_files(input)
-        run = load_run(model)
+        # models load in the background while the first input is read and sliced
+        run = load_run(model, background=True)
+        assess = severity and run.cfg.data.task == "lesions"
+        lung_run = load_run(lungs_model, background=True) if lungs_model and assess else None
+        lobe_run = load_run(lobes_model, background=True) if lobes_model and assess else None
         writable_folder(out)
         with _progress(len(files), "predict") as step:
-            if severity and run.cfg.data.task == "lesions":
-                assess_files(run, files, out, lung_run=load_run(lungs_model) if lungs_model else None,
-                             lobe_run=load_run(lobes_model) if lobes_model else None, lobes_dir=lobes,
+            if assess:
+                assess_files(run, files, out, lung_run=lung_run, lobe_run=lobe_run, lobes_dir=lobes,
                              options=options, batch_size=batch_size, probabilities=probabilities, progress=step)
                 log.info("wrote lesion maps to %s, lung maps to %s, severity reports to %s",
                          out, out / "lungs", out / "severity")

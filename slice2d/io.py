@@ -11,6 +11,7 @@ trained on NIfTI volumes see the same picture.
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import uuid
 from collections.abc import Iterator
@@ -123,10 +124,19 @@ def load_volume(path: str | Path, kind: str = "image") -> nib.Nifti1Image:
     return img
 
 
+def _voxels(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """The voxel array. A .nii.gz on disk is decompressed in one call rather than through nibabel's
+    chunked gzip reads: 3-4x faster, and it does not stall while another thread (the model
+    loading in the background) holds the interpreter."""
+    if path.name.endswith(".gz") and nib.arrayproxy.is_proxy(img.dataobj):
+        img = type(img).from_bytes(gzip.decompress(path.read_bytes()))
+    return np.asanyarray(img.dataobj)
+
+
 def read_array(img: nib.Nifti1Image, path: str | Path, kind: str = "image") -> np.ndarray:
     """The voxel data as float32 (images) or integers (label maps), with NaN/Inf refused."""
     try:
-        data = np.asanyarray(img.dataobj)
+        data = _voxels(img, Path(path))
     except MemoryError:
         raise InputError(f"{path}: not enough memory to read {tuple(img.shape)} voxels") from None
     except Exception as exc:
@@ -134,8 +144,9 @@ def read_array(img: nib.Nifti1Image, path: str | Path, kind: str = "image") -> n
     if data.ndim == 4:
         data = data[..., 0]
     if kind == "image":
+        floating = data.dtype.kind == "f"
         data = np.asarray(data, dtype=np.float32)
-        if not np.all(np.isfinite(data)):
+        if floating and not np.all(np.isfinite(data)):  # (integers are always finite)
             raise InputError(f"{path}: contains NaN or Inf voxels; replace them (e.g. with -1024 HU) first")
         return data
     if data.dtype.kind == "f":

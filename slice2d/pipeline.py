@@ -27,6 +27,7 @@ from slice2d.io import (
     save_like,
 )
 from slice2d.lungs import extract_lungs_nifti
+from slice2d.predict import PREDICT_BATCH
 from slice2d.report import severity_figure
 from slice2d.severity import severity_report, write_cohort_csv, write_report
 
@@ -65,7 +66,7 @@ def score_case(image: np.ndarray | None, lesions: np.ndarray, lungs: np.ndarray,
 
 def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=None, lobe_run=None,
                  lobes_dir: Path | None = None, options: SeverityOptions = SeverityOptions(),
-                 batch_size: int = 32, probabilities: bool = False,
+                 batch_size: int = PREDICT_BATCH, probabilities: bool = False,
                  progress: Callable[[Path], None] | None = None) -> list[dict]:
     """Segment lesions, find the lungs (and lobes), and score each input NIfTI.
 

@@ -9,7 +9,9 @@ in the input's orientation. The written mask carries the input's affine, checked
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,14 +34,23 @@ from slice2d.slicing import probabilities_to_labels, probabilities_to_slice, vol
 
 @dataclass(frozen=True)
 class Run:
-    """A trained model with the configuration it was trained with."""
+    """A trained model with the configuration it was trained with.
+
+    ``loaded`` is the keras.Model, or a Future of it while it loads in the background
+    (``load_run(..., background=True)``); ``model`` waits for it.
+    """
 
     path: Path
     cfg: Config
-    model: object  # keras.Model; typed loosely so that importing this module stays cheap
+    loaded: object  # keras.Model or Future; typed loosely so that importing this module stays cheap
+
+    @property
+    def model(self):
+        return self.loaded.result() if isinstance(self.loaded, Future) else self.loaded
 
 
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
+PREDICT_BATCH = 16  # slices per network call: the fastest on a 2-core CPU (bench/performance.py predict)
 
 
 def shipped_model(task: str, required: bool = True) -> Path | None:
@@ -52,8 +63,16 @@ def shipped_model(task: str, required: bool = True) -> Path | None:
     return None
 
 
-def load_run(path: str | Path) -> Run:
-    """Load a run folder; the model is loaded in Keras safe mode (no code from the file runs)."""
+_LOADING = threading.Lock()  # one model loads at a time (Keras model loading is not thread-safe)
+
+
+def load_run(path: str | Path, background: bool = False) -> Run:
+    """Load a run folder; the model is loaded in Keras safe mode (no code from the file runs).
+
+    The folder, its format stamp and its config are checked at once. With ``background``, the
+    model (and TensorFlow with it, ~5 s) loads in a thread while the caller reads and slices its
+    input; ``Run.model`` waits for it and raises its ``InputError`` if it cannot be loaded.
+    """
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"{path}: model run folder not found; train one with `slice2d train` or check --model")
@@ -66,22 +85,37 @@ def load_run(path: str | Path) -> Run:
         cfg = load_config(path / "config.yaml")
     except ConfigError as exc:
         raise InputError(f"{exc}; the run folder may come from an incompatible slice2d version") from None
+    if not background:
+        return Run(path=path, cfg=cfg, loaded=_load_model(path, cfg))
+    future: Future = Future()
 
-    import keras
+    def load() -> None:
+        try:
+            future.set_result(_load_model(path, cfg))
+        except BaseException as exc:  # handed to whoever reads Run.model
+            future.set_exception(exc)
 
-    import slice2d.losses  # noqa: F401  registers the custom objects
+    threading.Thread(target=load, name=f"load {path.name}").start()
+    return Run(path=path, cfg=cfg, loaded=future)
 
-    try:
-        model = keras.saving.load_model(path / "model.keras", compile=False, safe_mode=True)
-    except Exception as exc:
-        raise InputError(f"{path / 'model.keras'}: cannot be loaded ({exc.__class__.__name__}); "
-                         "the file is damaged or from an incompatible version") from None
-    if any(layer.dtype_policy.name.startswith("mixed") for layer in model.layers) and not _has_gpu():
-        model = _as_float32(model, cfg)
+
+def _load_model(path: Path, cfg: Config):
+    with _LOADING:
+        import keras
+
+        import slice2d.losses  # noqa: F401  registers the custom objects
+
+        try:
+            model = keras.saving.load_model(path / "model.keras", compile=False, safe_mode=True)
+        except Exception as exc:
+            raise InputError(f"{path / 'model.keras'}: cannot be loaded ({exc.__class__.__name__}); "
+                             "the file is damaged or from an incompatible version") from None
+        if any(layer.dtype_policy.name.startswith("mixed") for layer in model.layers) and not _has_gpu():
+            model = _as_float32(model, cfg)
     expected = (None, cfg.data.size, cfg.data.size, len(cfg.data.classes))
     if tuple(model.output_shape) != expected:
         raise InputError(f"{path}: model output {model.output_shape} does not match config.yaml {expected}")
-    return Run(path=path, cfg=cfg, model=model)
+    return model
 
 
 def _has_gpu() -> bool:
@@ -99,7 +133,7 @@ def _as_float32(model, cfg: Config):
     return rebuilt
 
 
-def predict_slices(run: Run, slices: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def predict_slices(run: Run, slices: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """Network probabilities (N, size, size, C) for normalised slices (N, size, size).
 
     Batches are padded to one fixed size so that the compiled graph is traced once.
@@ -114,7 +148,7 @@ def predict_slices(run: Run, slices: np.ndarray, batch_size: int = 32) -> np.nda
     return out
 
 
-def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch_size: int = 32,
+def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch_size: int = PREDICT_BATCH,
                    probabilities: bool = False, source: str = "image", kind: str = "hu") -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Segment one volume with each of ``runs`` (e.g. lesions and lungs); see ``predict_array``.
 
@@ -141,7 +175,7 @@ def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch
     return results
 
 
-def predict_array(run: Run, image: np.ndarray, geometry: Geometry, batch_size: int = 32,
+def predict_array(run: Run, image: np.ndarray, geometry: Geometry, batch_size: int = PREDICT_BATCH,
                   probabilities: bool = False, source: str = "image", kind: str = "hu") -> tuple[np.ndarray, np.ndarray | None]:
     """Segment one volume.
 
@@ -171,7 +205,7 @@ def refuse_overwrite(inputs: list[Path], out_dir: Path) -> None:
             raise InputError(f"{path}: --out would overwrite the input; choose another output folder")
 
 
-def predict_files(run: Run, inputs: list[Path], out_dir: str | Path, batch_size: int = 32,
+def predict_files(run: Run, inputs: list[Path], out_dir: str | Path, batch_size: int = PREDICT_BATCH,
                   probabilities: bool = False, progress: Callable[[Path], None] | None = None) -> list[Path]:
     """Segment each input NIfTI and write ``out_dir/<same file name>`` (uint8 labels, the input's grid).
 

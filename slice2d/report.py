@@ -83,13 +83,13 @@ def severity_figure(
     plt = _pyplot()
     from matplotlib.colors import ListedColormap
 
-    img = _canonical(image_hu, affine).astype(np.float32)
+    img = _canonical(image_hu, affine)  # views (flips, transposes): only the shown slices are read
     lun = _canonical(lungs, affine)
     les = _canonical(lesions, affine)
     reg = None if regions_map is None else _canonical(regions_map, affine)
     ornt_axes = np.argsort(nib.orientations.io_orientation(affine)[:, 0])
     sp = nib.affines.voxel_sizes(affine)[ornt_axes]
-    zs = np.nonzero((lun > 0).any(axis=(0, 1)))[0]
+    zs = np.nonzero([lun[:, :, z].any() for z in range(lun.shape[2])])[0]
     if zs.size == 0:
         zs = np.arange(img.shape[2])
     picks = np.unique(np.quantile(zs, [0.8, 0.6, 0.4, 0.2]).round().astype(int))[::-1]
@@ -99,7 +99,7 @@ def severity_figure(
     tint = ListedColormap(["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b"])
     for k, z in enumerate(picks):
         ax = fig.add_subplot(grid[0, k])
-        ax.imshow(_radiological(img[:, :, z]), cmap="gray", vmin=-1350, vmax=150, aspect=sp[1] / sp[0])
+        ax.imshow(_radiological(img[:, :, z].astype(np.float32)), cmap="gray", vmin=-1350, vmax=150, aspect=sp[1] / sp[0])
         if reg is not None:
             r = _radiological(reg[:, :, z]).astype(float)
             ax.imshow(np.ma.masked_equal(r, 0), cmap=tint, vmin=1, vmax=6, alpha=0.25,

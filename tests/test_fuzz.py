@@ -11,7 +11,6 @@ import gzip
 import io
 from pathlib import Path
 
-import h5py
 import nibabel as nib
 import numpy as np
 import pytest

@@ -226,10 +226,10 @@ def predict(
             return
         files = input_files(input)
         # models load in the background while the first input is read and sliced
-        run = load_run(model, background=True)
+        run = load_run(model, background=True, warm_up=batch_size)
         assess = severity and run.cfg.data.task == "lesions"
-        lung_run = load_run(lungs_model, background=True) if lungs_model and assess else None
-        lobe_run = load_run(lobes_model, background=True) if lobes_model and assess else None
+        lung_run = load_run(lungs_model, background=True, warm_up=batch_size) if lungs_model and assess else None
+        lobe_run = load_run(lobes_model, background=True, warm_up=batch_size) if lobes_model and assess else None
         writable_folder(out)
         with _progress(len(files), "predict") as step:
             if assess:

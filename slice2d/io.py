@@ -133,8 +133,12 @@ def _voxels(img: nib.Nifti1Image, path: Path) -> np.ndarray:
     return np.asanyarray(img.dataobj)
 
 
-def read_array(img: nib.Nifti1Image, path: str | Path, kind: str = "image") -> np.ndarray:
-    """The voxel data as float32 (images) or integers (label maps), with NaN/Inf refused."""
+def read_array(img: nib.Nifti1Image, path: str | Path, kind: str = "image", keep_integers: bool = False) -> np.ndarray:
+    """The voxel data as float32 (images) or uint8 (label maps), with NaN/Inf refused.
+
+    keep_integers: an image stored as integers (the usual int16 HU) is returned as such, saving a
+    float32 copy of the volume; for callers that only read it through float32 arithmetic.
+    """
     try:
         data = _voxels(img, Path(path))
     except MemoryError:
@@ -145,6 +149,8 @@ def read_array(img: nib.Nifti1Image, path: str | Path, kind: str = "image") -> n
         data = data[..., 0]
     if kind == "image":
         floating = data.dtype.kind == "f"
+        if keep_integers and data.dtype.kind in "iu":
+            return data
         data = np.asarray(data, dtype=np.float32)
         if floating and not np.all(np.isfinite(data)):  # (integers are always finite)
             raise InputError(f"{path}: contains NaN or Inf voxels; replace them (e.g. with -1024 HU) first")

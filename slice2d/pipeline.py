@@ -26,7 +26,6 @@ from slice2d.io import (
     read_array,
     save_like,
 )
-from slice2d.lungs import extract_lungs_nifti
 from slice2d.predict import PREDICT_BATCH
 from slice2d.report import severity_figure
 from slice2d.severity import severity_report, write_cohort_csv, write_report
@@ -86,13 +85,17 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
     reports = []
     for path in inputs:
         img = load_volume(path, "image")
-        image = read_array(img, path)
+        image = read_array(img, path, keep_integers=True)
         geometry = geometry_of(img)
         others = [r for r in (lung_run, lobe_run) if r is not None]
         (lesions, probs), *rest = predict_volume([lesion_run, *others], image, geometry, batch_size, probabilities,
                                                  str(path))
         maps = {id(r): labels for r, (labels, _) in zip(others, rest)}
-        lungs = maps[id(lung_run)] if lung_run is not None else extract_lungs_nifti(img)
+        if lung_run is not None:
+            lungs = maps[id(lung_run)]
+        else:
+            from slice2d.lungs import extract_lungs_nifti  # scipy.ndimage: imported only when used
+            lungs = extract_lungs_nifti(img)
         lobes, preset = None, options.lobe_labels
         if lobe_run is not None:
             lobes = maps[id(lobe_run)]
@@ -126,6 +129,7 @@ def _score_one(lesions: Path, lungs: Path | None, lobes: Path | None, image: Pat
     if lungs is not None:
         lung_map = _load_labels_on_grid(lungs, les_img, lesions, "lung map")
     elif ct_img is not None:
+        from slice2d.lungs import extract_lungs_nifti
         lung_map = extract_lungs_nifti(ct_img)
     elif lobes is None:
         raise InputError(f"{lesions}: give --lungs, --lobes, or --image (for the built-in lung extraction)")

@@ -66,12 +66,14 @@ def shipped_model(task: str, required: bool = True) -> Path | None:
 _LOADING = threading.Lock()  # one model loads at a time (Keras model loading is not thread-safe)
 
 
-def load_run(path: str | Path, background: bool = False) -> Run:
+def load_run(path: str | Path, background: bool = False, warm_up: int | None = None) -> Run:
     """Load a run folder; the model is loaded in Keras safe mode (no code from the file runs).
 
     The folder, its format stamp and its config are checked at once. With ``background``, the
     model (and TensorFlow with it, ~5 s) loads in a thread while the caller reads and slices its
     input; ``Run.model`` waits for it and raises its ``InputError`` if it cannot be loaded.
+    warm_up: a batch size; the model predicts one empty batch of it after loading, so that the
+    prediction graph is traced there (in the background) rather than on the first real batch.
     """
     path = Path(path)
     if not path.is_dir():
@@ -86,12 +88,12 @@ def load_run(path: str | Path, background: bool = False) -> Run:
     except ConfigError as exc:
         raise InputError(f"{exc}; the run folder may come from an incompatible slice2d version") from None
     if not background:
-        return Run(path=path, cfg=cfg, loaded=_load_model(path, cfg))
+        return Run(path=path, cfg=cfg, loaded=_load_model(path, cfg, warm_up))
     future: Future = Future()
 
     def load() -> None:
         try:
-            future.set_result(_load_model(path, cfg))
+            future.set_result(_load_model(path, cfg, warm_up))
         except BaseException as exc:  # handed to whoever reads Run.model
             future.set_exception(exc)
 
@@ -99,7 +101,7 @@ def load_run(path: str | Path, background: bool = False) -> Run:
     return Run(path=path, cfg=cfg, loaded=future)
 
 
-def _load_model(path: Path, cfg: Config):
+def _load_model(path: Path, cfg: Config, warm_up: int | None = None):
     with _LOADING:
         import keras
 
@@ -115,6 +117,9 @@ def _load_model(path: Path, cfg: Config):
     expected = (None, cfg.data.size, cfg.data.size, len(cfg.data.classes))
     if tuple(model.output_shape) != expected:
         raise InputError(f"{path}: model output {model.output_shape} does not match config.yaml {expected}")
+    if warm_up:
+        with _LOADING:
+            model.predict_on_batch(np.zeros((warm_up, cfg.data.size, cfg.data.size, 1), np.float32))
     return model
 
 

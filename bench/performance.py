@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import ROOT, machine, median, write_section  # noqa: E402
+from record import ROOT, cpu_times, machine, median, steal_percent, write_section  # noqa: E402
 
 ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 CLI = [sys.executable, str(ROOT / "cli.py")]
@@ -158,18 +158,18 @@ def child_memory(kind: str) -> dict:
 def child_model_speed(run_dir: str, jit: str) -> dict:
     import numpy as np
 
-    from slice2d.predict import load_run, predict_slices
+    from slice2d.predict import PREDICT_BATCH, load_run, predict_slices
 
     run = load_run(run_dir)
     run.model.jit_compile = jit == "xla"
     slices = np.random.default_rng(0).random((300, run.cfg.data.size, run.cfg.data.size), dtype=np.float32)
     start = time.perf_counter()
-    predict_slices(run, slices[:32])  # compile
+    predict_slices(run, slices[:PREDICT_BATCH])  # compile
     first = time.perf_counter() - start
     rates = []
     for _ in range(3):
         start = time.perf_counter()
-        predict_slices(run, slices, batch_size=32)
+        predict_slices(run, slices)
         rates.append(300 / (time.perf_counter() - start))
     return {"jit": jit, "slices_per_s": median(rates), "first_call_s": first}
 
@@ -279,11 +279,13 @@ def part_predict(work: Path, repeats: int) -> None:
     big = big_volume(work)
     volume = big / "images" / "phantom_000.nii.gz"
     runs = []
+    before = cpu_times()
     for _ in range(repeats):
         out = work / "predicted"
         shutil.rmtree(out, ignore_errors=True)
         seconds, peak, _ = run_measured([*CLI, "predict", str(volume), "--out", str(out), "-q"])
         runs.append({"seconds": seconds, "peak_gb": peak})
+    steal = steal_percent(before, cpu_times())
     report = json.loads((work / "predicted" / "severity" / "phantom_000.json").read_text())
     model = {jit: [child("model_speed", str(shipped_model("lesions")), jit) for _ in range(repeats)]
              for jit in ("none", "xla")}
@@ -294,17 +296,19 @@ def part_predict(work: Path, repeats: int) -> None:
 `python bench/performance.py predict` on {machine()}.
 `slice2d predict VOLUME --out OUT` with the defaults (shipped lesion model, shipped lung model,
 six lung zones, Chung severity report and figure) on a synthetic 512x512x300 chest CT: the whole
-process, Python and TensorFlow start-up included; median of {repeats} runs.
+process, Python and TensorFlow start-up included; median of {repeats} runs. The host took
+{steal:.0f} % of this virtual machine's CPU time for other guests while they ran ("steal"), so
+single runs vary by a few seconds.
 
 | what | value |
 |---|---|
 | whole `slice2d predict`, seconds | **{median([r['seconds'] for r in runs]):.1f}** (runs: {', '.join(f"{r['seconds']:.1f}" for r in runs)}) |
 | peak memory | {median([r['peak_gb'] for r in runs]):.2f} GB |
-| lesion model alone, 300 slices at batch 32, slices/s (no XLA, the default) | {speed['none']:.0f} |
+| lesion model alone, 300 slices at batch 16, slices/s (no XLA, the default) | {speed['none']:.0f} |
 | lesion model alone with XLA, slices/s | {speed['xla']:.0f} (first call {first['xla']:.1f} s with compilation, against {first['none']:.1f} s) |
 | lung volume found by the shipped lung model (both lungs) | {report['lung_ml']:.0f} mL |
 """
-    write_section("predict", md, {"machine": machine(), "runs": runs, "model": model})
+    write_section("predict", md, {"machine": machine(), "runs": runs, "model": model, "steal_percent": steal})
 
 
 def main() -> None:

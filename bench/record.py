@@ -43,6 +43,18 @@ def machine() -> str:
             f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
 
 
+def cpu_times() -> list[int]:
+    """The machine's cumulative CPU time counters (/proc/stat, all cores), for ``steal_percent``."""
+    return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+
+def steal_percent(before: list[int], after: list[int]) -> float:
+    """Share of CPU time the hypervisor gave to other guests between two ``cpu_times`` readings:
+    on a shared virtual machine this is what makes timings noisy."""
+    delta = [b - a for a, b in zip(before, after)]
+    return 100.0 * delta[7] / max(1, sum(delta[:8]))
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 

@@ -1,6 +1,6 @@
 """Copy a trained run into checkpoints/<task>/ as a shipped default model, with its model card.
 
-    python bench/ship_model.py lungs runs/real/lungs-128-fold2 --cv runs/real/lungs-128-cv.json
+    python bench/ship_model.py lungs runs/real/lungs-128-all --cv runs/real/lungs-128-cv.json
 
 The model is re-saved without optimiser state (a few MB), loaded back in safe mode to check it,
 and the model card gets the cross-validation table, the data's licences and the commands.
@@ -54,6 +54,13 @@ def main() -> None:
                             f"{m['iou_mean']:.3f} | {m['dice_pooled']:.3f} |")
     sets = sorted({s for res in cv.values() for s in res["sets"]})
     cfg = run.cfg
+    if cfg.train.folds > 1:
+        provenance = (f"- This is the model of fold {cfg.train.fold} of a {cfg.train.folds}-fold cross-validation (trained on\n"
+                      "  the other folds' patients, `splits.json`); it was not retrained on all data.")
+    else:
+        provenance = ("- Trained once on all patients of the data sets below, except a validation split of patients\n"
+                      "  (`splits.json`) that picked the best epoch. The cross-validation table below estimates how\n"
+                      "  this recipe does on patients it has not seen; this model itself has no held-out score.")
     card = f"""# slice2d shipped model: {args.task}
 
 - U-Net depth {cfg.model.depth}, base filters {cfg.model.base_filters}; classes {list(cfg.data.classes)};
@@ -61,12 +68,10 @@ def main() -> None:
 - Intensity convention: NIfTI in HU windowed to {list(cfg.data.intensity.window)} HU, 8-bit slices / 255,
   then `{cfg.data.intensity.mode}` (per-slice min-max + CLAHE, clip {cfg.data.intensity.clahe_clip},
   {cfg.data.intensity.clahe_tiles}x{cfg.data.intensity.clahe_tiles} tiles).
-- This is the model of fold {args.run.name.rsplit('fold', 1)[-1]} of a 5-fold cross-validation (trained on
-  4/5 of the patients, `splits.json`), chosen as the fold with the best validation Dice; it was not
-  retrained on all data.
+{provenance}
 - Trained with: `{args.command or 'python bench/real_cv.py ' + args.task}`
 
-## Cross-validation (validation slices at their original resolution; `bench/real_cv.py`)
+## Cross-validation (each fold's test patients, unseen in training and in choosing the epoch; slices at their original resolution; `bench/real_cv.py`)
 
 | set | class | fold | slices | per-slice Dice | per-slice IoU | pooled Dice |
 |---|---|---|---|---|---|---|

@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--cv", type=Path, required=True, help="the <task>-<size>-cv.json of bench/real_cv.py")
     parser.add_argument("--command", default=None, help="the command that trained the folds")
+    parser.add_argument("--note", default=None, help="a remark for the model card (e.g. where the CV table comes from)")
     args = parser.parse_args()
     run = load_run(args.run)
     dest = SHIPPED / args.task
@@ -70,6 +71,7 @@ def main() -> None:
   {cfg.data.intensity.clahe_tiles}x{cfg.data.intensity.clahe_tiles} tiles).
 {provenance}
 - Trained with: `{args.command or 'python bench/real_cv.py ' + args.task}`
+{f'- {args.note}' if args.note else ''}
 
 ## Cross-validation (each fold's test patients, unseen in training and in choosing the epoch; slices at their original resolution; `bench/real_cv.py`)
 

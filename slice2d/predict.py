@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +64,7 @@ def shipped_model(task: str, required: bool = True) -> Path | None:
 
 
 _LOADING = threading.Lock()  # one model loads at a time (Keras model loading is not thread-safe)
+_LOADER: ThreadPoolExecutor | None = None
 
 
 def load_run(path: str | Path, background: bool = False, warm_up: int | None = None) -> Run:
@@ -89,16 +90,10 @@ def load_run(path: str | Path, background: bool = False, warm_up: int | None = N
         raise InputError(f"{exc}; the run folder may come from an incompatible slice2d version") from None
     if not background:
         return Run(path=path, cfg=cfg, loaded=_load_model(path, cfg, warm_up))
-    future: Future = Future()
-
-    def load() -> None:
-        try:
-            future.set_result(_load_model(path, cfg, warm_up))
-        except BaseException as exc:  # handed to whoever reads Run.model
-            future.set_exception(exc)
-
-    threading.Thread(target=load, name=f"load {path.name}").start()
-    return Run(path=path, cfg=cfg, loaded=future)
+    global _LOADER
+    if _LOADER is None:  # one thread: models load in the order they were asked for
+        _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slice2d-load")
+    return Run(path=path, cfg=cfg, loaded=_LOADER.submit(_load_model, path, cfg, warm_up))
 
 
 def _load_model(path: Path, cfg: Config, warm_up: int | None = None):

@@ -191,7 +191,7 @@ def predict(
     lobe_labels: LobeLabelsOption = LobeLabels.slice2d,
     zones: ZonesOption = Zones.extent,
     severity: Annotated[bool, typer.Option(help="For a lesion model: lungs, regions and a severity report per input.")] = True,
-    batch_size: Annotated[int, typer.Option(min=1, help="Slices per network call.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Slices per network call.")] = 16,  # predict.PREDICT_BATCH (not imported: keeps --help instant)
     probabilities: Annotated[bool, typer.Option(help="Also write class probabilities to OUT/probabilities/.")] = False,
     rotate: Annotated[int, typer.Option(help="Slice images only: quarter turns clockwise that bring them upright.")] = 0,
     quiet: Quiet = False,

@@ -9,7 +9,6 @@ in the input's orientation. The written mask carries the input's affine, checked
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,8 +62,7 @@ def shipped_model(task: str, required: bool = True) -> Path | None:
     return None
 
 
-_LOADING = threading.Lock()  # one model loads at a time (Keras model loading is not thread-safe)
-_LOADER: ThreadPoolExecutor | None = None
+_LOADER: ThreadPoolExecutor | None = None  # every model loads on this one thread, in the order asked
 
 
 def load_run(path: str | Path, background: bool = False, warm_up: int | None = None) -> Run:
@@ -88,33 +86,30 @@ def load_run(path: str | Path, background: bool = False, warm_up: int | None = N
         cfg = load_config(path / "config.yaml")
     except ConfigError as exc:
         raise InputError(f"{exc}; the run folder may come from an incompatible slice2d version") from None
-    if not background:
-        return Run(path=path, cfg=cfg, loaded=_load_model(path, cfg, warm_up))
     global _LOADER
-    if _LOADER is None:  # one thread: models load in the order they were asked for
+    if _LOADER is None:  # one thread, because Keras model loading is not thread-safe
         _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slice2d-load")
-    return Run(path=path, cfg=cfg, loaded=_LOADER.submit(_load_model, path, cfg, warm_up))
+    future = _LOADER.submit(_load_model, path, cfg, warm_up)
+    return Run(path=path, cfg=cfg, loaded=future if background else future.result())
 
 
 def _load_model(path: Path, cfg: Config, warm_up: int | None = None):
-    with _LOADING:
-        import keras
+    import keras
 
-        import slice2d.losses  # noqa: F401  registers the custom objects
+    import slice2d.losses  # noqa: F401  registers the custom objects
 
-        try:
-            model = keras.saving.load_model(path / "model.keras", compile=False, safe_mode=True)
-        except Exception as exc:
-            raise InputError(f"{path / 'model.keras'}: cannot be loaded ({exc.__class__.__name__}); "
-                             "the file is damaged or from an incompatible version") from None
-        if any(layer.dtype_policy.name.startswith("mixed") for layer in model.layers) and not _has_gpu():
-            model = _as_float32(model, cfg)
+    try:
+        model = keras.saving.load_model(path / "model.keras", compile=False, safe_mode=True)
+    except Exception as exc:
+        raise InputError(f"{path / 'model.keras'}: cannot be loaded ({exc.__class__.__name__}); "
+                         "the file is damaged or from an incompatible version") from None
+    if any(layer.dtype_policy.name.startswith("mixed") for layer in model.layers) and not _has_gpu():
+        model = _as_float32(model, cfg)
     expected = (None, cfg.data.size, cfg.data.size, len(cfg.data.classes))
     if tuple(model.output_shape) != expected:
         raise InputError(f"{path}: model output {model.output_shape} does not match config.yaml {expected}")
     if warm_up:
-        with _LOADING:
-            model.predict_on_batch(np.zeros((warm_up, cfg.data.size, cfg.data.size, 1), np.float32))
+        model.predict_on_batch(np.zeros((warm_up, cfg.data.size, cfg.data.size, 1), np.float32))
     return model
 
 

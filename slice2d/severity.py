@@ -202,7 +202,8 @@ def _lobe_table(lobe_labels: str | Mapping[int, str]) -> tuple[dict[int, str], b
 
 def _lesion_classes(lesions: np.ndarray) -> int:
     top = int(lesions.max()) if lesions.size else 0
-    if lesions.dtype.kind not in "ub" and (lesions.min() < 0 or np.any(lesions != np.round(lesions))) or top > 2:
+    not_integral = lesions.dtype.kind not in "ub" and (lesions.min() < 0 or np.any(lesions != np.round(lesions)))
+    if not_integral or top > 2:
         bad = sorted(set(np.unique(lesions).tolist()) - {0, 1, 2})
         raise ValueError(f"lesion map has values {bad}; expected 0/1 (infection) or 0/1/2 (1 ground-glass, "
                          "2 consolidation)")
@@ -319,7 +320,7 @@ def severity_report(
 
     # voxels per (region, lesion class) in one pass: code = region * 3 + lesion class
     n_regions = len(region_names) + 1
-    codes = region_index.astype(np.uint8) * np.uint8(3)
+    codes = region_index * np.uint8(3)  # a new uint8 array (region_index is uint8)
     codes += lesions.astype(np.uint8, copy=False)
     table = _value_counts(codes, 3 * n_regions).reshape(n_regions, 3)
     region_counts, lesion_counts = table.sum(axis=1), table[:, 1] + table[:, 2]

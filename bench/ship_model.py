@@ -60,7 +60,7 @@ def main() -> None:
                       "  the other folds' patients, `splits.json`); it was not retrained on all data.")
     else:
         provenance = ("- Trained once on all patients of the data sets below, except a validation split of patients\n"
-                      "  (`splits.json`) that picked the best epoch. The cross-validation table below estimates how\n"
+                      f"  (`splits.json`) {'that only reported (cosine schedule, last epoch kept)' if cfg.train.schedule == 'cosine' else 'that picked the best epoch'}. The cross-validation table below estimates how\n"
                       "  this recipe does on patients it has not seen; this model itself has no held-out score.")
     card = f"""# slice2d shipped model: {args.task}
 

@@ -114,6 +114,10 @@ class TrainConfig(_Frozen):
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     min_learning_rate: float = Field(1e-5, gt=0)
+    # plateau: halve the rate when the validation loss stalls, stop early, keep the best epoch.
+    # cosine: decay from learning_rate to min_learning_rate over all epochs, keep the last epoch
+    # (the validation set only reports; it picks nothing, so a small one cannot mislead it)
+    schedule: Literal["plateau", "cosine"] = "plateau"
     lr_patience: int = Field(3, ge=1)
     early_stopping_patience: int = Field(8, ge=1)
     focal_weight: float = Field(1.0, ge=0)

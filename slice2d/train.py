@@ -1,7 +1,7 @@
 """train(slices, out, cfg) -> a self-describing run folder.
 
 The run folder holds ``run.json`` (the format stamp), ``model.keras`` (best epoch by validation
-mean foreground Dice), ``backup/`` (the last finished epoch: weights and optimiser state in
+mean foreground Dice; the last epoch with the cosine schedule), ``backup/`` (the last finished epoch: weights and optimiser state in
 ``epoch-NNNN.weights.h5``), ``config.yaml``
 (the exact configuration, including the data section the slices were prepared with),
 ``splits.json`` (case ids for training and validation), ``history.csv``, ``curves.png`` and a short
@@ -118,7 +118,7 @@ def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Confi
             yield augment_batch(pipeline, images[idx], labels[idx])
 
 
-def _callbacks(out: Path, history: list[dict[str, float]]):
+def _callbacks(out: Path, history: list[dict[str, float]], keep_last: bool):
     """Keras callbacks that write the best model, each epoch's backup and the history, atomically."""
     import keras
 
@@ -136,15 +136,15 @@ def _callbacks(out: Path, history: list[dict[str, float]]):
             _write_history(self.path, self.rows)
 
     class BestModel(keras.callbacks.Callback):
-        """``model.keras`` whenever the validation mean Dice improves."""
+        """``model.keras`` whenever the validation mean Dice improves (``keep_last``: after every epoch)."""
 
-        def __init__(self, path: Path, best: float | None):
+        def __init__(self, path: Path, best: float | None, keep_last: bool):
             super().__init__()
-            self.path, self.best = path, -np.inf if best is None else best
+            self.path, self.best, self.keep_last = path, -np.inf if best is None else best, keep_last
 
         def on_epoch_end(self, epoch, logs=None):
             value = (logs or {}).get(MONITOR)
-            if value is not None and value > self.best:
+            if self.keep_last or (value is not None and value > self.best):
                 self.best = float(value)
                 with atomic_path(self.path) as tmp:
                     self.model.save(tmp)
@@ -166,7 +166,7 @@ def _callbacks(out: Path, history: list[dict[str, float]]):
 
     best_so_far = max((r.get(MONITOR, -np.inf) for r in history), default=None)
     # History first: EarlyStopping / ReduceLROnPlateau, which follow, see the same logs
-    return [History(out / "history.csv", history), BestModel(out / "model.keras", best_so_far),
+    return [History(out / "history.csv", history), BestModel(out / "model.keras", best_so_far, keep_last),
             EpochBackup(out / "backup")]
 
 
@@ -200,7 +200,9 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _model_card(out: Path, cfg: Config, slices_paths: list[Path], split: Split, history: list[dict[str, float]]) -> str:
-    best = max(history, key=lambda r: r.get(MONITOR, -1.0)) if history else {}
+    last = cfg.train.schedule == "cosine"
+    best = (history[-1] if last else max(history, key=lambda r: r.get(MONITOR, -1.0))) if history else {}
+    kept = "last" if last else "best"
     metrics = "\n".join(f"| {k[4:]} | {v:.4f} |" for k, v in sorted(best.items()) if k.startswith("val_")
                         and ("dice" in k or "iou" in k))
     return f"""# slice2d model: {out.name}
@@ -211,10 +213,10 @@ def _model_card(out: Path, cfg: Config, slices_paths: list[Path], split: Split, 
   intensity: NIfTI in HU windowed to {list(cfg.data.intensity.window)} HU, 8-bit slices / 255, then
   `{cfg.data.intensity.mode}`{' (per-slice min-max + CLAHE)' if cfg.data.intensity.mode == 'clahe' else ''}.
 - Data: {', '.join(f'`{p}`' for p in slices_paths)}; {len(split.train)} training cases, {len(split.val)} validation cases
-  (best epoch, early stopping){f', {len(split.test)} test cases (fold {cfg.train.fold} of {cfg.train.folds}, unseen)' if split.test else ''} (`splits.json`).
-- Best epoch: {int(best.get('epoch', -1)) + 1} of {len(history)}.
+  ({'reporting only: cosine learning-rate schedule, last epoch kept' if last else 'best epoch, early stopping'}){f', {len(split.test)} test cases (fold {cfg.train.fold} of {cfg.train.folds}, unseen)' if split.test else ''} (`splits.json`).
+- Kept epoch ({kept}): {int(best.get('epoch', -1)) + 1} of {len(history)}.
 
-## Validation metrics at the best epoch (pixels pooled over the validation slices)
+## Validation metrics at the {kept} epoch (pixels pooled over the validation slices)
 
 | metric | value |
 |---|---|
@@ -308,8 +310,14 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
     finally:
         keras.mixed_precision.set_global_policy("float32")  # layers keep the policy they were built with
     log.info("compute precision: %s", policy)
+    steps_per_epoch = max(1, len(train_x) // batch_size)
+    learning_rate = cfg.train.learning_rate
+    if cfg.train.schedule == "cosine":  # a function of the optimiser's step count, which backups keep
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=cfg.train.epochs * steps_per_epoch,
+            alpha=min(1.0, cfg.train.min_learning_rate / learning_rate))
     model.compile(
-        optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate),
         loss=FocalDiceLoss(cfg.train.focal_weight, cfg.train.dice_weight, cfg.train.focal_gamma),
         metrics=overlap_metrics(cfg.data.classes),
         jit_compile=cfg.train.jit_compile,
@@ -329,14 +337,15 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
         log.info("resuming after epoch %d (%s)", initial_epoch, weights.name)
     # rows of epochs after the backup (cut short, or not backed up) are dropped: they run again
     previous = [r for r in _read_history(history_path) if int(r.get("epoch", -1)) < initial_epoch]
-    callbacks = [
-        *(callbacks or []),
-        *_callbacks(out, previous),
-        keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.train.early_stopping_patience),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=cfg.train.lr_patience,
-                                          min_lr=cfg.train.min_learning_rate),
-    ]
-    model.fit(train_ds, steps_per_epoch=max(1, len(train_x) // batch_size), validation_data=val_ds,
+    plateau = cfg.train.schedule == "plateau"
+    callbacks = [*(callbacks or []), *_callbacks(out, previous, keep_last=not plateau)]
+    if plateau:
+        callbacks += [
+            keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.train.early_stopping_patience),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=cfg.train.lr_patience,
+                                              min_lr=cfg.train.min_learning_rate),
+        ]
+    model.fit(train_ds, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
               epochs=cfg.train.epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
     if not (out / "model.keras").exists():  # no epoch beat the threshold (cannot happen on a fresh run)
         with atomic_path(out / "model.keras") as tmp:

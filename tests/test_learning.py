@@ -10,6 +10,7 @@ import csv
 import json
 from pathlib import Path
 
+import keras
 import nibabel as nib
 import numpy as np
 import pytest
@@ -109,3 +110,26 @@ def test_resume_continues_history_with_same_splits(tmp_path):
     epochs = [int(r["epoch"]) for r in csv.DictReader((run / "history.csv").open())]
     assert epochs == [0, 1, 2]
     assert (run / "splits.json").read_text() == splits
+
+
+def test_cosine_schedule_decays_and_keeps_the_last_epoch(tmp_path):
+    write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
+    cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
+                                       train={"epochs": 3, "jit_compile": False, "schedule": "cosine",
+                                              "learning_rate": 1e-2, "min_learning_rate": 1e-4,
+                                              "early_stopping_patience": 1})
+    prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    run = train(tmp_path / "s.h5", tmp_path / "run", cfg, verbose=0)
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # no early stop, whatever the validation did
+    rates = [float(r["learning_rate"]) for r in rows]
+    assert rates[0] < 1e-2 and all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[-1] == pytest.approx(1e-4, rel=1e-3)  # the end of the cosine: min_learning_rate
+    kept = keras.saving.load_model(run / "model.keras", compile=False)
+    last = keras.saving.load_model(run / "model.keras", compile=False)
+    last.compile(optimizer=keras.optimizers.Adam())
+    last.optimizer.build(last.trainable_variables)  # the backup holds the optimiser state too
+    last.load_weights(run / "backup" / "epoch-0003.weights.h5")
+    for a, b in zip(kept.get_weights(), last.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert "last epoch kept" in (run / "README.md").read_text()

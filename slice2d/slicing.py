@@ -132,12 +132,15 @@ def probabilities_to_labels(probs: np.ndarray, geom: SliceGeometry) -> np.ndarra
 
     Each class's probability map is resized (bilinear) to the slice's own pixel grid and the most
     probable class taken per pixel (the first on a tie) -- the argmax of ``probabilities_to_slice``,
-    one contiguous plane at a time.
+    one contiguous plane at a time. A slice where background wins at every network pixel is
+    background everywhere (bilinear weights are non-negative) and is not resized.
     """
     inner = probs[:, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols]
     planes = np.ascontiguousarray(np.moveaxis(inner, 3, 1), dtype=np.float32)  # (N, C, h, w)
     out = np.zeros((len(probs), geom.rows, geom.cols), dtype=np.uint8)
     for k in range(len(planes)):
+        if not (planes[k, 1:] > planes[k, 0]).any():
+            continue
         best = cv2.resize(planes[k, 0], (geom.cols, geom.rows), interpolation=cv2.INTER_LINEAR)
         for c in range(1, planes.shape[1]):
             p = cv2.resize(planes[k, c], (geom.cols, geom.rows), interpolation=cv2.INTER_LINEAR)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import nibabel as nib
 import cv2
+import nibabel as nib
 import numpy as np
 import pytest
 from conftest import make_affine, need_samples, write_case
@@ -11,7 +11,7 @@ from conftest import make_affine, need_samples, write_case
 from slice2d.config import Config, DataConfig
 from slice2d.dataset import SliceFile, prepare
 from slice2d.io import geometry_of, to_canonical
-from slice2d.slicing import labels_to_slices, plan_slices, slices_to_labels
+from slice2d.slicing import labels_to_slices, plan_slices, probabilities_to_labels, probabilities_to_slice, slices_to_labels
 
 
 def identity_config(size: int = 128, empty_fraction: float = 0.5) -> Config:
@@ -121,3 +121,19 @@ def test_equalise_is_min_max_then_clahe_per_slice():
     out = equalise(planes.copy(), intensity)
     np.testing.assert_allclose(out, np.array(reference), atol=1e-6)
     assert np.ptp(out[1]) == 0 and np.ptp(out[0]) > 0.9  # a flat slice stays flat; others use the range
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_labels_from_probabilities_equal_the_argmax_of_the_resized_maps(classes):
+    """The shortcut for slices where background wins everywhere changes nothing, ties included."""
+    rng = np.random.default_rng(classes)
+    probs = rng.random((6, 32, 32, classes)).astype(np.float32)
+    probs[1, ..., 0] = probs[1].max(axis=-1)  # background ties or wins everywhere: skipped
+    probs[2, ..., 0] = probs[2].max(axis=-1)
+    probs[2, 5, 7, 1] = 10.0  # ... but for one pixel
+    probs[3] = 0.0  # all tied
+    geom = plan_slices(50, 41, 32, (0.8, 1.0))
+    labels = probabilities_to_labels(probs, geom)
+    expected = np.stack([probabilities_to_slice(p, geom).argmax(axis=-1) for p in probs], axis=2)
+    np.testing.assert_array_equal(labels, expected)
+    assert not labels[..., 1].any() and not labels[..., 3].any() and labels[..., 2].any()

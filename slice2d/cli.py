@@ -194,6 +194,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per network call.")] = 16,  # predict.PREDICT_BATCH (not imported: keeps --help instant)
     probabilities: Annotated[bool, typer.Option(help="Also write class probabilities to OUT/probabilities/.")] = False,
     rotate: Annotated[int, typer.Option(help="Slice images only: quarter turns clockwise that bring them upright.")] = 0,
+    lungs_only: Annotated[bool, typer.Option("--lungs-only/--anywhere", help="Drop lesions more than 5 mm (in-plane) outside the lung map from the written lesion map; --anywhere keeps the model's raw map.")] = True,
     quiet: Quiet = False,
 ) -> None:
     """Segment CT volumes; each mask has exactly the input's shape and affine.
@@ -221,7 +222,8 @@ def predict(
             writable_folder(out)
             n = sum(1 for p in input.iterdir() if is_image(p))
             with _progress(n, "predict") as step:
-                assess_slice_folder(run, input, out, lung_run=lung_run, options=options, rotate=rotate % 4, progress=step)
+                assess_slice_folder(run, input, out, lung_run=lung_run, options=options, rotate=rotate % 4,
+                                    lungs_only=lungs_only, progress=step)
             log.info("wrote slice label maps to %s (lungs/, stack/, severity/ where made)", out)
             return
         files = input_files(input)
@@ -234,7 +236,8 @@ def predict(
         with _progress(len(files), "predict") as step:
             if assess:
                 assess_files(run, files, out, lung_run=lung_run, lobe_run=lobe_run, lobes_dir=lobes,
-                             options=options, batch_size=batch_size, probabilities=probabilities, progress=step)
+                             options=options, batch_size=batch_size, probabilities=probabilities,
+                             lungs_only=lungs_only, progress=step)
                 log.info("wrote lesion maps to %s, lung maps to %s, severity reports to %s",
                          out, out / "lungs", out / "severity")
             else:

@@ -29,6 +29,7 @@ from slice2d.io import (
 from slice2d.predict import PREDICT_BATCH
 from slice2d.report import severity_figure
 from slice2d.severity import severity_report, write_cohort_csv, write_report
+from slice2d.slicing import lesions_near_lungs
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,15 @@ def score_case(image: np.ndarray | None, lesions: np.ndarray, lungs: np.ndarray,
 
 def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=None, lobe_run=None,
                  lobes_dir: Path | None = None, options: SeverityOptions = SeverityOptions(),
-                 batch_size: int = PREDICT_BATCH, probabilities: bool = False,
+                 batch_size: int = PREDICT_BATCH, probabilities: bool = False, lungs_only: bool = True,
                  progress: Callable[[Path], None] | None = None) -> list[dict]:
     """Segment lesions, find the lungs (and lobes), and score each input NIfTI.
 
     lesion_run, lung_run, lobe_run: loaded runs (``predict.load_run``); without ``lung_run`` the
     built-in lung extraction is used; without a lobe source the lungs are cut into six zones.
+    lungs_only: lesions farther than ``LUNG_MARGIN_MM`` from the lung map (within their axial
+    slice) are dropped from the written lesion map (the severity report counts lung voxels only
+    either way).
     lobes_dir: folder of lobe maps named like the inputs (labelled as ``options.lobe_labels``).
     Writes ``out_dir/<name>`` (lesions), ``out_dir/lungs/<name>``, ``out_dir/lobes/<name>`` (with a
     lobe model), ``out_dir/severity/<case>.json|png`` and ``out_dir/severity/cohort.csv``.
@@ -103,6 +107,8 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
             save_like(lobes, img, out_dir / "lobes" / path.name)
         elif lobes_dir is not None:
             lobes = _load_labels_on_grid(lobes_dir / path.name, img, path, "lobe map")
+        if lungs_only:
+            lesions = lesions_near_lungs(lesions, lungs, geometry)
         save_like(lesions, img, out_dir / path.name)
         save_like(lungs, img, out_dir / "lungs" / path.name)
         if probs is not None:
@@ -183,7 +189,7 @@ def _write_png(labels: np.ndarray, path: Path) -> None:
 
 
 def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=None,
-                        options: SeverityOptions = SeverityOptions(), rotate: int = 0,
+                        options: SeverityOptions = SeverityOptions(), rotate: int = 0, lungs_only: bool = True,
                         progress: Callable[[Path], None] | None = None) -> dict | None:
     """Segment a folder of 8-bit slice images (one axial slice per file, natural file-name order).
 
@@ -193,6 +199,8 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
     distance assumed, the first file taken as the most superior slice), and scored: the report
     ``out_dir/severity/<folder>.json`` uses the six zones (PI% does not depend on the unknown
     spacing; its mL figures assume 1 mm voxels). Returns the report, or None when it was not made.
+    lungs_only: with a lung model, lesions farther than ``LUNG_MARGIN_MM`` pixels from the lung map
+    are dropped (as in ``assess_files``; pixels count as 1 mm).
     """
     from slice2d.images import list_images, read_slice, slice_geometry
     from slice2d.predict import predict_array, predict_volume
@@ -214,6 +222,9 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
                                kind="uint8")[0][:, :, 0] for s, path in zip(slices, files)] for run in runs]
     lesion_maps = maps[0]
     lung_maps = maps[1] if lung_run is not None else []
+    if lungs_only and lung_maps:
+        lesion_maps = [lesions_near_lungs(les[:, :, None], lung[:, :, None], slice_geometry(les.shape))[:, :, 0]
+                       for les, lung in zip(lesion_maps, lung_maps)]
     for k, path in enumerate(files):
         _write_png(np.rot90(lesion_maps[k], k=rotate), out_dir / f"{path.stem}.png")
         if lung_maps:

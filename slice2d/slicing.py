@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from slice2d.config import IntensityConfig
-from slice2d.io import Geometry, check_hu, to_canonical
+from slice2d.io import Geometry, check_hu, from_canonical, to_canonical
 
 
 @dataclass(frozen=True)
@@ -156,3 +156,20 @@ def probabilities_to_slice(probs: np.ndarray, geom: SliceGeometry) -> np.ndarray
     out = cv2.resize(np.ascontiguousarray(inner, dtype=np.float32), (geom.cols, geom.rows),
                      interpolation=cv2.INTER_LINEAR)
     return out.reshape(geom.rows, geom.cols, probs.shape[-1])
+
+
+LUNG_MARGIN_MM = 5.0  # lesions this close to the lung map (in-plane) are kept: a lung map may miss a pleural rim
+
+
+def lesions_near_lungs(lesions: np.ndarray, lungs: np.ndarray, geometry: Geometry,
+                       margin_mm: float = LUNG_MARGIN_MM) -> np.ndarray:
+    """``lesions`` with every voxel farther than ``margin_mm`` from the lungs, within its axial
+    slice, set to background (a new array). lesions, lungs: label maps on the input grid."""
+    planes = np.ascontiguousarray(np.moveaxis(to_canonical(lungs > 0, geometry), 2, 0), dtype=np.uint8)
+    rows_mm, cols_mm, _ = geometry.canonical_spacing
+    half = (max(0, round(margin_mm / cols_mm)), max(0, round(margin_mm / rows_mm)))  # (x, y) as OpenCV counts
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * half[0] + 1, 2 * half[1] + 1))
+    for plane in planes:  # (Z, rows, cols): one contiguous axial slice at a time
+        plane[:] = cv2.dilate(plane, disc)
+    near = from_canonical(np.moveaxis(planes, 0, 2), geometry)
+    return np.where(near > 0, lesions, 0).astype(lesions.dtype)

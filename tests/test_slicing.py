@@ -137,3 +137,31 @@ def test_labels_from_probabilities_equal_the_argmax_of_the_resized_maps(classes)
     expected = np.stack([probabilities_to_slice(p, geom).argmax(axis=-1) for p in probs], axis=2)
     np.testing.assert_array_equal(labels, expected)
     assert not labels[..., 1].any() and not labels[..., 3].any() and labels[..., 2].any()
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1)])
+def test_lesions_far_from_the_lungs_are_dropped(order):
+    from slice2d.slicing import LUNG_MARGIN_MM, lesions_near_lungs
+
+    lungs = np.zeros((40, 40, 6), np.uint8)
+    lungs[10:30, 10:20, 1:5] = 1
+    lungs[10:30, 22:30, 1:5] = 2
+    lesions = np.zeros_like(lungs)
+    lesions[15, 12, 2] = 2  # inside the lungs
+    lesions[15, 20 + int(LUNG_MARGIN_MM) // 2, 3] = 1  # just outside, within the margin (1 mm pixels)
+    lesions[15, 35, 3] = 1  # 6 mm beyond the lungs' edge in its slice: dropped
+    lesions[15, 12, 5] = 1  # a slice without lungs: dropped
+    expected = lesions.copy()
+    expected[15, 35, 3] = expected[15, 12, 5] = 0
+    spacing = np.array([1.0, 1.0, 3.0])
+    # the same scene stored with its axes in another order: the margin still runs within axial slices
+    affine = np.zeros((4, 4))
+    affine[3, 3] = 1
+    for axis, src in enumerate(order):
+        affine[src, axis] = spacing[src]
+    lungs_in, lesions_in = np.transpose(lungs, order), np.transpose(lesions, order)
+    before = lesions_in.copy()
+    kept = lesions_near_lungs(lesions_in, lungs_in, geometry_of(nib.Nifti1Image(lungs_in, affine)))
+    np.testing.assert_array_equal(kept, np.transpose(expected, order))
+    assert kept.dtype == lesions_in.dtype
+    np.testing.assert_array_equal(lesions_in, before)  # the input is left alone

@@ -21,6 +21,7 @@ from record import machine, write_section  # noqa: E402
 from slice2d.io import geometry_of, read_array  # noqa: E402
 from slice2d.lungs import extract_lungs_nifti  # noqa: E402
 from slice2d.predict import load_run, predict_volume, shipped_model  # noqa: E402
+from slice2d.slicing import LUNG_MARGIN_MM, lesions_near_lungs  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct-samples"
 
@@ -43,6 +44,9 @@ def main() -> None:
                          "left_ml": np.count_nonzero(lungs == 2) * voxel_ml,
                          "lesion_ml": np.count_nonzero(lesions > 0) * voxel_ml,
                          "lesion_in_lungs_ml": np.count_nonzero((lesions > 0) & (lungs > 0)) * voxel_ml,
+                         # what `slice2d predict` writes: lesions within LUNG_MARGIN_MM of the lungs
+                         "lesion_written_ml": np.count_nonzero(lesions_near_lungs(lesions, lungs, geometry_of(img)))
+                         * voxel_ml,
                          "agreement_with_builtin": dice(lungs > 0, builtin > 0)}
         if name.startswith("copdgene"):
             ref = np.asarray(nib.load(SAMPLES / "copdgene-10002K-lungs-64.nii.gz").dataobj)
@@ -63,6 +67,7 @@ in HU and go through the same CLAHE convention as the 8-bit training slices.
 | cmb-crc-chest-ct (512×512×100) | lung volume right / left (lung model) | {m['right_ml']:.0f} / {m['left_ml']:.0f} mL |
 | cmb-crc-chest-ct | agreement of lung model and built-in extraction (Dice) | {m['agreement_with_builtin']:.3f} |
 | cmb-crc-chest-ct (no COVID-19) | lesion model, false-positive lesion volume inside the lungs | {m['lesion_in_lungs_ml']:.1f} mL |
+| both (no COVID-19) | false-positive lesion volume anywhere: raw model / as written by `slice2d predict` (lesions within {LUNG_MARGIN_MM:g} mm of the lung map) | copdgene {c['lesion_ml']:.0f} / {c['lesion_written_ml']:.0f} mL, cmb-crc {m['lesion_ml']:.0f} / {m['lesion_written_ml']:.0f} mL |
 """
     write_section("shipped-on-scans", md, {"machine": machine(), "results": results})
 

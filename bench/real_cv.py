@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--depth", type=int, default=None, help="U-Net depth (default: the config's)")
     parser.add_argument("--base-filters", type=int, default=None, help="U-Net base filters (default: the config's)")
+    parser.add_argument("--schedule", choices=["plateau", "cosine"], default=None, help="train.schedule (default: the config's)")
     parser.add_argument("--out", type=Path, default=Path("runs/real"))
     parser.add_argument("--final", action="store_true",
                         help="train once on all patients (validation split only, no test fold): the model to ship")
@@ -122,6 +123,8 @@ def main() -> None:
             model = {k: v for k, v in {"depth": args.depth, "base_filters": args.base_filters}.items() if v}
             if model:
                 cfg = cfg.updated(model=model)
+            if args.schedule:
+                cfg = cfg.updated(train={"schedule": args.schedule})
             train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2)
         if fold is None:
             print(f"trained {run_dir} in {time.perf_counter() - start:.0f} s")

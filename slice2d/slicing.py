@@ -165,11 +165,12 @@ def lesions_near_lungs(lesions: np.ndarray, lungs: np.ndarray, geometry: Geometr
                        margin_mm: float = LUNG_MARGIN_MM) -> np.ndarray:
     """``lesions`` with every voxel farther than ``margin_mm`` from the lungs, within its axial
     slice, set to background (a new array). lesions, lungs: label maps on the input grid."""
-    planes = np.ascontiguousarray(np.moveaxis(to_canonical(lungs > 0, geometry), 2, 0), dtype=np.uint8)
+    kept = np.array(to_canonical(lesions, geometry))  # canonical (rows, cols, Z), a copy
+    lungs = to_canonical(lungs, geometry)
     rows_mm, cols_mm, _ = geometry.canonical_spacing
     half = (max(0, round(margin_mm / cols_mm)), max(0, round(margin_mm / rows_mm)))  # (x, y) as OpenCV counts
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * half[0] + 1, 2 * half[1] + 1))
-    for plane in planes:  # (Z, rows, cols): one contiguous axial slice at a time
-        plane[:] = cv2.dilate(plane, disc)
-    near = from_canonical(np.moveaxis(planes, 0, 2), geometry)
-    return np.where(near > 0, lesions, 0).astype(lesions.dtype)
+    for k in np.flatnonzero(kept.any(axis=(0, 1))):  # only slices with lesions need the lung margin
+        near = cv2.dilate((lungs[:, :, k] > 0).astype(np.uint8), disc)
+        kept[:, :, k][near == 0] = 0
+    return from_canonical(kept, geometry)

@@ -194,7 +194,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per network call.")] = 16,  # predict.PREDICT_BATCH (not imported: keeps --help instant)
     probabilities: Annotated[bool, typer.Option(help="Also write class probabilities to OUT/probabilities/.")] = False,
     rotate: Annotated[int, typer.Option(help="Slice images only: quarter turns clockwise that bring them upright.")] = 0,
-    lungs_only: Annotated[bool, typer.Option("--lungs-only/--anywhere", help="Drop lesions more than 5 mm (in-plane) outside the lung map from the written lesion map; --anywhere keeps the model's raw map.")] = True,
+    lungs_only: Annotated[bool, typer.Option("--lungs-only/--anywhere", help="With a lung model: drop lesions more than 5 mm (in-plane) outside its lung map from the written lesion map; --anywhere keeps the model's raw map.")] = True,
     quiet: Quiet = False,
 ) -> None:
     """Segment CT volumes; each mask has exactly the input's shape and affine.

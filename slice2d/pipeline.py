@@ -72,9 +72,10 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
 
     lesion_run, lung_run, lobe_run: loaded runs (``predict.load_run``); without ``lung_run`` the
     built-in lung extraction is used; without a lobe source the lungs are cut into six zones.
-    lungs_only: lesions farther than ``LUNG_MARGIN_MM`` from the lung map (within their axial
-    slice) are dropped from the written lesion map (the severity report counts lung voxels only
-    either way).
+    lungs_only: with a lung model, lesions farther than ``LUNG_MARGIN_MM`` from its lung map (within
+    their axial slice) are dropped from the written lesion map (the severity report counts lung
+    voxels only either way). Not with the built-in extraction, whose HU threshold leaves dense
+    consolidation out of the lungs: on the demo phantoms it would drop true lesions.
     lobes_dir: folder of lobe maps named like the inputs (labelled as ``options.lobe_labels``).
     Writes ``out_dir/<name>`` (lesions), ``out_dir/lungs/<name>``, ``out_dir/lobes/<name>`` (with a
     lobe model), ``out_dir/severity/<case>.json|png`` and ``out_dir/severity/cohort.csv``.
@@ -107,7 +108,7 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
             save_like(lobes, img, out_dir / "lobes" / path.name)
         elif lobes_dir is not None:
             lobes = _load_labels_on_grid(lobes_dir / path.name, img, path, "lobe map")
-        if lungs_only:
+        if lungs_only and lung_run is not None:  # not with the built-in extraction: it leaves out dense consolidation
             lesions = lesions_near_lungs(lesions, lungs, geometry)
         save_like(lesions, img, out_dir / path.name)
         save_like(lungs, img, out_dir / "lungs" / path.name)

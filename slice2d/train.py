@@ -144,8 +144,10 @@ def _callbacks(out: Path, history: list[dict[str, float]], keep_last: bool):
 
         def on_epoch_end(self, epoch, logs=None):
             value = (logs or {}).get(MONITOR)
-            if self.keep_last or (value is not None and value > self.best):
+            improved = value is not None and value > self.best
+            if improved:
                 self.best = float(value)
+            if improved or self.keep_last:
                 with atomic_path(self.path) as tmp:
                     self.model.save(tmp)
 
@@ -312,7 +314,8 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
     log.info("compute precision: %s", policy)
     steps_per_epoch = max(1, len(train_x) // batch_size)
     learning_rate = cfg.train.learning_rate
-    if cfg.train.schedule == "cosine":  # a function of the optimiser's step count, which backups keep
+    cosine = cfg.train.schedule == "cosine"
+    if cosine:  # a function of the optimiser's step count, which backups keep
         learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps=cfg.train.epochs * steps_per_epoch,
             alpha=min(1.0, cfg.train.min_learning_rate / learning_rate))
@@ -337,9 +340,8 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
         log.info("resuming after epoch %d (%s)", initial_epoch, weights.name)
     # rows of epochs after the backup (cut short, or not backed up) are dropped: they run again
     previous = [r for r in _read_history(history_path) if int(r.get("epoch", -1)) < initial_epoch]
-    plateau = cfg.train.schedule == "plateau"
-    callbacks = [*(callbacks or []), *_callbacks(out, previous, keep_last=not plateau)]
-    if plateau:
+    callbacks = [*(callbacks or []), *_callbacks(out, previous, keep_last=cosine)]
+    if not cosine:  # plateau
         callbacks += [
             keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.train.early_stopping_patience),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=cfg.train.lr_patience,

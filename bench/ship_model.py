@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 
 import slice2d.losses  # noqa: F401  registers the custom objects
-from slice2d.predict import SHIPPED, load_run
+from slice2d.predict import SHIPPED, load_run, load_trained_model
 from slice2d.train import write_run_stamp
 
 DATA_NOTES = {
@@ -36,12 +36,13 @@ def main() -> None:
     parser.add_argument("--command", default=None, help="the command that trained the folds")
     parser.add_argument("--note", default=None, help="a remark for the model card (e.g. where the CV table comes from)")
     args = parser.parse_args()
-    run = load_run(args.run)
+    run = load_run(args.run)  # the run folder checks
+    trained = load_trained_model(args.run)
     dest = SHIPPED / args.task
     tmp = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    run.model.save(tmp / "model.keras")  # loaded with compile=False: no optimiser state
+    trained.save(tmp / "model.keras")  # loaded with compile=False: no optimiser state
     for name in ("config.yaml", "splits.json", "history.csv", "curves.png"):
         shutil.copy2(args.run / name, tmp / name)
     write_run_stamp(tmp)

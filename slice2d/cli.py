@@ -207,7 +207,7 @@ def predict(
     from slice2d.images import is_image
     from slice2d.pipeline import SeverityOptions, assess_files, assess_slice_folder
     from slice2d.io import writable_folder
-    from slice2d.predict import input_files, load_run, predict_files, shipped_model
+    from slice2d.predict import input_files, load_run, predict_files, run_config, shipped_model
 
     with _user_errors():
         if lobes is not None and lobes_model is not None:
@@ -227,10 +227,11 @@ def predict(
             log.info("wrote slice label maps to %s (lungs/, stack/, severity/ where made)", out)
             return
         files = input_files(input)
-        # models load in the background while the first input is read and sliced
-        run = load_run(model, background=True, warm_up=batch_size)
-        assess = severity and run.cfg.data.task == "lesions"
+        # models load in the background while the first input is read and sliced; the lung model
+        # first, because it runs first (the lesion model then only sees slices with lung)
+        assess = severity and run_config(model).data.task == "lesions"
         lung_run = load_run(lungs_model, background=True, warm_up=batch_size) if lungs_model and assess else None
+        run = load_run(model, background=True, warm_up=batch_size)
         lobe_run = load_run(lobes_model, background=True, warm_up=batch_size) if lobes_model and assess else None
         writable_folder(out)
         with _progress(len(files), "predict") as step:

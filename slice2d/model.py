@@ -63,3 +63,31 @@ def build_unet(size: int, n_classes: int, cfg: ModelConfig) -> keras.Model:
     prior[0] = 1.0 - BACKGROUND_PRIOR_FOREGROUND
     head.bias.assign(np.log(prior))
     return model
+
+
+def fold_batch_norm(model: keras.Model, size: int, n_classes: int, cfg: ModelConfig) -> keras.Model:
+    """An inference copy of a trained U-Net with each batch norm folded into the convolution before it.
+
+    At inference a batch norm is a fixed per-channel affine map, so ``conv -> bn`` equals one
+    convolution with kernel ``w * s`` and bias ``beta - mean * s``, ``s = gamma / sqrt(var + eps)``
+    (float32 rounding aside). The copy has no batch-norm ops, so TensorFlow's CPU graph can fuse
+    each convolution with its bias and ReLU. It is built in float32 from ``cfg`` (the trained
+    model's own architecture, e.g. from its run folder) and shares no variables with ``model``.
+    """
+    if not cfg.batch_norm:
+        return model
+    folded = build_unet(size, n_classes, cfg.model_copy(update={"batch_norm": False}))
+    names = {layer.name for layer in model.layers}
+    for layer in folded.layers:
+        if not layer.weights:
+            continue
+        weights = [np.asarray(w) for w in model.get_layer(layer.name).get_weights()]
+        bn_name = layer.name.replace("_conv", "_bn")
+        if bn_name != layer.name and bn_name in names:
+            bn = model.get_layer(bn_name)
+            gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
+            scale = gamma / np.sqrt(var + bn.epsilon)
+            kernel = weights[0].astype(np.float64) * scale
+            weights = [kernel.astype(np.float32), (beta - mean * scale).astype(np.float32)]
+        layer.set_weights(weights)
+    return folded

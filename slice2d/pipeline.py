@@ -74,7 +74,9 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
     built-in lung extraction is used; without a lobe source the lungs are cut into six zones.
     lungs_only: with a lung model, lesions farther than ``LUNG_MARGIN_MM`` from its lung map (within
     their axial slice) are dropped from the written lesion map (the severity report counts lung
-    voxels only either way). Not with the built-in extraction, whose HU threshold leaves dense
+    voxels only either way), and the lesion model only segments the slices where that map has
+    lung: its output elsewhere would be dropped. A lung model's map loses pieces smaller than 1 %
+    of its largest piece (``slicing.drop_small_components``). Not with the built-in extraction, whose HU threshold leaves dense
     consolidation out of the lungs: on the demo phantoms it would drop true lesions.
     lobes_dir: folder of lobe maps named like the inputs (labelled as ``options.lobe_labels``).
     Writes ``out_dir/<name>`` (lesions), ``out_dir/lungs/<name>``, ``out_dir/lobes/<name>`` (with a
@@ -94,7 +96,7 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
         geometry = geometry_of(img)
         others = [r for r in (lung_run, lobe_run) if r is not None]
         (lesions, probs), *rest = predict_volume([lesion_run, *others], image, geometry, batch_size, probabilities,
-                                                 str(path))
+                                                 str(path), lung_run=lung_run, lung_slices_only=lungs_only)
         maps = {id(r): labels for r, (labels, _) in zip(others, rest)}
         if lung_run is not None:
             lungs = maps[id(lung_run)]

@@ -28,15 +28,16 @@ from slice2d.io import (
     read_array,
     save_like,
 )
-from slice2d.slicing import probabilities_to_labels, probabilities_to_slice, volume_to_network
+from slice2d.slicing import drop_small_components, probabilities_to_labels, probabilities_to_slice, volume_to_network
 
 
 @dataclass(frozen=True)
 class Run:
     """A trained model with the configuration it was trained with.
 
-    ``loaded`` is the keras.Model, or a Future of it while it loads in the background
-    (``load_run(..., background=True)``); ``model`` waits for it.
+    ``loaded`` is the model made ready for inference (batch norms folded, see ``_load_model``), or
+    a Future of it while it loads in the background (``load_run(..., background=True)``); ``model``
+    waits for it. The model as trained: ``load_trained_model(path)``.
     """
 
     path: Path
@@ -65,15 +66,8 @@ def shipped_model(task: str, required: bool = True) -> Path | None:
 _LOADER: ThreadPoolExecutor | None = None  # every model loads on this one thread, in the order asked
 
 
-def load_run(path: str | Path, background: bool = False, warm_up: int | None = None) -> Run:
-    """Load a run folder; the model is loaded in Keras safe mode (no code from the file runs).
-
-    The folder, its format stamp and its config are checked at once. With ``background``, the
-    model (and TensorFlow with it, ~5 s) loads in a thread while the caller reads and slices its
-    input; ``Run.model`` waits for it and raises its ``InputError`` if it cannot be loaded.
-    warm_up: a batch size; the model predicts one empty batch of it after loading, so that the
-    prediction graph is traced there (in the background) rather than on the first real batch.
-    """
+def run_config(path: str | Path) -> Config:
+    """The config of a run folder, after checking that the folder is complete and of this version."""
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"{path}: model run folder not found; train one with `slice2d train` or check --model")
@@ -83,9 +77,23 @@ def load_run(path: str | Path, background: bool = False, warm_up: int | None = N
     from slice2d.train import check_run_stamp
     check_run_stamp(path)
     try:
-        cfg = load_config(path / "config.yaml")
+        return load_config(path / "config.yaml")
     except ConfigError as exc:
         raise InputError(f"{exc}; the run folder may come from an incompatible slice2d version") from None
+
+
+def load_run(path: str | Path, background: bool = False, warm_up: int | None = None) -> Run:
+    """Load a run folder; the model is loaded in Keras safe mode (no code from the file runs).
+
+    The folder, its format stamp and its config are checked at once. With ``background``, the
+    model (and TensorFlow with it, ~5 s) loads in a thread while the caller reads and slices its
+    input; ``Run.model`` waits for it and raises its ``InputError`` if it cannot be loaded. Models
+    load one after another, in the order asked.
+    warm_up: a batch size; the model predicts one empty batch of it after loading, so that the
+    prediction graph is traced there (in the background) rather than on the first real batch.
+    """
+    path = Path(path)
+    cfg = run_config(path)
     global _LOADER
     if _LOADER is None:  # one thread, because Keras model loading is not thread-safe
         _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slice2d-load")
@@ -93,21 +101,35 @@ def load_run(path: str | Path, background: bool = False, warm_up: int | None = N
     return Run(path=path, cfg=cfg, loaded=future if background else future.result())
 
 
-def _load_model(path: Path, cfg: Config, warm_up: int | None = None):
+def load_trained_model(path: Path):
+    """The keras.Model saved in a run folder, as trained (safe mode: no code from the file runs)."""
     import keras
 
     import slice2d.losses  # noqa: F401  registers the custom objects
 
     try:
-        model = keras.saving.load_model(path / "model.keras", compile=False, safe_mode=True)
+        return keras.saving.load_model(path / "model.keras", compile=False, safe_mode=True)
     except Exception as exc:
         raise InputError(f"{path / 'model.keras'}: cannot be loaded ({exc.__class__.__name__}); "
                          "the file is damaged or from an incompatible version") from None
-    if any(layer.dtype_policy.name.startswith("mixed") for layer in model.layers) and not _has_gpu():
-        model = _as_float32(model, cfg)
+
+
+def _load_model(path: Path, cfg: Config, warm_up: int | None = None):
+    """The run's model ready for inference: batch norms folded into the convolutions (float32), except
+    for a mixed-precision model on a GPU, which is kept as it is."""
+    from slice2d.model import fold_batch_norm
+
+    model = load_trained_model(path)
     expected = (None, cfg.data.size, cfg.data.size, len(cfg.data.classes))
     if tuple(model.output_shape) != expected:
         raise InputError(f"{path}: model output {model.output_shape} does not match config.yaml {expected}")
+    mixed = any(layer.dtype_policy.name.startswith("mixed") for layer in model.layers)
+    if not (mixed and _has_gpu()):
+        try:
+            model = (fold_batch_norm(model, cfg.data.size, len(cfg.data.classes), cfg.model) if cfg.model.batch_norm
+                     else _as_float32(model, cfg) if mixed else model)
+        except ValueError:  # layers or weights unlike config.yaml's U-Net
+            raise InputError(f"{path}: model.keras does not match the U-Net described in config.yaml") from None
     if warm_up:
         model.predict_on_batch(np.zeros((warm_up, cfg.data.size, cfg.data.size, 1), np.float32))
     return model
@@ -144,29 +166,47 @@ def predict_slices(run: Run, slices: np.ndarray, batch_size: int = PREDICT_BATCH
 
 
 def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch_size: int = PREDICT_BATCH,
-                   probabilities: bool = False, source: str = "image", kind: str = "hu") -> list[tuple[np.ndarray, np.ndarray | None]]:
+                   probabilities: bool = False, source: str = "image", kind: str = "hu",
+                   lung_run: Run | None = None, lung_slices_only: bool = False) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Segment one volume with each of ``runs`` (e.g. lesions and lungs); see ``predict_array``.
 
     Runs that share an intensity convention and slice size share one pass of slicing. With
     ``probabilities``, the first run's class probabilities are returned too (the others' are None).
+    lung_run: one of ``runs``, a lung model, on a 3D volume (consecutive slices). It runs first, and
+    its map loses the pieces smaller than 1 % of its largest (``slicing.drop_small_components``).
+    lung_slices_only: the other runs then segment only the axial slices where that lung map has
+    lung; their maps (and probabilities) are background on the others.
     """
     inputs: dict = {}
-    results = []
-    for i, run in enumerate(runs):
+    results: list = [None] * len(runs)
+    order = sorted(range(len(runs)), key=lambda i: runs[i] is not lung_run)  # the lung model first
+    lung_slices = None
+    for i in order:
+        run = runs[i]
         data = run.cfg.data
         key = (data.intensity, data.size)
         if key not in inputs:
             inputs[key] = volume_to_network(image, geometry, data.intensity, data.size, kind, source)
         shape, sgeom, slices = inputs[key]
-        probs = predict_slices(run, slices, batch_size)
+        where = lung_slices if run is not lung_run else None
+        probs = predict_slices(run, slices if where is None else slices[where], batch_size)
+        if run is lung_run:
+            drop_small_components(probs, sgeom)
         labels = probabilities_to_labels(probs, sgeom)
+        if where is not None:  # slice-major like the labels of the other runs (one memory layout)
+            every = np.zeros((shape[2], shape[0], shape[1]), np.uint8)
+            every[where] = np.moveaxis(labels, 2, 0)
+            labels = np.moveaxis(every, 0, 2)
+        if run is lung_run and lung_slices_only:
+            lung_slices = np.flatnonzero(labels.any(axis=(0, 1)))
         full = None
         if probabilities and i == 0:
-            full = np.empty((*shape, probs.shape[-1]), dtype=np.float32)
-            for k in range(shape[2]):
-                full[:, :, k] = probabilities_to_slice(probs[k], sgeom)
+            full = np.zeros((*shape, probs.shape[-1]), dtype=np.float32)
+            full[..., 0] = 1.0
+            for k, z in enumerate(range(shape[2]) if where is None else where):
+                full[:, :, z] = probabilities_to_slice(probs[k], sgeom)
             full = from_canonical(full, geometry)
-        results.append((from_canonical(labels, geometry), full))
+        results[i] = (from_canonical(labels, geometry), full)
     return results
 
 

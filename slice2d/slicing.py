@@ -174,3 +174,33 @@ def lesions_near_lungs(lesions: np.ndarray, lungs: np.ndarray, geometry: Geometr
         near = cv2.dilate((lungs[:, :, k] > 0).astype(np.uint8), disc)
         kept[:, :, k][near == 0] = 0
     return from_canonical(kept, geometry)
+
+
+SMALL_COMPONENT_FRACTION = 0.01  # lung-map pieces below 1 % of the largest piece's volume are dropped
+
+
+def drop_small_components(probs: np.ndarray, geom: SliceGeometry,
+                          fraction: float = SMALL_COMPONENT_FRACTION) -> np.ndarray:
+    """In place: the foreground of a slice stack's network output, as 3D connected pieces
+    (26-connected, all foreground classes together), loses every piece smaller than ``fraction``
+    of the largest: its pixels get background probability 1. Returns ``probs``.
+
+    probs: (N, size, size, C) for N consecutive axial slices of one volume. Meant for lung maps,
+    where a scan's lungs are one or two large pieces and stray specks (bowel gas, the trachea at
+    the neck) are small. Works at network resolution (cheap); a dropped piece never shares a 2x2
+    pixel neighbourhood with a kept one, so resizing back is unaffected around the kept pieces.
+    """
+    from scipy import ndimage
+
+    inner = probs[:, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols]
+    pieces, n = ndimage.label(inner.argmax(axis=-1) > 0, structure=np.ones((3, 3, 3), bool))
+    if n < 2:
+        return probs
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0
+    small = sizes < fraction * sizes.max()
+    small[0] = False
+    drop = small[pieces]
+    inner[drop] = 0.0
+    inner[drop, 0] = 1.0
+    return probs

@@ -58,3 +58,4 @@ def test_predict_without_model_on_a_real_scan(tmp_path):
         assert out.shape == src.shape and np.allclose(out.affine, src.affine)
     report = json.loads((tmp_path / "severity" / "cmb-crc-chest-ct.json").read_text())
     assert 3000 < report["lung_ml"] < 8000, report["lung_ml"]   # plausible adult lungs
+

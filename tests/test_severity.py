@@ -13,6 +13,7 @@ from slice2d.report import severity_figure
 from slice2d.severity import (
     LOBE_NAMES,
     LOBE_PRESETS,
+    ZONE_NAMES,
     lung_zones,
     pan_category,
     region_score,
@@ -289,3 +290,23 @@ def test_zones_agree_with_copdgene_reference():
     assert agreement() >= 0.86
     assert agreement(method="volume") >= 0.94
     assert agreement(method="volume", joint=True) == 1.0
+
+
+@pytest.mark.parametrize("method", ["extent", "volume"])
+@pytest.mark.parametrize("oblique", [False, True])
+def test_zone_counts_of_the_report_match_zones_of_the_whole_volume(method, oblique):
+    """The report works on the box around the maps' content; its zones are those of the whole volume."""
+    rng = np.random.default_rng(3)
+    lungs = np.zeros((30, 26, 40), np.uint8)
+    lungs[6:14, 5:20, 7:33] = 1
+    lungs[16:25, 4:21, 11:36] = 2
+    lesions = ((rng.random(lungs.shape) < 0.3) & (lungs > 0)).astype(np.uint8)
+    lesions[2, 2, 38] = 1  # outside the lungs: widens the box
+    affine = np.array([[1.2, 0, 0, -30.0], [0, 0.9, 0.15 if oblique else 0, 20.0], [0, 0.05 if oblique else 0, 2.5, -70.0],
+                       [0, 0, 0, 1]])
+    report = severity_report(lesions, lungs, affine, scheme="zones6", zone_method=method)
+    zones = lung_zones(lungs, affine, method)
+    for value, name in ZONE_NAMES.items():
+        assert report["regions"][name]["region_voxels"] == np.count_nonzero(zones == value)
+        assert report["regions"][name]["lesion_voxels"] == np.count_nonzero((zones == value) & (lesions > 0))
+    assert report["lesion_outside_lungs_voxels"] == 1

@@ -57,17 +57,23 @@ def normalise(image: np.ndarray, intensity: IntensityConfig, kind: str = "hu") -
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def equalise(planes: np.ndarray, intensity: IntensityConfig) -> np.ndarray:
-    """Per axial slice, in place: min-max stretch to 0..255 (rounded; a flat slice becomes 0 before CLAHE), then
-    CLAHE, back to [0, 1]. planes: slice-major float32 (Z, rows, cols) in [0, 1]; returns it.
+def _clahe(intensity: IntensityConfig):
+    return cv2.createCLAHE(clipLimit=intensity.clahe_clip, tileGridSize=(intensity.clahe_tiles,) * 2)
 
-    In place because a fresh 512x512x300 float32 volume costs more in page faults than the
-    equalisation itself on small machines.
-    """
-    clahe = cv2.createCLAHE(clipLimit=intensity.clahe_clip, tileGridSize=(intensity.clahe_tiles,) * 2)
+
+def _equalise_plane(plane: np.ndarray, clahe) -> None:
+    """One float32 slice in [0, 1], in place: min-max stretch to 0..255 (rounded; a flat slice
+    becomes 0 before CLAHE), CLAHE, back to [0, 1]."""
+    stretched = cv2.normalize(plane, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U)
+    np.multiply(clahe.apply(stretched), np.float32(1 / 255), out=plane)
+
+
+def equalise(planes: np.ndarray, intensity: IntensityConfig) -> np.ndarray:
+    """Per axial slice, in place: min-max stretch to 0..255 (rounded; a flat slice becomes 0 before
+    CLAHE), then CLAHE, back to [0, 1]. planes: slice-major float32 (Z, rows, cols) in [0, 1]; returns it."""
+    clahe = _clahe(intensity)
     for sl in planes:
-        stretched = cv2.normalize(sl, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U)
-        np.multiply(clahe.apply(stretched), np.float32(1 / 255), out=sl)
+        _equalise_plane(sl, clahe)
     return planes
 
 
@@ -77,19 +83,24 @@ def volume_to_network(image: np.ndarray, geometry: Geometry, intensity: Intensit
 
     image: raw intensities on the input grid (X, Y, Z); kind: "hu" (NIfTI, checked to be HU) or
     "uint8" (8-bit slice images). Returns the canonical shape (rows, cols, Z), the slice geometry
-    and the network slices (Z, size, size) float32. One pass: the volume is normalised into a
-    slice-major copy, so that every later per-slice step reads contiguous memory.
+    and the network slices (Z, size, size) float32. One axial slice at a time (normalised into a
+    small contiguous copy, equalised, resized): no full-size float copy of the volume is made,
+    and each slice's work stays in the processor's cache.
     """
     if kind == "hu":
         check_hu(image, source)
     canonical = to_canonical(image, geometry)
-    planes = normalise(np.moveaxis(canonical, 2, 0), intensity, kind)  # (Z, rows, cols), contiguous
-    if intensity.mode == "clahe":
-        equalise(planes, intensity)
-    volume = np.moveaxis(planes, 0, 2)
+    rows, cols, n = canonical.shape
     spacing = geometry.canonical_spacing
-    sgeom = plan_slices(volume.shape[0], volume.shape[1], size, (spacing[0], spacing[1]))
-    return volume.shape, sgeom, image_to_slices(volume, sgeom)
+    geom = plan_slices(rows, cols, size, (spacing[0], spacing[1]))
+    clahe = _clahe(intensity) if intensity.mode == "clahe" else None
+    out = np.zeros((n, size, size), dtype=np.float32)
+    for k in range(n):
+        plane = normalise(canonical[:, :, k], intensity, kind)
+        if clahe is not None:
+            _equalise_plane(plane, clahe)
+        out[k, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols] = _resize_plane(plane, geom)
+    return (rows, cols, n), geom, out
 
 
 def _nearest_index(n_from: int, n_to: int) -> np.ndarray:
@@ -100,13 +111,17 @@ def _nearest_index(n_from: int, n_to: int) -> np.ndarray:
 def image_to_slices(volume: np.ndarray, geom: SliceGeometry) -> np.ndarray:
     """Normalised canonical volume (rows, cols, Z) -> slices (Z, size, size) float32, padding 0."""
     out = np.zeros((volume.shape[2], geom.size, geom.size), dtype=np.float32)
-    shrink = geom.new_rows < geom.rows or geom.new_cols < geom.cols
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     for k in range(volume.shape[2]):
-        resized = cv2.resize(np.ascontiguousarray(volume[:, :, k], dtype=np.float32),
-                             (geom.new_cols, geom.new_rows), interpolation=interp)
-        out[k, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols] = resized
+        out[k, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols] = \
+            _resize_plane(np.ascontiguousarray(volume[:, :, k], dtype=np.float32), geom)
     return out
+
+
+def _resize_plane(plane: np.ndarray, geom: SliceGeometry) -> np.ndarray:
+    """A contiguous float32 slice (rows, cols) -> (new_rows, new_cols): area averaging when it
+    shrinks, bilinear when it grows."""
+    shrink = geom.new_rows < geom.rows or geom.new_cols < geom.cols
+    return cv2.resize(plane, (geom.new_cols, geom.new_rows), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def labels_to_slices(labels: np.ndarray, geom: SliceGeometry) -> np.ndarray:

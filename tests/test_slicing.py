@@ -165,3 +165,25 @@ def test_lesions_far_from_the_lungs_are_dropped(order):
     np.testing.assert_array_equal(kept, np.transpose(expected, order))
     assert kept.dtype == lesions_in.dtype
     np.testing.assert_array_equal(lesions_in, before)  # the input is left alone
+
+
+@pytest.mark.parametrize("mode", ["window", "clahe"])
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_slice_by_slice_network_input_equals_the_whole_volume_steps(mode, order):
+    """``volume_to_network`` works one axial slice at a time; it gives exactly what the whole-volume
+    steps give (normalise, then equalise, then resize), for any memory layout and orientation."""
+    from slice2d.config import IntensityConfig
+    from slice2d.slicing import equalise, image_to_slices, normalise, volume_to_network
+
+    rng = np.random.default_rng(7)
+    image = np.asarray(rng.integers(-1100, 600, (70, 52, 9)), dtype=np.int16, order=order)
+    image[..., 4] = -300  # a flat slice
+    geometry = geometry_of(nib.Nifti1Image(image, make_affine("PIL" if order == "F" else "LPS")))
+    intensity = IntensityConfig(mode=mode)
+    shape, geom, slices = volume_to_network(image, geometry, intensity, 32)
+    canonical = to_canonical(image, geometry)
+    planes = normalise(np.moveaxis(canonical, 2, 0), intensity)
+    if mode == "clahe":
+        equalise(planes, intensity)
+    assert shape == canonical.shape and geom == plan_slices(*canonical.shape[:2], 32, geometry.canonical_spacing[:2])
+    np.testing.assert_array_equal(slices, image_to_slices(np.moveaxis(planes, 0, 2), geom))

@@ -13,6 +13,12 @@ the other patients (`train.val_fraction`). The network output is resized back on
 own pixel grid; per data set and class it reports the mean of per-slice
 Dice and IoU (a slice with empty reference and empty prediction scores 1) and the pooled Dice
 over all test pixels. Results: `<out>/<task>-cv.json` and a Markdown table on stdout.
+
+With --calibrate, each run's foreground threshold (``predict.foreground_threshold``) is first chosen
+on its own validation slices and written into its config.yaml, then the test fold is scored with
+it (`<out>/<task>-<size>-cv-calibrated.json`). Already trained runs are reused:
+
+    python bench/real_cv.py lesions --folds 5 --calibrate --out runs/real4
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 from slice2d.config import load_config
 from slice2d.dataset import SliceFile, prepare, remap_labels, split_lungs_by_side
 from slice2d.images import read_label_slice, read_patients, read_slice, slice_geometry
+from slice2d.io import atomic_path
 from slice2d.predict import load_run, predict_array
 from slice2d.train import train
 
@@ -57,6 +64,25 @@ def slice_files(task: str, out: Path, size: int) -> dict[str, Path]:
     return files
 
 
+def _labelled_slices(path: Path, cases: set[str], data):
+    """(image, reference labels) of the slices of ``cases`` in a prepared file, read from their
+    original image files (original resolution), labels in the run's convention."""
+    with SliceFile(path) as sf:
+        names = [c for c in sf.cases if c in cases]
+        attrs = {c: dict(sf.h5["cases"][c].attrs) for c in names}
+    for case in names:
+        rotate = int(attrs[case]["rotate"])
+        image = read_slice(attrs[case]["image_path"], rotate)
+        ref = remap_labels(read_label_slice(attrs[case]["label_path"], rotate), data, attrs[case]["label_path"])
+        if data.split_lungs:
+            ref = split_lungs_by_side(ref[:, :, None])[:, :, 0]
+        yield image, ref
+
+
+def _dice(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int]:
+    return int(np.count_nonzero(pred & ref)), int(np.count_nonzero(pred) + np.count_nonzero(ref))
+
+
 def evaluate_fold(run_dir: Path, files: dict[str, Path]) -> dict:
     run = load_run(run_dir)
     data = run.cfg.data
@@ -69,19 +95,10 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path]) -> dict:
             groups[len(names)] = tuple(range(1, len(data.classes)))
             names[len(names)] = "lungs_merged"
         per_class = {c: {"dice": [], "iou": [], "inter": 0, "total": 0} for c in groups}
-        with SliceFile(path) as sf:
-            cases = [c for c in sf.cases if c in test]
-            attrs = {c: dict(sf.h5["cases"][c].attrs) for c in cases}
-        for case in cases:
-            rotate = int(attrs[case]["rotate"])
-            image = read_slice(attrs[case]["image_path"], rotate)
-            ref = remap_labels(read_label_slice(attrs[case]["label_path"], rotate), data, attrs[case]["label_path"])
-            if data.split_lungs:
-                ref = split_lungs_by_side(ref[:, :, None])[:, :, 0]
+        for image, ref in _labelled_slices(path, test, data):
             pred = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8")[0][:, :, 0]
             for c, acc in per_class.items():
-                p, r = np.isin(pred, groups[c]), np.isin(ref, groups[c])
-                inter, total = int(np.count_nonzero(p & r)), int(np.count_nonzero(p) + np.count_nonzero(r))
+                inter, total = _dice(np.isin(pred, groups[c]), np.isin(ref, groups[c]))
                 acc["dice"].append(1.0 if total == 0 else 2 * inter / total)
                 acc["iou"].append(1.0 if total == 0 else inter / (total - inter))
                 acc["inter"] += inter
@@ -91,6 +108,42 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path]) -> dict:
                                               "dice_pooled": 2 * acc["inter"] / max(1, acc["total"])}
                             for c, acc in per_class.items()}
     return result
+
+
+# Candidate foreground thresholds. 0.1 is a floor set before looking at any result: each step
+# below it adds false-positive lesion volume on normal scans quickly (BENCHMARKS.md).
+THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+
+
+def calibrate(run_dir: Path, files: dict[str, Path]) -> dict:
+    """Choose the run's ``predict.foreground_threshold`` on its validation slices (never its test
+    fold): the candidate with the best mean per-slice Dice, averaged over data sets and foreground
+    classes (ties: the one nearer 0.5). Writes it into the run's config.yaml; returns the scores."""
+    run = load_run(run_dir)
+    data = run.cfg.data
+    val = set(json.loads((run_dir / "splits.json").read_text())["val"])
+    scores = {t: [] for t in THRESHOLDS}
+    for path in files.values():
+        per = {t: {c: [] for c in range(1, len(data.classes))} for t in THRESHOLDS}
+        for image, ref in _labelled_slices(path, val, data):
+            _, probs = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8",
+                                     probabilities=True)
+            probs = probs[:, :, 0]
+            for t in THRESHOLDS:
+                weighted = probs.copy()
+                weighted[..., 0] *= t / (1 - t)
+                pred = weighted.argmax(axis=-1)
+                for c, dices in per[t].items():
+                    inter, total = _dice(pred == c, ref == c)
+                    dices.append(1.0 if total == 0 else 2 * inter / total)
+        for t in THRESHOLDS:
+            scores[t] += [float(np.mean(d)) for d in per[t].values() if d]
+    mean = {t: float(np.mean(v)) for t, v in scores.items()}
+    best = max(THRESHOLDS, key=lambda t: (round(mean[t], 6), -abs(t - 0.5)))
+    cfg = run.cfg.updated(predict={"foreground_threshold": best})
+    with atomic_path(run_dir / "config.yaml") as tmp:
+        tmp.write_text(cfg.to_yaml())
+    return {"threshold": best, "val_dice_by_threshold": {str(t): m for t, m in mean.items()}}
 
 
 def main() -> None:
@@ -104,12 +157,15 @@ def main() -> None:
     parser.add_argument("--base-filters", type=int, default=None, help="U-Net base filters (default: the config's)")
     parser.add_argument("--schedule", choices=["plateau", "cosine"], default=None, help="train.schedule (default: the config's)")
     parser.add_argument("--out", type=Path, default=Path("runs/real"))
+    parser.add_argument("--calibrate", action="store_true",
+                        help="choose each run's foreground threshold on its validation slices (written into its "
+                             "config.yaml) before testing; results in <task>-<size>-cv-calibrated.json")
     parser.add_argument("--final", action="store_true",
                         help="train once on all patients (validation split only, no test fold): the model to ship")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     files = slice_files(args.task, args.out, args.size)
-    results_path = args.out / f"{args.task}-{args.size}-cv.json"
+    results_path = args.out / f"{args.task}-{args.size}-cv{'-calibrated' if args.calibrate else ''}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     folds = [None] if args.final else args.only if args.only is not None else range(args.folds)
     for fold in folds:
@@ -126,11 +182,14 @@ def main() -> None:
             if args.schedule:
                 cfg = cfg.updated(train={"schedule": args.schedule})
             train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2)
+        calibration = calibrate(run_dir, files) if args.calibrate else None
         if fold is None:
-            print(f"trained {run_dir} in {time.perf_counter() - start:.0f} s")
+            print(f"trained {run_dir} in {time.perf_counter() - start:.0f} s", calibration or "")
             return
         results[str(fold)] = {"sets": evaluate_fold(run_dir, files), "seconds": time.perf_counter() - start,
                               "machine": f"{platform.machine()} {platform.node()}"}
+        if calibration:
+            results[str(fold)]["calibration"] = calibration
         results_path.write_text(json.dumps(results, indent=1))
     print("| set | class | fold | slices | per-slice Dice | per-slice IoU | pooled Dice |\n|---|---|---|---|---|---|---|")
     for fold, res in sorted(results.items()):

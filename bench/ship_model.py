@@ -71,6 +71,8 @@ def main() -> None:
   then `{cfg.data.intensity.mode}` (per-slice min-max + CLAHE, clip {cfg.data.intensity.clahe_clip},
   {cfg.data.intensity.clahe_tiles}x{cfg.data.intensity.clahe_tiles} tiles).
 {provenance}
+- Foreground threshold {cfg.predict.foreground_threshold:g} (`predict.foreground_threshold`: a pixel is foreground where its
+  foreground probability exceeds it{'; chosen on the validation split with `bench/real_cv.py --calibrate`' if cfg.predict.foreground_threshold != 0.5 else ', the plain argmax'}).
 - Trained with: `{args.command or 'python bench/real_cv.py ' + args.task}`
 {f'- {args.note}' if args.note else ''}
 

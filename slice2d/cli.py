@@ -194,6 +194,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per network call.")] = 16,  # predict.PREDICT_BATCH (not imported: keeps --help instant)
     probabilities: Annotated[bool, typer.Option(help="Also write class probabilities to OUT/probabilities/.")] = False,
     rotate: Annotated[int, typer.Option(help="Slice images only: quarter turns clockwise that bring them upright.")] = 0,
+    threshold: Annotated[Optional[float], typer.Option(min=0.01, max=0.99, help="Foreground threshold of the lesion model (default: the one in its config.yaml; the shipped model's was chosen on its validation split). Lower finds more lesion, and more false positives.")] = None,
     lungs_only: Annotated[bool, typer.Option("--lungs-only/--anywhere", help="With a lung model: drop lesions more than 5 mm (in-plane) outside its lung map from the written lesion map; --anywhere keeps the model's raw map.")] = True,
     quiet: Quiet = False,
 ) -> None:
@@ -207,7 +208,7 @@ def predict(
     from slice2d.images import is_image
     from slice2d.pipeline import SeverityOptions, assess_files, assess_slice_folder
     from slice2d.io import writable_folder
-    from slice2d.predict import input_files, load_run, predict_files, run_config, shipped_model
+    from slice2d.predict import input_files, load_run, predict_files, run_config, shipped_model, with_threshold
 
     with _user_errors():
         if lobes is not None and lobes_model is not None:
@@ -217,7 +218,7 @@ def predict(
             lungs_model = shipped_model("lungs", required=False)
         options = SeverityOptions(scheme.value, lobe_labels.value, *_ZONES[zones.value])
         if input.is_dir() and any(is_image(p) for p in input.iterdir()) and not list(input.glob("*.nii*")):
-            run = load_run(model, background=True)
+            run = with_threshold(load_run(model, background=True), threshold)
             lung_run = load_run(lungs_model, background=True) if lungs_model and severity else None
             writable_folder(out)
             n = sum(1 for p in input.iterdir() if is_image(p))
@@ -231,7 +232,7 @@ def predict(
         # first, because it runs first (the lesion model then only sees slices with lung)
         assess = severity and run_config(model).data.task == "lesions"
         lung_run = load_run(lungs_model, background=True, warm_up=batch_size) if lungs_model and assess else None
-        run = load_run(model, background=True, warm_up=batch_size)
+        run = with_threshold(load_run(model, background=True, warm_up=batch_size), threshold)
         lobe_run = load_run(lobes_model, background=True, warm_up=batch_size) if lobes_model and assess else None
         writable_folder(out)
         with _progress(len(files), "predict") as step:

@@ -138,10 +138,28 @@ class TrainConfig(_Frozen):
         return self
 
 
+class PredictConfig(_Frozen):
+    """How the network's class probabilities become labels.
+
+    ``foreground_threshold`` t: with two classes a pixel is foreground where its foreground
+    probability exceeds t; with more, the background probability counts t / (1 - t) times in the
+    argmax (the same rule for two classes). 0.5 is the plain argmax. A model trained with the focal
+    loss tends to be under-confident, and a lower t chosen on a validation split can fit better
+    (``bench/real_cv.py --calibrate``); a run folder records the one chosen for it.
+    """
+
+    foreground_threshold: float = Field(0.5, gt=0, lt=1)
+
+    @property
+    def background_weight(self) -> float:
+        return self.foreground_threshold / (1.0 - self.foreground_threshold)
+
+
 class Config(_Frozen):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    predict: PredictConfig = PredictConfig()
 
     @property
     def n_classes(self) -> int:

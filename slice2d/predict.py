@@ -9,6 +9,7 @@ in the input's orientation. The written mask carries the input's affine, checked
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -101,6 +102,13 @@ def load_run(path: str | Path, background: bool = False, warm_up: int | None = N
     return Run(path=path, cfg=cfg, loaded=future if background else future.result())
 
 
+def with_threshold(run: Run, threshold: float | None) -> Run:
+    """``run`` predicting with another ``predict.foreground_threshold`` (None: unchanged)."""
+    if threshold is None:
+        return run
+    return dataclasses.replace(run, cfg=run.cfg.updated(predict={"foreground_threshold": threshold}))
+
+
 def load_trained_model(path: Path):
     """The keras.Model saved in a run folder, as trained (safe mode: no code from the file runs)."""
     import keras
@@ -191,8 +199,8 @@ def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch
         where = lung_slices if run is not lung_run else None
         probs = predict_slices(run, slices if where is None else slices[where], batch_size)
         if run is lung_run:
-            drop_small_components(probs, sgeom)
-        labels = probabilities_to_labels(probs, sgeom)
+            drop_small_components(probs, sgeom, background_weight=run.cfg.predict.background_weight)
+        labels = probabilities_to_labels(probs, sgeom, run.cfg.predict.background_weight)
         if where is not None:  # slice-major like the labels of the other runs (one memory layout)
             every = np.zeros((shape[2], shape[0], shape[1]), np.uint8)
             every[where] = np.moveaxis(labels, 2, 0)

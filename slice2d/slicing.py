@@ -142,16 +142,20 @@ def slices_to_labels(slices: np.ndarray, geom: SliceGeometry) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(inner[:, r][:, :, c], 0, 2))
 
 
-def probabilities_to_labels(probs: np.ndarray, geom: SliceGeometry) -> np.ndarray:
+def probabilities_to_labels(probs: np.ndarray, geom: SliceGeometry, background_weight: float = 1.0) -> np.ndarray:
     """Network probabilities (N, size, size, C) -> labels (rows, cols, N) uint8 on the canonical grid.
 
     Each class's probability map is resized (bilinear) to the slice's own pixel grid and the most
     probable class taken per pixel (the first on a tie) -- the argmax of ``probabilities_to_slice``,
-    one contiguous plane at a time. A slice where background wins at every network pixel is
-    background everywhere (bilinear weights are non-negative) and is not resized.
+    one contiguous plane at a time, with the background probability multiplied by
+    ``background_weight`` (``PredictConfig.background_weight``; 1 is the plain argmax). A slice
+    where background wins at every network pixel is background everywhere (bilinear weights are
+    non-negative) and is not resized.
     """
     inner = probs[:, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols]
     planes = np.ascontiguousarray(np.moveaxis(inner, 3, 1), dtype=np.float32)  # (N, C, h, w)
+    if background_weight != 1.0:
+        planes[:, 0] *= np.float32(background_weight)
     out = np.zeros((len(probs), geom.rows, geom.cols), dtype=np.uint8)
     for k in range(len(planes)):
         if not (planes[k, 1:] > planes[k, 0]).any():
@@ -194,8 +198,8 @@ def lesions_near_lungs(lesions: np.ndarray, lungs: np.ndarray, geometry: Geometr
 SMALL_COMPONENT_FRACTION = 0.01  # lung-map pieces below 1 % of the largest piece's volume are dropped
 
 
-def drop_small_components(probs: np.ndarray, geom: SliceGeometry,
-                          fraction: float = SMALL_COMPONENT_FRACTION) -> np.ndarray:
+def drop_small_components(probs: np.ndarray, geom: SliceGeometry, fraction: float = SMALL_COMPONENT_FRACTION,
+                          background_weight: float = 1.0) -> np.ndarray:
     """In place: the foreground of a slice stack's network output, as 3D connected pieces
     (26-connected, all foreground classes together), loses every piece smaller than ``fraction``
     of the largest: its pixels get background probability 1. Returns ``probs``.
@@ -204,11 +208,13 @@ def drop_small_components(probs: np.ndarray, geom: SliceGeometry,
     where a scan's lungs are one or two large pieces and stray specks (bowel gas, the trachea at
     the neck) are small. Works at network resolution (cheap); a dropped piece never shares a 2x2
     pixel neighbourhood with a kept one, so resizing back is unaffected around the kept pieces.
+    Foreground as in ``probabilities_to_labels`` with the same ``background_weight``.
     """
     from scipy import ndimage
 
     inner = probs[:, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols]
-    pieces, n = ndimage.label(inner.argmax(axis=-1) > 0, structure=np.ones((3, 3, 3), bool))
+    foreground = inner[..., 1:].max(axis=-1) > inner[..., 0] * np.float32(background_weight)
+    pieces, n = ndimage.label(foreground, structure=np.ones((3, 3, 3), bool))
     if n < 2:
         return probs
     sizes = np.bincount(pieces.ravel())

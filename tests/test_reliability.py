@@ -458,3 +458,25 @@ def test_small_pieces_of_a_lung_map_are_dropped_in_3d():
     np.testing.assert_array_equal(probs[0, 21, 21], [1, 0, 0])
     probs[0, 21, 21] = before[0, 21, 21]
     np.testing.assert_array_equal(probs, before)  # nothing else moved
+
+
+def test_the_run_s_foreground_threshold_decides_the_labels():
+    """A run's ``predict.foreground_threshold`` is applied: foreground exactly where the (resized)
+    foreground probability exceeds it."""
+    import nibabel as nib
+
+    from slice2d.io import geometry_of
+    from slice2d.predict import predict_volume, with_threshold
+
+    soft = _threshold_run(("background", "lesion"), above=0.6)
+    soft.model.layers[-1].set_weights([np.full((1, 1, 1, 2), [0.0, 8.0], np.float32), np.array([0.0, -4.8], np.float32)])
+    image = np.asarray(np.random.default_rng(2).integers(-1000, 400, (20, 20, 3)), np.int16)
+    geometry = geometry_of(nib.Nifti1Image(image, np.diag([1.0, 1.0, 3.0, 1.0])))
+    found = {}
+    for t in (0.5, 0.2):
+        run = with_threshold(soft, t)
+        (labels, probs), = predict_volume([run], image, geometry, probabilities=True)
+        decided = np.abs(probs[..., 1] - t) > 1e-5
+        np.testing.assert_array_equal((labels == 1)[decided], (probs[..., 1] > t)[decided])
+        found[t] = labels == 1
+    assert found[0.5].sum() < found[0.2].sum() and not (found[0.5] & ~found[0.2]).any()

@@ -15,9 +15,9 @@ from slice2d.dataset import remap_labels, split_lungs_by_side
 from slice2d.images import read_label_slice, read_slice, slice_geometry
 from slice2d.predict import load_run, predict_array, shipped_model
 
-# floors below what the shipped models scored here (measured: lesion 0.52 mean per-slice Dice on
-# the 24 slices of its validation patients)
-FLOORS = {"lesions": {"lesion": 0.5}, "lungs": {"right_lung": 0.9, "left_lung": 0.9}}
+# floors below what the shipped models scored here (measured: lesion 0.62 mean per-slice Dice on
+# the 24 slices of its validation patients at its threshold 0.1; 0.52 at 0.5)
+FLOORS = {"lesions": {"lesion": 0.58}, "lungs": {"right_lung": 0.9, "left_lung": 0.9}}
 
 
 @pytest.mark.parametrize("task", ["lesions", "lungs"])

@@ -187,3 +187,18 @@ def test_slice_by_slice_network_input_equals_the_whole_volume_steps(mode, order)
         equalise(planes, intensity)
     assert shape == canonical.shape and geom == plan_slices(*canonical.shape[:2], 32, geometry.canonical_spacing[:2])
     np.testing.assert_array_equal(slices, image_to_slices(np.moveaxis(planes, 0, 2), geom))
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.5, 0.7])
+def test_a_foreground_threshold_labels_where_the_foreground_probability_exceeds_it(threshold):
+    from slice2d.config import PredictConfig
+
+    rng = np.random.default_rng(5)
+    p1 = rng.random((4, 24, 24)).astype(np.float32)
+    probs = np.stack([1 - p1, p1], axis=-1)
+    geom = plan_slices(40, 30, 24, (1.0, 1.2))
+    labels = probabilities_to_labels(probs, geom, PredictConfig(foreground_threshold=threshold).background_weight)
+    resized = np.stack([probabilities_to_slice(p, geom)[..., 1] for p in probs], axis=2)
+    decided = np.abs(resized - threshold) > 1e-5  # float rounding aside
+    np.testing.assert_array_equal(labels[decided], (resized > threshold)[decided])
+    assert 0 < labels.mean() < 1

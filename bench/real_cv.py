@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slice2d.config import load_config
+from slice2d.config import PredictConfig, load_config
 from slice2d.dataset import SliceFile, prepare, remap_labels, split_lungs_by_side
 from slice2d.images import read_label_slice, read_patients, read_slice, slice_geometry
 from slice2d.io import atomic_path
@@ -131,7 +131,7 @@ def calibrate(run_dir: Path, files: dict[str, Path]) -> dict:
             probs = probs[:, :, 0]
             for t in THRESHOLDS:
                 weighted = probs.copy()
-                weighted[..., 0] *= t / (1 - t)
+                weighted[..., 0] *= PredictConfig(foreground_threshold=t).background_weight
                 pred = weighted.argmax(axis=-1)
                 for c, dices in per[t].items():
                     inter, total = _dice(pred == c, ref == c)

@@ -66,16 +66,15 @@ def build_unet(size: int, n_classes: int, cfg: ModelConfig) -> keras.Model:
 
 
 def fold_batch_norm(model: keras.Model, size: int, n_classes: int, cfg: ModelConfig) -> keras.Model:
-    """An inference copy of a trained U-Net with each batch norm folded into the convolution before it.
+    """An inference copy of a trained U-Net, in float32, with each batch norm folded into the convolution before it.
 
     At inference a batch norm is a fixed per-channel affine map, so ``conv -> bn`` equals one
     convolution with kernel ``w * s`` and bias ``beta - mean * s``, ``s = gamma / sqrt(var + eps)``
     (float32 rounding aside). The copy has no batch-norm ops, so TensorFlow's CPU graph can fuse
     each convolution with its bias and ReLU. It is built in float32 from ``cfg`` (the trained
-    model's own architecture, e.g. from its run folder) and shares no variables with ``model``.
+    model's own architecture, e.g. from its run folder), so a mixed-precision model comes back in
+    float32 too, and shares no variables with ``model``.
     """
-    if not cfg.batch_norm:
-        return model
     folded = build_unet(size, n_classes, cfg.model_copy(update={"batch_norm": False}))
     names = {layer.name for layer in model.layers}
     for layer in folded.layers:

@@ -75,9 +75,10 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
     lungs_only: with a lung model, lesions farther than ``LUNG_MARGIN_MM`` from its lung map (within
     their axial slice) are dropped from the written lesion map (the severity report counts lung
     voxels only either way), and the lesion model only segments the slices where that map has
-    lung: its output elsewhere would be dropped. A lung model's map loses pieces smaller than 1 %
-    of its largest piece (``slicing.drop_small_components``). Not with the built-in extraction, whose HU threshold leaves dense
-    consolidation out of the lungs: on the demo phantoms it would drop true lesions.
+    lung: its output elsewhere would be dropped. Not with the built-in extraction, whose HU
+    threshold leaves dense consolidation out of the lungs: on the demo phantoms it would drop true
+    lesions. A lung model's map loses pieces smaller than 1 % of its largest piece
+    (``slicing.drop_small_components``).
     lobes_dir: folder of lobe maps named like the inputs (labelled as ``options.lobe_labels``).
     Writes ``out_dir/<name>`` (lesions), ``out_dir/lungs/<name>``, ``out_dir/lobes/<name>`` (with a
     lobe model), ``out_dir/severity/<case>.json|png`` and ``out_dir/severity/cohort.csv``.

@@ -123,8 +123,9 @@ def load_trained_model(path: Path):
 
 
 def _load_model(path: Path, cfg: Config, warm_up: int | None = None):
-    """The run's model ready for inference: batch norms folded into the convolutions (float32), except
-    for a mixed-precision model on a GPU, which is kept as it is."""
+    """The run's model ready for inference: batch norms folded into the convolutions, in float32
+    (a model trained with mixed precision on a GPU too), except a mixed-precision model on a GPU,
+    which is kept as it is."""
     from slice2d.model import fold_batch_norm
 
     model = load_trained_model(path)
@@ -132,10 +133,9 @@ def _load_model(path: Path, cfg: Config, warm_up: int | None = None):
     if tuple(model.output_shape) != expected:
         raise InputError(f"{path}: model output {model.output_shape} does not match config.yaml {expected}")
     mixed = any(layer.dtype_policy.name.startswith("mixed") for layer in model.layers)
-    if not (mixed and _has_gpu()):
+    if (cfg.model.batch_norm or mixed) and not (mixed and _has_gpu()):
         try:
-            model = (fold_batch_norm(model, cfg.data.size, len(cfg.data.classes), cfg.model) if cfg.model.batch_norm
-                     else _as_float32(model, cfg) if mixed else model)
+            model = fold_batch_norm(model, cfg.data.size, len(cfg.data.classes), cfg.model)
         except ValueError:  # layers or weights unlike config.yaml's U-Net
             raise InputError(f"{path}: model.keras does not match the U-Net described in config.yaml") from None
     if warm_up:
@@ -147,15 +147,6 @@ def _has_gpu() -> bool:
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
-
-
-def _as_float32(model, cfg: Config):
-    """A model trained with mixed precision (on a GPU), rebuilt in float32 for the CPU; same weights."""
-    from slice2d.model import build_unet
-
-    rebuilt = build_unet(cfg.data.size, len(cfg.data.classes), cfg.model)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
 
 
 def predict_slices(run: Run, slices: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:

@@ -57,24 +57,16 @@ def normalise(image: np.ndarray, intensity: IntensityConfig, kind: str = "hu") -
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def _clahe(intensity: IntensityConfig):
+def clahe_for(intensity: IntensityConfig):
+    """The CLAHE operator of an intensity convention (OpenCV)."""
     return cv2.createCLAHE(clipLimit=intensity.clahe_clip, tileGridSize=(intensity.clahe_tiles,) * 2)
 
 
-def _equalise_plane(plane: np.ndarray, clahe) -> None:
+def equalise_plane(plane: np.ndarray, clahe) -> None:
     """One float32 slice in [0, 1], in place: min-max stretch to 0..255 (rounded; a flat slice
     becomes 0 before CLAHE), CLAHE, back to [0, 1]."""
     stretched = cv2.normalize(plane, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U)
     np.multiply(clahe.apply(stretched), np.float32(1 / 255), out=plane)
-
-
-def equalise(planes: np.ndarray, intensity: IntensityConfig) -> np.ndarray:
-    """Per axial slice, in place: min-max stretch to 0..255 (rounded; a flat slice becomes 0 before
-    CLAHE), then CLAHE, back to [0, 1]. planes: slice-major float32 (Z, rows, cols) in [0, 1]; returns it."""
-    clahe = _clahe(intensity)
-    for sl in planes:
-        _equalise_plane(sl, clahe)
-    return planes
 
 
 def volume_to_network(image: np.ndarray, geometry: Geometry, intensity: IntensityConfig, size: int,
@@ -93,12 +85,12 @@ def volume_to_network(image: np.ndarray, geometry: Geometry, intensity: Intensit
     rows, cols, n = canonical.shape
     spacing = geometry.canonical_spacing
     geom = plan_slices(rows, cols, size, (spacing[0], spacing[1]))
-    clahe = _clahe(intensity) if intensity.mode == "clahe" else None
+    clahe = clahe_for(intensity) if intensity.mode == "clahe" else None
     out = np.zeros((n, size, size), dtype=np.float32)
     for k in range(n):
         plane = normalise(canonical[:, :, k], intensity, kind)
         if clahe is not None:
-            _equalise_plane(plane, clahe)
+            equalise_plane(plane, clahe)
         out[k, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols] = _resize_plane(plane, geom)
     return (rows, cols, n), geom, out
 
@@ -106,15 +98,6 @@ def volume_to_network(image: np.ndarray, geometry: Geometry, intensity: Intensit
 def _nearest_index(n_from: int, n_to: int) -> np.ndarray:
     """For each of ``n_to`` output pixels, the input pixel whose extent holds its centre."""
     return np.minimum(((np.arange(n_to) + 0.5) * n_from / n_to).astype(np.int64), n_from - 1)
-
-
-def image_to_slices(volume: np.ndarray, geom: SliceGeometry) -> np.ndarray:
-    """Normalised canonical volume (rows, cols, Z) -> slices (Z, size, size) float32, padding 0."""
-    out = np.zeros((volume.shape[2], geom.size, geom.size), dtype=np.float32)
-    for k in range(volume.shape[2]):
-        out[k, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols] = \
-            _resize_plane(np.ascontiguousarray(volume[:, :, k], dtype=np.float32), geom)
-    return out
 
 
 def _resize_plane(plane: np.ndarray, geom: SliceGeometry) -> np.ndarray:

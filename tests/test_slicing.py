@@ -106,7 +106,7 @@ def test_round_trip_on_real_volumes(tmp_path, image, labels, size):
 
 def test_equalise_is_min_max_then_clahe_per_slice():
     from slice2d.config import IntensityConfig
-    from slice2d.slicing import equalise
+    from slice2d.slicing import clahe_for, equalise_plane
 
     intensity = IntensityConfig(mode="clahe")
     rng = np.random.default_rng(1)
@@ -118,7 +118,9 @@ def test_equalise_is_min_max_then_clahe_per_slice():
         low, high = sl.min(), sl.max()
         stretched = (sl - low) / (high - low) if high > low else np.zeros_like(sl)
         reference.append(clahe.apply(np.round(stretched * 255).astype(np.uint8)) / 255)
-    out = equalise(planes.copy(), intensity)
+    out = planes.copy()
+    for sl in out:
+        equalise_plane(sl, clahe_for(intensity))
     np.testing.assert_allclose(out, np.array(reference), atol=1e-6)
     assert np.ptp(out[1]) == 0 and np.ptp(out[0]) > 0.9  # a flat slice stays flat; others use the range
 
@@ -173,7 +175,7 @@ def test_slice_by_slice_network_input_equals_the_whole_volume_steps(mode, order)
     """``volume_to_network`` works one axial slice at a time; it gives exactly what the whole-volume
     steps give (normalise, then equalise, then resize), for any memory layout and orientation."""
     from slice2d.config import IntensityConfig
-    from slice2d.slicing import equalise, image_to_slices, normalise, volume_to_network
+    from slice2d.slicing import clahe_for, equalise_plane, normalise, volume_to_network
 
     rng = np.random.default_rng(7)
     image = np.asarray(rng.integers(-1100, 600, (70, 52, 9)), dtype=np.int16, order=order)
@@ -182,11 +184,17 @@ def test_slice_by_slice_network_input_equals_the_whole_volume_steps(mode, order)
     intensity = IntensityConfig(mode=mode)
     shape, geom, slices = volume_to_network(image, geometry, intensity, 32)
     canonical = to_canonical(image, geometry)
-    planes = normalise(np.moveaxis(canonical, 2, 0), intensity)
+    planes = normalise(np.moveaxis(canonical, 2, 0), intensity)  # the whole volume at once
     if mode == "clahe":
-        equalise(planes, intensity)
+        for sl in planes:
+            equalise_plane(sl, clahe_for(intensity))
+    interp = cv2.INTER_AREA if geom.new_rows < geom.rows or geom.new_cols < geom.cols else cv2.INTER_LINEAR
+    expected = np.zeros_like(slices)
+    for k, sl in enumerate(planes):
+        expected[k, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols] = \
+            cv2.resize(sl, (geom.new_cols, geom.new_rows), interpolation=interp)
     assert shape == canonical.shape and geom == plan_slices(*canonical.shape[:2], 32, geometry.canonical_spacing[:2])
-    np.testing.assert_array_equal(slices, image_to_slices(np.moveaxis(planes, 0, 2), geom))
+    np.testing.assert_array_equal(slices, expected)
 
 
 @pytest.mark.parametrize("threshold", [0.2, 0.5, 0.7])

@@ -316,9 +316,26 @@ def demo(
 
 
 def run() -> None:
-    """Entry point for ``python cli.py``."""
-    app(prog_name="slice2d")
+    """Entry point of the ``slice2d`` command and of ``python cli.py``.
+
+    Once the command is over (its outputs written and closed, its exit status known), the process
+    ends at once, without the interpreter's teardown: after TensorFlow was used, that teardown alone
+    took 1.1-1.3 s of the ~20 s of ``slice2d predict`` on a 512x512x300 volume (BENCHMARKS.md).
+    Tests call ``app`` through Typer's runner, which this does not touch.
+    """
+    try:
+        app(prog_name="slice2d")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    if code is not None and not isinstance(code, int):  # sys.exit("message"), as the interpreter would
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run()

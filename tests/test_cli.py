@@ -40,6 +40,22 @@ def test_help_does_not_import_tensorflow():
     assert out.stdout.strip() == "False False"
 
 
+def test_entry_point_keeps_exit_status_and_output(tmp_path):
+    """``cli.run`` ends the process without the interpreter's teardown: status and output must survive."""
+    cli = Path(__file__).resolve().parent.parent / "cli.py"
+    missing = subprocess.run([sys.executable, str(cli), "predict", str(tmp_path / "nothing.nii.gz"),
+                              "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines() == [f"error: {tmp_path / 'nothing.nii.gz'}: image file not found; check the path"]
+    assert not (tmp_path / "o").exists()
+    usage = subprocess.run([sys.executable, str(cli), "predict", "x", "--out", "o", "--threshold", "5"],
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and "--threshold" in usage.stderr
+    helped = subprocess.run([sys.executable, str(cli), "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0
+    assert "predict" in helped.stdout and helped.stdout.rstrip().endswith("╯")  # the whole help, flushed
+
+
 @pytest.fixture
 def good(tmp_path: Path) -> Path:
     write_case(tmp_path / "good", "a", (20, 22, 6), make_affine("LPS"), seed=0)

@@ -11,8 +11,9 @@ evaluated on the fold's test slices at their original resolution. The test fold 
 training: the best epoch, early stopping and the learning-rate schedule use a validation split of
 the other patients (`train.val_fraction`). The network output is resized back onto each slice's
 own pixel grid; per data set and class it reports the mean of per-slice
-Dice and IoU (a slice with empty reference and empty prediction scores 1) and the pooled Dice
-over all test pixels. Results: `<out>/<task>-cv.json` and a Markdown table on stdout.
+Dice and IoU (a slice with empty reference and empty prediction scores 1), the pooled Dice
+over all test pixels, and the pooled Dice of each test patient (its slices taken together, the
+nearest thing here to the per-volume Dice of published 3D results). Results: `<out>/<task>-cv.json` and a Markdown table on stdout.
 
 With --calibrate, each run's foreground threshold (``predict.foreground_threshold``) is first chosen
 on its own validation slices and written into its config.yaml, then the test fold is scored with
@@ -65,8 +66,8 @@ def slice_files(task: str, out: Path, size: int) -> dict[str, Path]:
 
 
 def _labelled_slices(path: Path, cases: set[str], data):
-    """(image, reference labels) of the slices of ``cases`` in a prepared file, read from their
-    original image files (original resolution), labels in the run's convention."""
+    """(patient, image, reference labels) of the slices of ``cases`` in a prepared file, read from
+    their original image files (original resolution), labels in the run's convention."""
     with SliceFile(path) as sf:
         names = [c for c in sf.cases if c in cases]
         attrs = {c: dict(sf.h5["cases"][c].attrs) for c in names}
@@ -76,7 +77,7 @@ def _labelled_slices(path: Path, cases: set[str], data):
         ref = remap_labels(read_label_slice(attrs[case]["label_path"], rotate), data, attrs[case]["label_path"])
         if data.split_lungs:
             ref = split_lungs_by_side(ref[:, :, None])[:, :, 0]
-        yield image, ref
+        yield str(attrs[case]["patient"]), image, ref
 
 
 def _dice(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int]:
@@ -94,8 +95,8 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path]) -> dict:
         if data.split_lungs:  # also score the lungs as one mask, as the published lung figures do
             groups[len(names)] = tuple(range(1, len(data.classes)))
             names[len(names)] = "lungs_merged"
-        per_class = {c: {"dice": [], "iou": [], "inter": 0, "total": 0} for c in groups}
-        for image, ref in _labelled_slices(path, test, data):
+        per_class = {c: {"dice": [], "iou": [], "inter": 0, "total": 0, "patients": {}} for c in groups}
+        for patient, image, ref in _labelled_slices(path, test, data):
             pred = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8")[0][:, :, 0]
             for c, acc in per_class.items():
                 inter, total = _dice(np.isin(pred, groups[c]), np.isin(ref, groups[c]))
@@ -103,9 +104,16 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path]) -> dict:
                 acc["iou"].append(1.0 if total == 0 else inter / (total - inter))
                 acc["inter"] += inter
                 acc["total"] += total
+                counts = acc["patients"].setdefault(patient, [0, 0])
+                counts[0] += inter
+                counts[1] += total
         result[set_name] = {names[c]: {"n_slices": len(acc["dice"]), "dice_mean": float(np.mean(acc["dice"])),
-                                              "iou_mean": float(np.mean(acc["iou"])),
-                                              "dice_pooled": 2 * acc["inter"] / max(1, acc["total"])}
+                                       "iou_mean": float(np.mean(acc["iou"])),
+                                       "dice_pooled": 2 * acc["inter"] / max(1, acc["total"]),
+                                       # each patient's slices pooled: the nearest thing here to the
+                                       # per-volume Dice that published 3D results report
+                                       "dice_by_patient": {p: 1.0 if t == 0 else 2 * i / t
+                                                           for p, (i, t) in sorted(acc["patients"].items())}}
                             for c, acc in per_class.items()}
     return result
 
@@ -125,7 +133,7 @@ def calibrate(run_dir: Path, files: dict[str, Path]) -> dict:
     scores = {t: [] for t in THRESHOLDS}
     for path in files.values():
         per = {t: {c: [] for c in range(1, len(data.classes))} for t in THRESHOLDS}
-        for image, ref in _labelled_slices(path, val, data):
+        for _, image, ref in _labelled_slices(path, val, data):
             _, probs = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8",
                                      probabilities=True)
             probs = probs[:, :, 0]
@@ -196,6 +204,16 @@ def main() -> None:
         for set_name, classes in res["sets"].items():
             for cls, m in classes.items():
                 print(f"| {set_name} | {cls} | {fold} | {m['n_slices']} | {m['dice_mean']:.3f} | {m['iou_mean']:.3f} | {m['dice_pooled']:.3f} |")
+    by_patient: dict[tuple[str, str], dict[str, float]] = {}
+    for res in results.values():
+        for set_name, classes in res["sets"].items():
+            for cls, m in classes.items():
+                by_patient.setdefault((set_name, cls), {}).update(m.get("dice_by_patient", {}))
+    for (set_name, cls), dices in by_patient.items():
+        if dices:
+            listed = f" ({', '.join(f'{p} {d:.3f}' for p, d in dices.items())})" if len(dices) <= 12 else ""
+            print(f"{set_name} {cls}: per-patient pooled Dice, mean of {len(dices)} patients "
+                  f"{np.mean(list(dices.values())):.3f}{listed}")
 
 
 if __name__ == "__main__":

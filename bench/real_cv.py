@@ -95,21 +95,21 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path]) -> dict:
         if data.split_lungs:  # also score the lungs as one mask, as the published lung figures do
             groups[len(names)] = tuple(range(1, len(data.classes)))
             names[len(names)] = "lungs_merged"
-        per_class = {c: {"dice": [], "iou": [], "inter": 0, "total": 0, "patients": {}} for c in groups}
+        # per patient [intersection, pixels of prediction + reference]; the set's pooled Dice sums them
+        per_class = {c: {"dice": [], "iou": [], "patients": {}} for c in groups}
         for patient, image, ref in _labelled_slices(path, test, data):
             pred = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8")[0][:, :, 0]
             for c, acc in per_class.items():
                 inter, total = _dice(np.isin(pred, groups[c]), np.isin(ref, groups[c]))
                 acc["dice"].append(1.0 if total == 0 else 2 * inter / total)
                 acc["iou"].append(1.0 if total == 0 else inter / (total - inter))
-                acc["inter"] += inter
-                acc["total"] += total
                 counts = acc["patients"].setdefault(patient, [0, 0])
                 counts[0] += inter
                 counts[1] += total
         result[set_name] = {names[c]: {"n_slices": len(acc["dice"]), "dice_mean": float(np.mean(acc["dice"])),
                                        "iou_mean": float(np.mean(acc["iou"])),
-                                       "dice_pooled": 2 * acc["inter"] / max(1, acc["total"]),
+                                       "dice_pooled": 2 * sum(i for i, _ in acc["patients"].values())
+                                       / max(1, sum(t for _, t in acc["patients"].values())),
                                        # each patient's slices pooled: the nearest thing here to the
                                        # per-volume Dice that published 3D results report
                                        "dice_by_patient": {p: 1.0 if t == 0 else 2 * i / t
@@ -200,14 +200,11 @@ def main() -> None:
             results[str(fold)]["calibration"] = calibration
         results_path.write_text(json.dumps(results, indent=1))
     print("| set | class | fold | slices | per-slice Dice | per-slice IoU | pooled Dice |\n|---|---|---|---|---|---|---|")
+    by_patient: dict[tuple[str, str], dict[str, float]] = {}
     for fold, res in sorted(results.items()):
         for set_name, classes in res["sets"].items():
             for cls, m in classes.items():
                 print(f"| {set_name} | {cls} | {fold} | {m['n_slices']} | {m['dice_mean']:.3f} | {m['iou_mean']:.3f} | {m['dice_pooled']:.3f} |")
-    by_patient: dict[tuple[str, str], dict[str, float]] = {}
-    for res in results.values():
-        for set_name, classes in res["sets"].items():
-            for cls, m in classes.items():
                 by_patient.setdefault((set_name, cls), {}).update(m.get("dice_by_patient", {}))
     for (set_name, cls), dices in by_patient.items():
         if dices:

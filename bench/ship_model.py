@@ -35,10 +35,12 @@ def main() -> None:
     parser.add_argument("--cv", type=Path, required=True, help="the <task>-<size>-cv.json of bench/real_cv.py")
     parser.add_argument("--command", default=None, help="the command that trained the folds")
     parser.add_argument("--note", default=None, help="a remark for the model card (e.g. where the CV table comes from)")
+    parser.add_argument("--name", default=None,
+                        help="folder under checkpoints/ (default: the task, i.e. the default model of predict)")
     args = parser.parse_args()
     run = load_run(args.run)  # the run folder checks
     trained = load_trained_model(args.run)
-    dest = SHIPPED / args.task
+    dest = SHIPPED / (args.name or args.task)
     tmp = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -63,7 +65,7 @@ def main() -> None:
         provenance = ("- Trained once on all patients of the data sets below, except a validation split of patients\n"
                       f"  (`splits.json`) {'that only reported (cosine schedule, last epoch kept)' if cfg.train.schedule == 'cosine' else 'that picked the best epoch'}. The cross-validation table below estimates how\n"
                       "  this recipe does on patients it has not seen; this model itself has no held-out score.")
-    card = f"""# slice2d shipped model: {args.task}
+    card = f"""# slice2d shipped model: {args.name or args.task}
 
 - U-Net depth {cfg.model.depth}, base filters {cfg.model.base_filters}; classes {list(cfg.data.classes)};
   {cfg.data.size}x{cfg.data.size} slices in the radiological display orientation.

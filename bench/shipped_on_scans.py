@@ -24,6 +24,7 @@ from slice2d.predict import load_run, predict_volume, shipped_model  # noqa: E40
 from slice2d.slicing import LUNG_MARGIN_MM, lesions_near_lungs  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct-samples"
+OTHER_LESION_MODELS = ("lesions-128",)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,6 +53,12 @@ def main() -> None:
                          * voxel_ml,
                          "agreement_with_builtin": dice(lungs > 0, builtin > 0),
                          "lung_pieces_dropped_ml": np.count_nonzero((raw_lungs > 0) & (lungs == 0)) * voxel_ml}
+        for other in OTHER_LESION_MODELS:  # the optional shipped lesion models: false positives only
+            if shipped_model(other, required=False):
+                (extra, _), = predict_volume([load_run(shipped_model(other))], image, geometry_of(img))
+                results[name][f"{other}_in_lungs_ml"] = np.count_nonzero((extra > 0) & (lungs > 0)) * voxel_ml
+                results[name][f"{other}_written_ml"] = np.count_nonzero(
+                    lesions_near_lungs(extra, lungs, geometry_of(img))) * voxel_ml
         if name.startswith("copdgene"):
             ref = np.asarray(nib.load(SAMPLES / "copdgene-10002K-lungs-64.nii.gz").dataobj)
             results[name].update({f"dice_{side}": dice(lungs == v, ref == v) for side, v in (("right", 1), ("left", 2))})
@@ -75,6 +82,11 @@ in HU and go through the same CLAHE convention as the 8-bit training slices.
 | cmb-crc-chest-ct (no COVID-19) | lesion model, false-positive lesion volume inside the lungs | {m['lesion_in_lungs_ml']:.1f} mL |
 | both (no COVID-19) | false-positive lesion volume anywhere: raw model / as written by `slice2d predict` (lesions within {LUNG_MARGIN_MM:g} mm of the lung map) | copdgene {c['lesion_ml']:.0f} / {c['lesion_written_ml']:.0f} mL, cmb-crc {m['lesion_ml']:.0f} / {m['lesion_written_ml']:.0f} mL |
 """
+    for other in OTHER_LESION_MODELS:
+        if f"{other}_in_lungs_ml" in c:
+            md += (f"| both (no COVID-19) | `checkpoints/{other}`: false-positive lesion volume inside the lungs / as written "
+                   f"by `slice2d predict` | copdgene {c[f'{other}_in_lungs_ml']:.1f} / {c[f'{other}_written_ml']:.0f} mL, "
+                   f"cmb-crc {m[f'{other}_in_lungs_ml']:.1f} / {m[f'{other}_written_ml']:.0f} mL |\n")
     write_section("shipped-on-scans", md, {"machine": machine(), "results": results})
 
 

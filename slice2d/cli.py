@@ -183,7 +183,7 @@ def train(
 def predict(
     input: Annotated[Path, typer.Argument(help="A .nii/.nii.gz volume, a folder of them, or a folder of PNG/JPG slices.")],
     out: Annotated[Path, typer.Option(help="Output folder; masks get the input's file names.")],
-    model: Annotated[Optional[Path], typer.Option(help="Run folder written by `slice2d train` (default: the shipped lesion model, checkpoints/lesions).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Run folder written by `slice2d train` (default: the shipped lesion model, checkpoints/lesions at 256x256; checkpoints/lesions-128 is faster, less accurate).")] = None,
     lungs_model: Annotated[Optional[Path], typer.Option(help="Lung model run folder (default: the shipped checkpoints/lungs, else the built-in lung extraction for HU volumes).")] = None,
     lobes_model: Annotated[Optional[Path], typer.Option(help="Lobe model run folder (default: six lung zones).")] = None,
     lobes: Annotated[Optional[Path], typer.Option(help="Folder of lobe maps named like the inputs, instead of a lobe model.")] = None,
@@ -208,13 +208,15 @@ def predict(
     from slice2d.images import is_image
     from slice2d.pipeline import SeverityOptions, assess_files, assess_slice_folder
     from slice2d.io import writable_folder
-    from slice2d.predict import input_files, load_run, predict_files, run_config, shipped_model, with_threshold
+    from slice2d.predict import (SHIPPED, input_files, load_run, predict_files, run_config, shipped_model,
+                                 with_threshold)
 
     with _user_errors():
         if lobes is not None and lobes_model is not None:
             raise typer.BadParameter("give --lobes or --lobes-model, not both")
         model = model or shipped_model("lesions")
-        if lungs_model is None and model == shipped_model("lesions", required=False):
+        shipped_lesions = Path(model).resolve().parent == SHIPPED and run_config(model).data.task == "lesions"
+        if lungs_model is None and shipped_lesions:
             lungs_model = shipped_model("lungs", required=False)
         options = SeverityOptions(scheme.value, lobe_labels.value, *_ZONES[zones.value])
         if input.is_dir() and any(is_image(p) for p in input.iterdir()) and not list(input.glob("*.nii*")):

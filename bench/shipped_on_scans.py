@@ -54,8 +54,8 @@ def main() -> None:
                          "agreement_with_builtin": dice(lungs > 0, builtin > 0),
                          "lung_pieces_dropped_ml": np.count_nonzero((raw_lungs > 0) & (lungs == 0)) * voxel_ml}
         for other in OTHER_LESION_MODELS:  # the optional shipped lesion models: false positives only
-            if shipped_model(other, required=False):
-                (extra, _), = predict_volume([load_run(shipped_model(other))], image, geometry_of(img))
+            if path := shipped_model(other, required=False):
+                (extra, _), = predict_volume([load_run(path)], image, geometry_of(img))
                 results[name][f"{other}_in_lungs_ml"] = np.count_nonzero((extra > 0) & (lungs > 0)) * voxel_ml
                 results[name][f"{other}_written_ml"] = np.count_nonzero(
                     lesions_near_lungs(extra, lungs, geometry_of(img))) * voxel_ml

@@ -215,7 +215,7 @@ def predict(
         if lobes is not None and lobes_model is not None:
             raise typer.BadParameter("give --lobes or --lobes-model, not both")
         model = model or shipped_model("lesions")
-        shipped_lesions = Path(model).resolve().parent == SHIPPED and run_config(model).data.task == "lesions"
+        shipped_lesions = model.resolve().parent == SHIPPED and run_config(model).data.task == "lesions"
         if lungs_model is None and shipped_lesions:
             lungs_model = shipped_model("lungs", required=False)
         options = SeverityOptions(scheme.value, lobe_labels.value, *_ZONES[zones.value])

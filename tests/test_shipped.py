@@ -62,7 +62,6 @@ def test_predict_without_model_on_a_real_scan(tmp_path):
     assert 3000 < report["lung_ml"] < 8000, report["lung_ml"]   # plausible adult lungs
 
 
-
 def test_predict_with_the_faster_lesion_model_uses_the_shipped_lung_model_too(tmp_path):
     if not (SHARED / "covid-ct-slices").is_dir():
         pytest.skip(f"real slices not found at {SHARED}")

@@ -20,6 +20,10 @@ on its own validation slices and written into its config.yaml, then the test fol
 it (`<out>/<task>-<size>-cv-calibrated.json`). Already trained runs are reused:
 
     python bench/real_cv.py lesions --folds 5 --calibrate --out runs/real4
+
+With --tta the network is averaged over mirror images of each slice (``predict.mirror``) for
+calibration and testing alike (`...-cv-calibrated-tta.json`); the threshold so chosen is recorded
+in the results only, not in the run's config.yaml.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from slice2d.config import PredictConfig, load_config
 from slice2d.dataset import SliceFile, prepare, remap_labels, split_lungs_by_side
 from slice2d.images import read_label_slice, read_patients, read_slice, slice_geometry
 from slice2d.io import atomic_path
-from slice2d.predict import load_run, predict_array
+from slice2d.predict import load_run, predict_array, with_threshold
 from slice2d.train import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -84,8 +88,8 @@ def _dice(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int]:
     return int(np.count_nonzero(pred & ref)), int(np.count_nonzero(pred) + np.count_nonzero(ref))
 
 
-def evaluate_fold(run_dir: Path, files: dict[str, Path]) -> dict:
-    run = load_run(run_dir)
+def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None = None, mirror: bool = False) -> dict:
+    run = with_threshold(load_run(run_dir), threshold, mirror)
     data = run.cfg.data
     test = set(json.loads((run_dir / "splits.json").read_text())["test"])  # the fold: unseen by training
     result = {}
@@ -123,11 +127,12 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path]) -> dict:
 THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 
 
-def calibrate(run_dir: Path, files: dict[str, Path]) -> dict:
+def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> dict:
     """Choose the run's ``predict.foreground_threshold`` on its validation slices (never its test
     fold): the candidate with the best mean per-slice Dice, averaged over data sets and foreground
-    classes (ties: the one nearer 0.5). Writes it into the run's config.yaml; returns the scores."""
-    run = load_run(run_dir)
+    classes (ties: the one nearer 0.5). Without ``mirror`` it is written into the run's
+    config.yaml. Returns it and the scores."""
+    run = with_threshold(load_run(run_dir), None, mirror)
     data = run.cfg.data
     val = set(json.loads((run_dir / "splits.json").read_text())["val"])
     scores = {t: [] for t in THRESHOLDS}
@@ -148,9 +153,10 @@ def calibrate(run_dir: Path, files: dict[str, Path]) -> dict:
             scores[t] += [float(np.mean(d)) for d in per[t].values() if d]
     mean = {t: float(np.mean(v)) for t, v in scores.items()}
     best = max(THRESHOLDS, key=lambda t: (round(mean[t], 6), -abs(t - 0.5)))
-    cfg = run.cfg.updated(predict={"foreground_threshold": best})
-    with atomic_path(run_dir / "config.yaml") as tmp:
-        tmp.write_text(cfg.to_yaml())
+    if not mirror:
+        cfg = run.cfg.updated(predict={"foreground_threshold": best})
+        with atomic_path(run_dir / "config.yaml") as tmp:
+            tmp.write_text(cfg.to_yaml())
     return {"threshold": best, "val_dice_by_threshold": {str(t): m for t, m in mean.items()}}
 
 
@@ -168,12 +174,14 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true",
                         help="choose each run's foreground threshold on its validation slices (written into its "
                              "config.yaml) before testing; results in <task>-<size>-cv-calibrated.json")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over mirror images of each slice (predict.mirror) when calibrating and testing")
     parser.add_argument("--final", action="store_true",
                         help="train once on all patients (validation split only, no test fold): the model to ship")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     files = slice_files(args.task, args.out, args.size)
-    results_path = args.out / f"{args.task}-{args.size}-cv{'-calibrated' if args.calibrate else ''}.json"
+    results_path = args.out / f"{args.task}-{args.size}-cv{'-calibrated' if args.calibrate else ''}{'-tta' if args.tta else ''}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     folds = [None] if args.final else args.only if args.only is not None else range(args.folds)
     for fold in folds:
@@ -190,11 +198,12 @@ def main() -> None:
             if args.schedule:
                 cfg = cfg.updated(train={"schedule": args.schedule})
             train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2)
-        calibration = calibrate(run_dir, files) if args.calibrate else None
+        calibration = calibrate(run_dir, files, mirror=args.tta) if args.calibrate else None
         if fold is None:
             print(f"trained {run_dir} in {time.perf_counter() - start:.0f} s", calibration or "")
             return
-        results[str(fold)] = {"sets": evaluate_fold(run_dir, files), "seconds": time.perf_counter() - start,
+        threshold = calibration["threshold"] if calibration and args.tta else None
+        results[str(fold)] = {"sets": evaluate_fold(run_dir, files, threshold, args.tta), "seconds": time.perf_counter() - start,
                               "machine": f"{platform.machine()} {platform.node()}"}
         if calibration:
             results[str(fold)]["calibration"] = calibration

@@ -146,9 +146,15 @@ class PredictConfig(_Frozen):
     argmax (the same rule for two classes). 0.5 is the plain argmax. A model trained with the focal
     loss tends to be under-confident, and a lower t chosen on a validation split can fit better
     (``bench/real_cv.py --calibrate``); a run folder records the one chosen for it.
+
+    ``mirror``: test-time augmentation; the class probabilities are averaged over the slice and its
+    mirror images that the model's labels do not change under (``predict.mirror_axes``): up-down
+    when it was trained with vertical flips, and left-right for lesion models only (lung and lobe
+    labels name a side). Up to 4 network passes per slice.
     """
 
     foreground_threshold: float = Field(0.5, gt=0, lt=1)
+    mirror: bool = False
 
     @property
     def background_weight(self) -> float:

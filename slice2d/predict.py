@@ -102,11 +102,17 @@ def load_run(path: str | Path, background: bool = False, warm_up: int | None = N
     return Run(path=path, cfg=cfg, loaded=future if background else future.result())
 
 
-def with_threshold(run: Run, threshold: float | None) -> Run:
-    """``run`` predicting with another ``predict.foreground_threshold`` (None: unchanged)."""
-    if threshold is None:
-        return run
-    return dataclasses.replace(run, cfg=run.cfg.updated(predict={"foreground_threshold": threshold}))
+def with_threshold(run: Run, threshold: float | None, mirror: bool | None = None) -> Run:
+    """``run`` predicting with another ``predict.foreground_threshold`` and/or ``predict.mirror``
+    (None: unchanged)."""
+    changes = {k: v for k, v in {"foreground_threshold": threshold, "mirror": mirror}.items() if v is not None}
+    return dataclasses.replace(run, cfg=run.cfg.updated(predict=changes)) if changes else run
+
+
+def mirror_axes(cfg: Config) -> tuple[int, ...]:
+    """Axes of a (N, rows, columns) slice batch whose mirror image the model's labels do not change
+    under: rows (up-down) if it was trained with vertical flips, columns (left-right) for lesions."""
+    return tuple(axis for axis, ok in ((1, cfg.train.augment.vertical_flip > 0), (2, cfg.data.task == "lesions")) if ok)
 
 
 def load_trained_model(path: Path):
@@ -152,15 +158,22 @@ def _has_gpu() -> bool:
 def predict_slices(run: Run, slices: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """Network probabilities (N, size, size, C) for normalised slices (N, size, size).
 
-    Batches are padded to one fixed size so that the compiled graph is traced once.
+    Batches are padded to one fixed size so that the compiled graph is traced once. With
+    ``predict.mirror`` each batch also goes through mirrored (``mirror_axes``) and the
+    probabilities, mirrored back, are averaged.
     """
     n = len(slices)
+    axes = mirror_axes(run.cfg) if run.cfg.predict.mirror else ()
+    flips = [tuple(a for k, a in enumerate(axes) if i >> k & 1) for i in range(2 ** len(axes))]  # every subset
     out = np.empty((n, *slices.shape[1:], len(run.cfg.data.classes)), dtype=np.float32)
     batch = np.zeros((batch_size, *slices.shape[1:], 1), dtype=np.float32)
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         batch[: stop - start, ..., 0] = slices[start:stop]
-        out[start:stop] = np.asarray(run.model.predict_on_batch(batch))[: stop - start]
+        total = np.array(run.model.predict_on_batch(batch), dtype=np.float32)
+        for flip in flips[1:]:
+            total += np.flip(np.asarray(run.model.predict_on_batch(np.flip(batch, flip).copy())), flip)
+        out[start:stop] = total[: stop - start] / len(flips)
     return out
 
 

@@ -480,3 +480,37 @@ def test_the_run_s_foreground_threshold_decides_the_labels():
         np.testing.assert_array_equal((labels == 1)[decided], (probs[..., 1] > t)[decided])
         found[t] = labels == 1
     assert found[0.5].sum() < found[0.2].sum() and not (found[0.5] & ~found[0.2]).any()
+
+
+class _SideModel:
+    """A stand-in network that is not mirror-symmetric: its class-1 probability rises from the
+    top-left corner, so each mirror image gives another answer."""
+
+    def predict_on_batch(self, batch):
+        n, h, w, _ = batch.shape
+        ramp = np.add.outer(np.arange(h), 2 * np.arange(w)) / (h + 2 * w)
+        p1 = np.clip(0.5 * batch[..., 0] + 0.5 * ramp, 0, 1)
+        return np.stack([1 - p1, p1], axis=-1).astype(np.float32)
+
+
+@pytest.mark.parametrize("task, vertical, axes", [("lesions", 0.5, (1, 2)), ("lungs", 0.5, (1,)),
+                                                  ("lesions", 0.0, (2,)), ("lobes", 0.0, ())])
+def test_mirror_averages_over_the_flips_the_labels_allow(task, vertical, axes):
+    """With ``predict.mirror`` the probabilities are the mean over the slice and its mirror images
+    (mirrored back): left-right only for lesions (lung and lobe labels name a side), up-down only
+    for models trained with vertical flips."""
+    from slice2d.config import Config
+    from slice2d.predict import Run, mirror_axes, predict_slices, with_threshold
+
+    cfg = Config().updated(data={"task": task, "size": 16}, train={"augment": {"vertical_flip": vertical}})
+    assert mirror_axes(cfg) == axes
+    run = Run(path=Path("."), cfg=cfg, loaded=_SideModel())
+    slices = np.random.default_rng(0).random((5, 16, 16), dtype=np.float32)
+    plain = predict_slices(run, slices, batch_size=4)
+    mirrored = predict_slices(with_threshold(run, None, mirror=True), slices, batch_size=4)
+    model = _SideModel()
+    expected = np.mean([np.flip(model.predict_on_batch(np.flip(slices[..., None], flip)), flip)
+                        for flip in ((), (1,), (2,), (1, 2)) if set(flip) <= set(axes)], axis=0)
+    np.testing.assert_allclose(mirrored, expected, atol=1e-6)
+    np.testing.assert_allclose(mirrored.sum(axis=-1), 1.0, atol=1e-6)
+    assert np.abs(mirrored - plain).max() > 0.05 if axes else np.array_equal(mirrored, plain)

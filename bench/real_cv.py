@@ -24,6 +24,12 @@ it (`<out>/<task>-<size>-cv-calibrated.json`). Already trained runs are reused:
 With --tta the network is averaged over mirror images of each slice (``predict.mirror``) for
 calibration and testing alike (`...-cv-calibrated-tta.json`); the threshold so chosen is recorded
 in the results only, not in the run's config.yaml.
+
+With --with-lungs TEMPLATE (a lesion CV; e.g. `runs/real/lungs-128-fold{fold}`: lung runs of the
+same folds, so the same test patients) each test lesion map is first cut to the lung map of that
+fold's lung model, as `slice2d predict` does (``slicing.lesions_near_lungs``: in-plane lesion
+pieces with no pixel within 5 pixels of the lungs dropped): the pipeline's accuracy, not the bare
+model's (`...-with-lungs.json`).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from slice2d.dataset import SliceFile, prepare, remap_labels, split_lungs_by_sid
 from slice2d.images import read_label_slice, read_patients, read_slice, slice_geometry
 from slice2d.io import atomic_path
 from slice2d.predict import load_run, predict_array, with_threshold
+from slice2d.slicing import lesions_near_lungs
 from slice2d.train import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -88,8 +95,10 @@ def _dice(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int]:
     return int(np.count_nonzero(pred & ref)), int(np.count_nonzero(pred) + np.count_nonzero(ref))
 
 
-def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None = None, mirror: bool = False) -> dict:
+def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None = None, mirror: bool = False,
+                  lung_dir: Path | None = None) -> dict:
     run = with_threshold(load_run(run_dir), threshold, mirror)
+    lung_run = with_threshold(load_run(lung_dir), None, mirror) if lung_dir else None
     data = run.cfg.data
     test = set(json.loads((run_dir / "splits.json").read_text())["test"])  # the fold: unseen by training
     result = {}
@@ -102,7 +111,11 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
         # per patient [intersection, pixels of prediction + reference]; the set's pooled Dice sums them
         per_class = {c: {"dice": [], "iou": [], "patients": {}} for c in groups}
         for patient, image, ref in _labelled_slices(path, test, data):
-            pred = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8")[0][:, :, 0]
+            pred = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8")[0]
+            if lung_run is not None:
+                lungs = predict_array(lung_run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8")[0]
+                pred = lesions_near_lungs(pred, lungs, slice_geometry(image.shape))
+            pred = pred[:, :, 0]
             for c, acc in per_class.items():
                 inter, total = _dice(np.isin(pred, groups[c]), np.isin(ref, groups[c]))
                 acc["dice"].append(1.0 if total == 0 else 2 * inter / total)
@@ -176,12 +189,15 @@ def main() -> None:
                              "config.yaml) before testing; results in <task>-<size>-cv-calibrated.json")
     parser.add_argument("--tta", action="store_true",
                         help="average over mirror images of each slice (predict.mirror) when calibrating and testing")
+    parser.add_argument("--with-lungs", default=None, metavar="TEMPLATE",
+                        help="lung run of each fold, e.g. runs/real/lungs-128-fold{fold}: cut each test lesion map to "
+                             "its lung map first, as slice2d predict does")
     parser.add_argument("--final", action="store_true",
                         help="train once on all patients (validation split only, no test fold): the model to ship")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     files = slice_files(args.task, args.out, args.size)
-    results_path = args.out / f"{args.task}-{args.size}-cv{'-calibrated' if args.calibrate else ''}{'-tta' if args.tta else ''}.json"
+    results_path = args.out / f"{args.task}-{args.size}-cv{'-calibrated' if args.calibrate else ''}{'-tta' if args.tta else ''}{'-with-lungs' if args.with_lungs else ''}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     folds = [None] if args.final else args.only if args.only is not None else range(args.folds)
     for fold in folds:
@@ -203,7 +219,8 @@ def main() -> None:
             print(f"trained {run_dir} in {time.perf_counter() - start:.0f} s", calibration or "")
             return
         threshold = calibration["threshold"] if calibration and args.tta else None
-        results[str(fold)] = {"sets": evaluate_fold(run_dir, files, threshold, args.tta), "seconds": time.perf_counter() - start,
+        lung_dir = Path(args.with_lungs.format(fold=fold)) if args.with_lungs else None
+        results[str(fold)] = {"sets": evaluate_fold(run_dir, files, threshold, args.tta, lung_dir), "seconds": time.perf_counter() - start,
                               "machine": f"{platform.machine()} {platform.node()}"}
         if calibration:
             results[str(fold)]["calibration"] = calibration

@@ -29,7 +29,7 @@ from slice2d.io import (
 from slice2d.predict import PREDICT_BATCH
 from slice2d.report import severity_figure
 from slice2d.severity import severity_report, write_cohort_csv, write_report
-from slice2d.slicing import lesions_near_lungs
+from slice2d.slicing import lesions_near_lungs, lungs_with_lesions
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,11 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
 
     lesion_run, lung_run, lobe_run: loaded runs (``predict.load_run``); without ``lung_run`` the
     built-in lung extraction is used; without a lobe source the lungs are cut into six zones.
-    lungs_only: with a lung model, lesions farther than ``LUNG_MARGIN_MM`` from its lung map (within
-    their axial slice) are dropped from the written lesion map (the severity report counts lung
-    voxels only either way), and the lesion model only segments the slices where that map has
-    lung: its output elsewhere would be dropped. Not with the built-in extraction, whose HU
+    lungs_only: with a lung model, lesions that lie wholly outside its lung map (no pixel within
+    ``LUNG_MARGIN_MM`` of it in their axial slice, ``slicing.lesions_near_lungs``) are dropped
+    from the written lesion map, the lesions kept are added to the lung map where the model left
+    them out (``slicing.lungs_with_lesions``: dense consolidation), and the lesion model only
+    segments the slices where the lung map has lung: its output elsewhere would be dropped. Not with the built-in extraction, whose HU
     threshold leaves dense consolidation out of the lungs: on the demo phantoms it would drop true
     lesions. A lung model's map loses pieces smaller than 1 % of its largest piece
     (``slicing.drop_small_components``).
@@ -113,6 +114,7 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
             lobes = _load_labels_on_grid(lobes_dir / path.name, img, path, "lobe map")
         if lungs_only and lung_run is not None:  # not with the built-in extraction: it leaves out dense consolidation
             lesions = lesions_near_lungs(lesions, lungs, geometry)
+            lungs = lungs_with_lesions(lungs, lesions, geometry)
         save_like(lesions, img, out_dir / path.name)
         save_like(lungs, img, out_dir / "lungs" / path.name)
         if probs is not None:
@@ -203,8 +205,8 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
     distance assumed, the first file taken as the most superior slice), and scored: the report
     ``out_dir/severity/<folder>.json`` uses the six zones (PI% does not depend on the unknown
     spacing; its mL figures assume 1 mm voxels). Returns the report, or None when it was not made.
-    lungs_only: with a lung model, lesions farther than ``LUNG_MARGIN_MM`` pixels from the lung map
-    are dropped (as in ``assess_files``; pixels count as 1 mm).
+    lungs_only: with a lung model, lesions wholly outside its lung map are dropped and the kept
+    ones added to the lung map, as in ``assess_files`` (pixels count as 1 mm).
     """
     from slice2d.images import list_images, read_slice, slice_geometry
     from slice2d.predict import predict_array, predict_volume
@@ -229,6 +231,8 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
     if lungs_only and lung_maps:
         lesion_maps = [lesions_near_lungs(les[:, :, None], lung[:, :, None], slice_geometry(les.shape))[:, :, 0]
                        for les, lung in zip(lesion_maps, lung_maps)]
+        lung_maps = [lungs_with_lesions(lung[:, :, None], les[:, :, None], slice_geometry(les.shape))[:, :, 0]
+                     for les, lung in zip(lesion_maps, lung_maps)]
     for k, path in enumerate(files):
         _write_png(np.rot90(lesion_maps[k], k=rotate), out_dir / f"{path.stem}.png")
         if lung_maps:

@@ -194,11 +194,10 @@ def lesions_near_lungs(lesions: np.ndarray, lungs: np.ndarray, geometry: Geometr
 
 def lungs_with_lesions(lungs: np.ndarray, lesions: np.ndarray, geometry: Geometry) -> np.ndarray:
     """The lung map with the lesion pixels outside it added (a new array), each given the label of
-    the nearest lung pixel in its axial slice (right or left lung), so that lesion the lung model
-    left out still counts as diseased lung in the severity report. Use on ``lesions_near_lungs``'
-    output, whose lesions all touch the lungs; slices without lung gain nothing."""
-    from scipy import ndimage  # imported only when used
-
+    the nearest lung pixel in its axial slice (right or left lung; pixels taken as square, as CT's
+    in-plane pixels are), so that lesion the lung model left out still counts as diseased lung in
+    the severity report. Use on ``lesions_near_lungs``' output, whose lesions all touch the lungs;
+    slices without lung gain nothing."""
     out = np.array(to_canonical(lungs, geometry))
     extra = to_canonical(lesions, geometry) > 0
     extra &= out == 0
@@ -206,9 +205,12 @@ def lungs_with_lesions(lungs: np.ndarray, lesions: np.ndarray, geometry: Geometr
         rows, cols = np.nonzero((out[:, :, k] > 0) | extra[:, :, k])  # the box holds every lung pixel
         box = np.s_[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
         lung, where = out[:, :, k][box], extra[:, :, k][box]
-        _, (r, c) = ndimage.distance_transform_edt(lung == 0, return_indices=True,
-                                                   sampling=geometry.canonical_spacing[:2])
-        lung[where] = lung[r[where], c[where]]  # a view: writes into ``out``
+        # every pixel gets the index of its nearest lung pixel (each lung pixel its own index)
+        _, nearest = cv2.distanceTransformWithLabels((lung == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5,
+                                                     labelType=cv2.DIST_LABEL_PIXEL)
+        side = np.zeros(int(nearest.max()) + 1, out.dtype)
+        side[nearest[lung > 0]] = lung[lung > 0]
+        lung[where] = side[nearest[where]]  # a view: writes into ``out``
     return from_canonical(out, geometry)
 
 

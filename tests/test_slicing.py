@@ -158,18 +158,23 @@ def test_lesions_far_from_the_lungs_are_dropped(order):
     expected = lesions.copy()
     expected[15, 35, 3] = expected[15, 12, 5] = 0
     expected[34:38, 34:38, 2] = 0
-    spacing = np.array([1.0, 1.0, 3.0])
     # the same scene stored with its axes in another order: the margin still runs within axial slices
+    lungs_in, lesions_in, geometry = _reordered(lungs, lesions, (1.0, 1.0, 3.0), order)
+    before = lesions_in.copy()
+    kept = lesions_near_lungs(lesions_in, lungs_in, geometry)
+    np.testing.assert_array_equal(kept, np.transpose(expected, order))
+    assert kept.dtype == lesions_in.dtype
+    np.testing.assert_array_equal(lesions_in, before)  # the input is left alone
+
+
+def _reordered(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float, float, float], order: tuple[int, ...]):
+    """Both maps stored with their axes in ``order``, and the geometry of that storage."""
     affine = np.zeros((4, 4))
     affine[3, 3] = 1
     for axis, src in enumerate(order):
         affine[src, axis] = spacing[src]
-    lungs_in, lesions_in = np.transpose(lungs, order), np.transpose(lesions, order)
-    before = lesions_in.copy()
-    kept = lesions_near_lungs(lesions_in, lungs_in, geometry_of(nib.Nifti1Image(lungs_in, affine)))
-    np.testing.assert_array_equal(kept, np.transpose(expected, order))
-    assert kept.dtype == lesions_in.dtype
-    np.testing.assert_array_equal(lesions_in, before)  # the input is left alone
+    lungs_in = np.transpose(lungs, order)
+    return lungs_in, np.transpose(lesions, order), geometry_of(nib.Nifti1Image(lungs_in, affine))
 
 
 @pytest.mark.parametrize("order", [(0, 1, 2), (1, 2, 0)])
@@ -190,14 +195,9 @@ def test_lesions_outside_the_lung_map_join_the_nearest_lung(order):
     expected[10:20, 2:5, 1] = 1
     expected[10:12, 35:39, 1] = 2
     expected[10:12, 16:18, 2] = 1
-    spacing = np.array([0.8, 0.8, 2.5])
-    affine = np.zeros((4, 4))
-    affine[3, 3] = 1
-    for axis, src in enumerate(order):
-        affine[src, axis] = spacing[src]
-    lungs_in, lesions_in = np.transpose(lungs, order), np.transpose(lesions, order)
+    lungs_in, lesions_in, geometry = _reordered(lungs, lesions, (0.8, 0.8, 2.5), order)
     before = lungs_in.copy()
-    out = lungs_with_lesions(lungs_in, lesions_in, geometry_of(nib.Nifti1Image(lungs_in, affine)))
+    out = lungs_with_lesions(lungs_in, lesions_in, geometry)
     np.testing.assert_array_equal(out, np.transpose(expected, order))
     assert out.dtype == lungs_in.dtype
     np.testing.assert_array_equal(lungs_in, before)

@@ -46,7 +46,7 @@ from slice2d.config import PredictConfig, load_config
 from slice2d.dataset import SliceFile, prepare, remap_labels, split_lungs_by_side
 from slice2d.images import read_label_slice, read_patients, read_slice, slice_geometry
 from slice2d.io import atomic_path
-from slice2d.predict import load_run, predict_array, with_threshold
+from slice2d.predict import load_run, predict_array, with_options
 from slice2d.slicing import lesions_near_lungs
 from slice2d.train import train
 
@@ -97,8 +97,8 @@ def _dice(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int]:
 
 def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None = None, mirror: bool = False,
                   lung_dir: Path | None = None) -> dict:
-    run = with_threshold(load_run(run_dir), threshold, mirror)
-    lung_run = with_threshold(load_run(lung_dir), None, mirror) if lung_dir else None
+    run = with_options(load_run(run_dir), threshold, mirror)
+    lung_run = with_options(load_run(lung_dir), mirror=mirror) if lung_dir else None
     data = run.cfg.data
     test = set(json.loads((run_dir / "splits.json").read_text())["test"])  # the fold: unseen by training
     result = {}
@@ -111,10 +111,11 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
         # per patient [intersection, pixels of prediction + reference]; the set's pooled Dice sums them
         per_class = {c: {"dice": [], "iou": [], "patients": {}} for c in groups}
         for patient, image, ref in _labelled_slices(path, test, data):
-            pred = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8")[0]
+            geometry = slice_geometry(image.shape)
+            pred = predict_array(run, image[:, :, None], geometry, batch_size=1, kind="uint8")[0]
             if lung_run is not None:
-                lungs = predict_array(lung_run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8")[0]
-                pred = lesions_near_lungs(pred, lungs, slice_geometry(image.shape))
+                lungs = predict_array(lung_run, image[:, :, None], geometry, batch_size=1, kind="uint8")[0]
+                pred = lesions_near_lungs(pred, lungs, geometry)
             pred = pred[:, :, 0]
             for c, acc in per_class.items():
                 inter, total = _dice(np.isin(pred, groups[c]), np.isin(ref, groups[c]))
@@ -145,7 +146,7 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> di
     fold): the candidate with the best mean per-slice Dice, averaged over data sets and foreground
     classes (ties: the one nearer 0.5). Without ``mirror`` it is written into the run's
     config.yaml. Returns it and the scores."""
-    run = with_threshold(load_run(run_dir), None, mirror)
+    run = with_options(load_run(run_dir), mirror=mirror)
     data = run.cfg.data
     val = set(json.loads((run_dir / "splits.json").read_text())["val"])
     scores = {t: [] for t in THRESHOLDS}

@@ -39,15 +39,16 @@ def main() -> None:
     for name in ("copdgene-10002K-ct-64", "cmb-crc-chest-ct"):
         img = nib.load(SAMPLES / f"{name}.nii.gz")
         image = read_array(img, name)
+        geometry = geometry_of(img)
         # the lung map as `slice2d predict` writes it (small pieces dropped) and the raw lesion map
-        lesions, lungs = (m for m, _ in predict_volume([lesion_run, lung_run], image, geometry_of(img), lung_run=lung_run))
-        (raw_lungs, _), = predict_volume([lung_run], image, geometry_of(img))
+        lesions, lungs = (m for m, _ in predict_volume([lesion_run, lung_run], image, geometry, lung_run=lung_run))
+        (raw_lungs, _), = predict_volume([lung_run], image, geometry)
         voxel_ml = abs(float(np.linalg.det(img.affine[:3, :3]))) / 1000
         builtin = extract_lungs_nifti(img)
         # what `slice2d predict` writes: the lesions that touch the lungs (within LUNG_MARGIN_MM), and
         # the lung map with those of them it had left out added
-        written = lesions_near_lungs(lesions, lungs, geometry_of(img))
-        written_lungs = lungs_with_lesions(lungs, written, geometry_of(img))
+        written = lesions_near_lungs(lesions, lungs, geometry)
+        written_lungs = lungs_with_lesions(lungs, written, geometry)
         results[name] = {"right_ml": np.count_nonzero(lungs == 1) * voxel_ml,
                          "left_ml": np.count_nonzero(lungs == 2) * voxel_ml,
                          "written_lungs_ml": np.count_nonzero(written_lungs) * voxel_ml,
@@ -58,10 +59,10 @@ def main() -> None:
                          "lung_pieces_dropped_ml": np.count_nonzero((raw_lungs > 0) & (lungs == 0)) * voxel_ml}
         for other in OTHER_LESION_MODELS:  # the optional shipped lesion models: false positives only
             if path := shipped_model(other, required=False):
-                (extra, _), = predict_volume([load_run(path)], image, geometry_of(img))
+                (extra, _), = predict_volume([load_run(path)], image, geometry)
                 results[name][f"{other}_in_lungs_ml"] = np.count_nonzero((extra > 0) & (lungs > 0)) * voxel_ml
                 results[name][f"{other}_written_ml"] = np.count_nonzero(
-                    lesions_near_lungs(extra, lungs, geometry_of(img))) * voxel_ml
+                    lesions_near_lungs(extra, lungs, geometry)) * voxel_ml
         if name.startswith("copdgene"):
             ref = np.asarray(nib.load(SAMPLES / "copdgene-10002K-lungs-64.nii.gz").dataobj)
             results[name].update({f"dice_{side}": dice(lungs == v, ref == v) for side, v in (("right", 1), ("left", 2))})

@@ -195,8 +195,8 @@ def predict(
     probabilities: Annotated[bool, typer.Option(help="Also write class probabilities to OUT/probabilities/.")] = False,
     rotate: Annotated[int, typer.Option(help="Slice images only: quarter turns clockwise that bring them upright.")] = 0,
     threshold: Annotated[Optional[float], typer.Option(min=0.01, max=0.99, help="Foreground threshold of the lesion model (default: the one in its config.yaml; the shipped model's was chosen on its validation split). Lower finds more lesion, and more false positives.")] = None,
-    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Test-time augmentation: average each model over mirror images of the slices (lesions: up-down and left-right, 4 passes; lungs: up-down, 2). Slower; in 5-fold CV +0.01 lesion Dice (BENCHMARKS.md).")] = False,
-    lungs_only: Annotated[bool, typer.Option("--lungs-only/--anywhere", help="With a lung model: drop lesions more than 5 mm (in-plane) outside its lung map from the written lesion map; --anywhere keeps the model's raw map.")] = True,
+    tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Test-time augmentation: average each model over mirror images of the slices (lesions: up-down and left-right, 4 passes; lungs: up-down, 2). Slower; in 5-fold CV +0.01 lesion Dice (BENCHMARKS.md). Default: each model's predict.mirror (off in the shipped models).")] = None,
+    lungs_only: Annotated[bool, typer.Option("--lungs-only/--anywhere", help="With a lung model: drop lesions wholly outside its lung map (no pixel of an in-plane piece within 5 mm of it) from the written lesion map, and add the kept lesion it missed to the lung map; --anywhere keeps the model's raw map.")] = True,
     quiet: Quiet = False,
 ) -> None:
     """Segment CT volumes; each mask has exactly the input's shape and affine.
@@ -210,7 +210,7 @@ def predict(
     from slice2d.pipeline import SeverityOptions, assess_files, assess_slice_folder
     from slice2d.io import writable_folder
     from slice2d.predict import (SHIPPED, input_files, load_run, predict_files, run_config, shipped_model,
-                                 with_threshold)
+                                 with_options)
 
     with _user_errors():
         if lobes is not None and lobes_model is not None:
@@ -221,8 +221,9 @@ def predict(
             lungs_model = shipped_model("lungs", required=False)
         options = SeverityOptions(scheme.value, lobe_labels.value, *_ZONES[zones.value])
         if input.is_dir() and any(is_image(p) for p in input.iterdir()) and not list(input.glob("*.nii*")):
-            run = with_threshold(load_run(model, background=True), threshold, tta)
-            lung_run = with_threshold(load_run(lungs_model, background=True), None, tta) if lungs_model and severity else None
+            run = with_options(load_run(model, background=True), threshold, tta)
+            lung_run = (with_options(load_run(lungs_model, background=True), mirror=tta)
+                        if lungs_model and severity else None)
             writable_folder(out)
             n = sum(1 for p in input.iterdir() if is_image(p))
             with _progress(n, "predict") as step:
@@ -234,10 +235,10 @@ def predict(
         # models load in the background while the first input is read and sliced; the lung model
         # first, because it runs first (the lesion model then only sees slices with lung)
         assess = severity and run_config(model).data.task == "lesions"
-        lung_run = (with_threshold(load_run(lungs_model, background=True, warm_up=batch_size), None, tta)
+        lung_run = (with_options(load_run(lungs_model, background=True, warm_up=batch_size), mirror=tta)
                     if lungs_model and assess else None)
-        run = with_threshold(load_run(model, background=True, warm_up=batch_size), threshold, tta)
-        lobe_run = (with_threshold(load_run(lobes_model, background=True, warm_up=batch_size), None, tta)
+        run = with_options(load_run(model, background=True, warm_up=batch_size), threshold, tta)
+        lobe_run = (with_options(load_run(lobes_model, background=True, warm_up=batch_size), mirror=tta)
                     if lobes_model and assess else None)
         writable_folder(out)
         with _progress(len(files), "predict") as step:

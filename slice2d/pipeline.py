@@ -76,9 +76,9 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
     ``LUNG_MARGIN_MM`` of it in their axial slice, ``slicing.lesions_near_lungs``) are dropped
     from the written lesion map, the lesions kept are added to the lung map where the model left
     them out (``slicing.lungs_with_lesions``: dense consolidation), and the lesion model only
-    segments the slices where the lung map has lung: its output elsewhere would be dropped. Not with the built-in extraction, whose HU
-    threshold leaves dense consolidation out of the lungs: on the demo phantoms it would drop true
-    lesions. A lung model's map loses pieces smaller than 1 % of its largest piece
+    segments the slices where the lung map has lung: its output elsewhere would be dropped. Not
+    with the built-in extraction, whose HU threshold leaves dense consolidation out of the lungs:
+    on the demo phantoms it would drop true lesions. A lung model's map loses pieces smaller than 1 % of its largest piece
     (``slicing.drop_small_components``).
     lobes_dir: folder of lobe maps named like the inputs (labelled as ``options.lobe_labels``).
     Writes ``out_dir/<name>`` (lesions), ``out_dir/lungs/<name>``, ``out_dir/lobes/<name>`` (with a
@@ -229,10 +229,10 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
     lesion_maps = maps[0]
     lung_maps = maps[1] if lung_run is not None else []
     if lungs_only and lung_maps:
-        lesion_maps = [lesions_near_lungs(les[:, :, None], lung[:, :, None], slice_geometry(les.shape))[:, :, 0]
-                       for les, lung in zip(lesion_maps, lung_maps)]
-        lung_maps = [lungs_with_lesions(lung[:, :, None], les[:, :, None], slice_geometry(les.shape))[:, :, 0]
-                     for les, lung in zip(lesion_maps, lung_maps)]
+        for k, (les, lung) in enumerate(zip(lesion_maps, lung_maps)):
+            geometry = slice_geometry(les.shape)
+            lesion_maps[k] = lesions_near_lungs(les[:, :, None], lung[:, :, None], geometry)[:, :, 0]
+            lung_maps[k] = lungs_with_lesions(lung[:, :, None], lesion_maps[k][:, :, None], geometry)[:, :, 0]
     for k, path in enumerate(files):
         _write_png(np.rot90(lesion_maps[k], k=rotate), out_dir / f"{path.stem}.png")
         if lung_maps:

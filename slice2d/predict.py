@@ -102,9 +102,9 @@ def load_run(path: str | Path, background: bool = False, warm_up: int | None = N
     return Run(path=path, cfg=cfg, loaded=future if background else future.result())
 
 
-def with_threshold(run: Run, threshold: float | None, mirror: bool | None = None) -> Run:
+def with_options(run: Run, threshold: float | None = None, mirror: bool | None = None) -> Run:
     """``run`` predicting with another ``predict.foreground_threshold`` and/or ``predict.mirror``
-    (None: unchanged)."""
+    (None: as in its config)."""
     changes = {k: v for k, v in {"foreground_threshold": threshold, "mirror": mirror}.items() if v is not None}
     return dataclasses.replace(run, cfg=run.cfg.updated(predict=changes)) if changes else run
 

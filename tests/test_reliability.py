@@ -466,7 +466,7 @@ def test_the_run_s_foreground_threshold_decides_the_labels():
     import nibabel as nib
 
     from slice2d.io import geometry_of
-    from slice2d.predict import predict_volume, with_threshold
+    from slice2d.predict import predict_volume, with_options
 
     soft = _threshold_run(("background", "lesion"), above=0.6)
     soft.model.layers[-1].set_weights([np.full((1, 1, 1, 2), [0.0, 8.0], np.float32), np.array([0.0, -4.8], np.float32)])
@@ -474,7 +474,7 @@ def test_the_run_s_foreground_threshold_decides_the_labels():
     geometry = geometry_of(nib.Nifti1Image(image, np.diag([1.0, 1.0, 3.0, 1.0])))
     found = {}
     for t in (0.5, 0.2):
-        run = with_threshold(soft, t)
+        run = with_options(soft, t)
         (labels, probs), = predict_volume([run], image, geometry, probabilities=True)
         decided = np.abs(probs[..., 1] - t) > 1e-5
         np.testing.assert_array_equal((labels == 1)[decided], (probs[..., 1] > t)[decided])
@@ -500,14 +500,14 @@ def test_mirror_averages_over_the_flips_the_labels_allow(task, vertical, axes):
     (mirrored back): left-right only for lesions (lung and lobe labels name a side), up-down only
     for models trained with vertical flips."""
     from slice2d.config import Config
-    from slice2d.predict import Run, mirror_axes, predict_slices, with_threshold
+    from slice2d.predict import Run, mirror_axes, predict_slices, with_options
 
     cfg = Config().updated(data={"task": task, "size": 16}, train={"augment": {"vertical_flip": vertical}})
     assert mirror_axes(cfg) == axes
     run = Run(path=Path("."), cfg=cfg, loaded=_SideModel())
     slices = np.random.default_rng(0).random((5, 16, 16), dtype=np.float32)
     plain = predict_slices(run, slices, batch_size=4)
-    mirrored = predict_slices(with_threshold(run, None, mirror=True), slices, batch_size=4)
+    mirrored = predict_slices(with_options(run, mirror=True), slices, batch_size=4)
     model = _SideModel()
     expected = np.mean([np.flip(model.predict_on_batch(np.flip(slices[..., None], flip)), flip)
                         for flip in ((), (1,), (2,), (1, 2)) if set(flip) <= set(axes)], axis=0)

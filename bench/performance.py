@@ -1,6 +1,6 @@
 """Speed and memory of slice2d on this machine; each part writes its section of BENCHMARKS.md.
 
-    python bench/performance.py train     # training slices/s, default U-Net, batch 16, 128x128 (XLA on/off; the old default)
+    python bench/performance.py train     # training slices/s, batch 16, 128x128: default and lesion U-Nets, XLA on/off
     python bench/performance.py memory    # peak memory of one training step: default 2D U-Net vs a 3D U-Net (MIScnn setup)
     python bench/performance.py prepare   # `slice2d prepare` of a 512x512x300 volume: seconds, peak memory; 1 vs 3 cases
     python bench/performance.py predict   # `slice2d predict` of a 512x512x300 volume, whole process; the model alone
@@ -69,16 +69,18 @@ def _rss_gb(field: str) -> float:
 
 
 def child_train(variant: str, work: str) -> dict:
+    """variant "DEPTHxFILTERS:XLA", e.g. "5x8:on" (XLA: on, off or auto)."""
     import keras
 
     from slice2d.config import load_config
-    from slice2d.train import train
+    from slice2d.train import train, use_xla
 
-    cfg = load_config("lesions").updated(train={"epochs": 5, "batch_size": 16, "early_stopping_patience": 10})
-    if variant == "no-xla":
-        cfg = cfg.updated(train={"jit_compile": False})
-    elif variant == "old-default":  # depth 4 / 16 filters: the default before this benchmark
-        cfg = cfg.updated(model={"depth": 4, "base_filters": 16})
+    shape, xla = variant.split(":")
+    depth, base = (int(v) for v in shape.split("x"))
+    cfg = load_config("lesions").updated(
+        model={"depth": depth, "base_filters": base},
+        train={"epochs": 5, "batch_size": 16, "early_stopping_patience": 10,
+               "jit_compile": {"on": True, "off": False}.get(xla, xla)})
 
     class Timer(keras.callbacks.Callback):
         def __init__(self):
@@ -89,17 +91,17 @@ def child_train(variant: str, work: str) -> dict:
             self.start, self.steps = time.perf_counter(), 0
 
         def on_train_batch_end(self, batch, logs=None):
-            self.steps += 1
+            self.steps = batch + 1  # batch hooks run once per execution of steps_per_execution steps
             self.end = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
             self.epochs.append(self.steps * 16 / (self.end - self.start))  # training part only, no validation
 
     timer = Timer()
-    out = Path(work) / f"train-{variant}"
+    out = Path(work) / f"train-{shape}-{xla}"
     shutil.rmtree(out, ignore_errors=True)
     train(Path(work) / "train.h5", out, cfg, verbose=0, callbacks=[timer])
-    return {"variant": variant, "slices_per_s_by_epoch": timer.epochs,
+    return {"variant": variant, "auto_xla": use_xla("auto"), "slices_per_s_by_epoch": timer.epochs,
             "slices_per_s": median(timer.epochs[1:]),  # epoch 1 includes compilation
             "params": int(keras.saving.load_model(out / "model.keras", compile=False).count_params())}
 
@@ -185,26 +187,40 @@ def part_train(work: Path, repeats: int) -> None:
         write_phantoms(work / "phantoms", cases=4, shape=(128, 128, 64), spacing=(2.8, 2.8, 5.0), seed=0)
         prepare(work / "phantoms" / "images", work / "phantoms" / "lesions", work / "train.h5",
                 load_config("lesions").updated(data={"empty_fraction": 1.0}))
-    rows = {}
-    for variant in ("default", "no-xla", "old-default"):
-        results = [child("train", variant, str(work)) for _ in range(repeats)]
-        rows[variant] = {"slices_per_s": median([r["slices_per_s"] for r in results]),
-                         "peak_gb": median([r["process_peak_gb"] for r in results]), "params": results[0]["params"],
-                         "runs": results}
-    d, n, o = rows["default"], rows["no-xla"], rows["old-default"]
+    variants = ["5x8:on", "5x8:off", "4x16:on", "4x16:off"]
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for _ in range(repeats):  # alternating, so that a slow spell of the machine hits every variant
+        for variant in variants:
+            runs[variant].append(child("train", variant, str(work)))
+    rows = {v: {"slices_per_s": median([r["slices_per_s"] for r in rs]),
+                "peak_gb": median([r["process_peak_gb"] for r in rs]), "params": rs[0]["params"], "runs": rs}
+            for v, rs in runs.items()}
+    auto = "on" if runs["5x8:on"][0]["auto_xla"] else "off"
+
+    def row(shape: str, label: str) -> str:
+        cells = []
+        for xla in ("on", "off"):
+            r = rows[f"{shape}:{xla}"]
+            rate = f"{r['slices_per_s']:.1f}"
+            cells.append(f"**{rate}**" if xla == auto else rate)
+        r = rows[f"{shape}:{auto}"]
+        return f"| {label} | {r['params']:,} | {cells[0]} | {cells[1]} | {r['peak_gb']:.2f} GB |"
+
     md = f"""## Training throughput
 
 `python bench/performance.py train` on {machine()}.
-Training slices/s of the default U-Net (`configs/lesions.yaml`: 128x128, batch 16, focal + Dice
-loss, per-class Dice/IoU metrics, albumentations augmentation in the input pipeline), measured over
-the training part of epochs 2-5 of a real `slice2d.train.train` run (epoch 1 includes compilation),
-median of {repeats} runs, each in a fresh process; peak = the process's peak resident memory.
+Training slices/s at 128x128, batch 16 (`configs/lesions.yaml` with the model named in the row:
+focal + Dice loss, per-class Dice/IoU metrics, albumentations augmentation in the input pipeline),
+measured over the training part of epochs 2-5 of a real `slice2d.train.train` run (epoch 1
+includes compilation); median of {repeats} runs, each in a fresh process, the variants
+alternating; peak = the process's peak resident memory with the XLA setting in bold.
+`train.jit_compile: auto` (the default) chose XLA **{auto}** here: TensorFlow's oneDNN CPU kernels
+are {"on" if auto == "off" else "off"} on this CPU.
 
-| model | XLA | parameters | training slices/s | peak memory |
+| model | parameters | slices/s, XLA on | slices/s, XLA off | peak memory |
 |---|---|---|---|---|
-| default: depth 5, 8 base filters | on (default) | {d['params']:,} | **{d['slices_per_s']:.1f}** | {d['peak_gb']:.2f} GB |
-| default: depth 5, 8 base filters | off | {n['params']:,} | {n['slices_per_s']:.1f} | {n['peak_gb']:.2f} GB |
-| previous default: depth 4, 16 base filters | on | {o['params']:,} | {o['slices_per_s']:.1f} | {o['peak_gb']:.2f} GB |
+{row("5x8", "default: depth 5, 8 base filters")}
+{row("4x16", "lesion recipe (`configs/real-lesions.yaml`): depth 4, 16 base filters")}
 """
     write_section("train", md, {"machine": machine(), "rows": rows})
 

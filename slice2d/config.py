@@ -127,7 +127,10 @@ class TrainConfig(_Frozen):
     folds: int = Field(1, ge=1)
     fold: int = Field(0, ge=0)
     seed: int = 0
-    jit_compile: bool = True
+    # XLA compilation of the training step. "auto": on, unless TensorFlow runs its oneDNN CPU
+    # kernels (its default on CPUs with AVX-512 VNNI or AMX, e.g. recent Intel Xeons), which
+    # were faster than XLA there (BENCHMARKS.md, "Training throughput"); on a GPU, on.
+    jit_compile: bool | Literal["auto"] = "auto"
     mixed_precision: bool = True  # float16 compute with float32 weights, on a GPU only (CPUs gain nothing)
     augment: AugmentConfig = AugmentConfig()
 

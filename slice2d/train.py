@@ -229,6 +229,22 @@ Weights trained by slice2d; the licence and attribution of the training data app
 """
 
 
+def use_xla(setting: bool | str) -> bool:
+    """Whether to compile the training step with XLA; ``setting`` is ``train.jit_compile``."""
+    if setting != "auto":
+        return bool(setting)
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return True
+    try:  # TensorFlow's own switch (TF_ENABLE_ONEDNN_OPTS, or its CPU check when unset)
+        from tensorflow.python.util import _pywrap_util_port
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # a TensorFlow without it: XLA, the safe choice on any CPU
+        onednn = False
+    return not onednn
+
+
 def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, resume: bool = False,
           verbose: int = 1, callbacks: list | None = None) -> Path:
     """Train a U-Net on one or more prepared slice files and write the run folder ``out``.
@@ -311,7 +327,8 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
         model = build_unet(size, len(cfg.data.classes), cfg.model)
     finally:
         keras.mixed_precision.set_global_policy("float32")  # layers keep the policy they were built with
-    log.info("compute precision: %s", policy)
+    xla = use_xla(cfg.train.jit_compile)
+    log.info("compute precision: %s; XLA %s", policy, "on" if xla else "off")
     steps_per_epoch = max(1, len(train_x) // batch_size)
     learning_rate = cfg.train.learning_rate
     cosine = cfg.train.schedule == "cosine"
@@ -323,7 +340,7 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=FocalDiceLoss(cfg.train.focal_weight, cfg.train.dice_weight, cfg.train.focal_gamma),
         metrics=overlap_metrics(cfg.data.classes),
-        jit_compile=cfg.train.jit_compile,
+        jit_compile=xla,
     )
     history_path = out / "history.csv"
     initial_epoch = 0

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -133,3 +136,22 @@ def test_cosine_schedule_decays_and_keeps_the_last_epoch(tmp_path):
     for a, b in zip(kept.get_weights(), last.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert "last epoch kept" in (run / "README.md").read_text()
+
+
+@pytest.mark.parametrize("onednn, auto", [("0", "True"), ("1", "False")])
+def test_xla_auto_follows_tensorflows_onednn_switch(onednn, auto):
+    # `auto` compiles with XLA unless TensorFlow runs its oneDNN CPU kernels (faster than XLA where
+    # it turns them on); TF_ENABLE_ONEDNN_OPTS forces TensorFlow's choice either way
+    code = "from slice2d.train import use_xla; print(use_xla('auto'), use_xla(True), use_xla(False))"
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == [auto, "True", "False"]
+
+
+def test_jit_compile_setting_reads_auto_and_booleans(tmp_path):
+    for text, value in (("auto", "auto"), ("true", True), ("false", False)):
+        (tmp_path / "c.yaml").write_text(f"train:\n  jit_compile: {text}\n")
+        assert load_config(tmp_path / "c.yaml").train.jit_compile == value
+    (tmp_path / "c.yaml").write_text("train:\n  jit_compile: sometimes\n")
+    with pytest.raises(ValueError, match="train.jit_compile"):
+        load_config(tmp_path / "c.yaml")

@@ -229,20 +229,27 @@ Weights trained by slice2d; the licence and attribution of the training data app
 """
 
 
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN CPU kernels: its own switch (``TF_ENABLE_ONEDNN_OPTS``,
+    or when unset its CPU check: on with AVX-512 VNNI or AMX, e.g. recent Intel Xeons)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # a TensorFlow without the switch
+        return False
+
+
 def use_xla(setting: bool | str) -> bool:
-    """Whether to compile the training step with XLA; ``setting`` is ``train.jit_compile``."""
+    """Whether to compile the training step with XLA; ``setting`` is ``train.jit_compile``.
+
+    ``auto``: on a GPU, yes; on a CPU, unless TensorFlow runs its oneDNN kernels, which trained
+    faster than XLA where it turns them on (BENCHMARKS.md, "Training throughput").
+    """
     if setting != "auto":
         return bool(setting)
     import tensorflow as tf
 
-    if tf.config.list_physical_devices("GPU"):
-        return True
-    try:  # TensorFlow's own switch (TF_ENABLE_ONEDNN_OPTS, or its CPU check when unset)
-        from tensorflow.python.util import _pywrap_util_port
-        onednn = bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):  # a TensorFlow without it: XLA, the safe choice on any CPU
-        onednn = False
-    return not onednn
+    return bool(tf.config.list_physical_devices("GPU")) or not onednn_enabled()
 
 
 def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, resume: bool = False,

@@ -1,6 +1,6 @@
 """Speed and memory of slice2d on this machine; each part writes its section of BENCHMARKS.md.
 
-    python bench/performance.py train     # training slices/s, batch 16, 128x128: default and lesion U-Nets, XLA on/off
+    python bench/performance.py train     # training slices/s, batch 16, 128x128: depth 4/16 (default) and 5/8, XLA on/off
     python bench/performance.py memory    # peak memory of one training step: default 2D U-Net vs a 3D U-Net (MIScnn setup)
     python bench/performance.py prepare   # `slice2d prepare` of a 512x512x300 volume: seconds, peak memory; 1 vs 3 cases
     python bench/performance.py predict   # `slice2d predict` of a 512x512x300 volume, whole process; the model alone
@@ -91,7 +91,7 @@ def child_train(variant: str, work: str) -> dict:
             self.start, self.steps = time.perf_counter(), 0
 
         def on_train_batch_end(self, batch, logs=None):
-            self.steps = batch + 1  # batch hooks run once per execution of steps_per_execution steps
+            self.steps = batch + 1  # the batch index: right also if hooks run once per several steps
             self.end = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):

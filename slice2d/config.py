@@ -129,8 +129,8 @@ class TrainConfig(_Frozen):
     fold: int = Field(0, ge=0)
     seed: int = 0
     # XLA compilation of the training step. "auto": on, unless TensorFlow runs its oneDNN CPU
-    # kernels (it turns them on by itself on some x86 CPUs, e.g. the Intel Xeon with AVX-512
-    # VNNI measured here), which trained faster than XLA there
+    # kernels (on Linux it turns them on by itself for CPUs with AVX-512 VNNI or BF16, AVX-VNNI
+    # or AMX, e.g. the Intel Xeon measured here), which trained faster than XLA there
     # (BENCHMARKS.md, "Training throughput"); on a GPU, on.
     jit_compile: bool | Literal["auto"] = "auto"
     mixed_precision: bool = True  # float16 compute with float32 weights, on a GPU only (CPUs gain nothing)

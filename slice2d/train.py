@@ -231,7 +231,7 @@ Weights trained by slice2d; the licence and attribution of the training data app
 
 def onednn_enabled() -> bool:
     """Whether TensorFlow runs its oneDNN CPU kernels: ``TF_ENABLE_ONEDNN_OPTS`` when set, else
-    TensorFlow's own check of the CPU (on for the Intel Xeon with AVX-512 VNNI measured here)."""
+    TensorFlow's own check of the CPU (on Linux: AVX-512 VNNI or BF16, AVX-VNNI or AMX)."""
     try:
         from tensorflow.python.util import _pywrap_util_port
         return bool(_pywrap_util_port.IsMklEnabled())

@@ -12,9 +12,10 @@ import pytest
 from conftest import SHARED, need_samples
 from test_cli import invoke
 
+from slice2d.config import load_config
 from slice2d.dataset import remap_labels, split_lungs_by_side
 from slice2d.images import read_label_slice, read_slice, slice_geometry
-from slice2d.predict import load_run, predict_array, shipped_model
+from slice2d.predict import load_run, predict_array, run_config, shipped_model
 
 # floors below what the shipped models scored here (measured, mean per-slice Dice on 24-25 slices
 # of their validation patients at their threshold 0.1: lesions (256x256) 0.645, lesions-128 0.62)
@@ -97,3 +98,10 @@ def test_predict_with_the_faster_lesion_model_uses_the_shipped_lung_model_too(tm
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     total = np.count_nonzero(a) + np.count_nonzero(b)
     return 1.0 if total == 0 else 2 * np.count_nonzero(a & b) / total
+
+
+@pytest.mark.parametrize("name, preset", [("lesions", "real-lesions"), ("lesions-128", "real-lesions"),
+                                          ("lungs", "real-lungs")])
+def test_shipped_model_has_its_presets_architecture(name, preset):
+    # the presets name the U-Net each shipped model was trained with, whatever the package default
+    assert run_config(shipped_model(name)).model == load_config(preset).model

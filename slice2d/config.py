@@ -132,7 +132,7 @@ class TrainConfig(_Frozen):
     # kernels (on Linux it turns them on by itself for CPUs with AVX-512 VNNI or BF16, AVX-VNNI
     # or AMX, e.g. the Intel Xeon measured here), which trained faster than XLA there
     # (BENCHMARKS.md, "Training throughput"); on a GPU, on.
-    jit_compile: bool | Literal["auto"] = "auto"
+    jit_compile: Literal[True, False, "auto"] = "auto"
     mixed_precision: bool = True  # float16 compute with float32 weights, on a GPU only (CPUs gain nothing)
     augment: AugmentConfig = AugmentConfig()
 

@@ -195,14 +195,21 @@ def main() -> None:
                              "its lung map first, as slice2d predict does")
     parser.add_argument("--final", action="store_true",
                         help="train once on all patients (validation split only, no test fold): the model to ship")
+    parser.add_argument("--extra", type=Path, nargs="*", default=[],
+                        help="more prepared slice files to train on (e.g. bench/whole_scan_material.py's); "
+                             "split by case like the others, never scored")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="a run folder of the same network to start from (fine-tuning; its cases keep their side)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="train.learning_rate (default: the config's)")
+    parser.add_argument("--name", default=None, help="run folder name prefix (default: <task>-<size>)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     files = slice_files(args.task, args.out, args.size)
-    results_path = args.out / f"{args.task}-{args.size}-cv{'-calibrated' if args.calibrate else ''}{'-tta' if args.tta else ''}{'-with-lungs' if args.with_lungs else ''}.json"
+    results_path = args.out / f"{args.name or f'{args.task}-{args.size}'}-cv{'-calibrated' if args.calibrate else ''}{'-tta' if args.tta else ''}{'-with-lungs' if args.with_lungs else ''}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     folds = [None] if args.final else args.only if args.only is not None else range(args.folds)
     for fold in folds:
-        run_dir = args.out / f"{args.task}-{args.size}-{'all' if fold is None else f'fold{fold}'}"
+        run_dir = args.out / f"{args.name or f'{args.task}-{args.size}'}-{'all' if fold is None else f'fold{fold}'}"
         start = time.perf_counter()
         if not (run_dir / "README.md").exists():
             split = {"folds": 1, "fold": 0} if fold is None else {"folds": args.folds, "fold": fold}
@@ -214,7 +221,10 @@ def main() -> None:
                 cfg = cfg.updated(model=model)
             if args.schedule:
                 cfg = cfg.updated(train={"schedule": args.schedule})
-            train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2)
+            if args.learning_rate:
+                cfg = cfg.updated(train={"learning_rate": args.learning_rate})
+            train([*files.values(), *args.extra], run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2,
+                  init_from=args.init_from)
         calibration = calibrate(run_dir, files, mirror=args.tta) if args.calibrate else None
         if fold is None:
             print(f"trained {run_dir} in {time.perf_counter() - start:.0f} s", calibration or "")

@@ -37,6 +37,12 @@ class LobeLabels(str, Enum):
     csc = "csc"
 
 
+class LungSource(str, Enum):  # anatomy.LUNG_SOURCES
+    combined = "combined"
+    builtin = "builtin"
+    model = "model"
+
+
 class Zones(str, Enum):
     extent = "extent"
     volume = "volume"
@@ -50,6 +56,13 @@ SchemeOption = Annotated[Scheme, typer.Option(help="Severity scheme.")]
 LobeLabelsOption = Annotated[LobeLabels, typer.Option(help="Label convention of the lobe maps.")]
 ZonesOption = Annotated[Zones, typer.Option(help="How lungs are cut into thirds when there is no lobe map.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.")]
+RotateOption = Annotated[str, typer.Option(
+    help="Slice images only: how they are stored. auto: detected from the slices (one orientation per "
+         "folder, logged); 0-3: the quarter turns clockwise that bring them upright (anterior up, patient's "
+         "right on the left), after the left-right mirror of --mirror.")]
+MirrorOption = Annotated[Optional[bool], typer.Option(
+    "--mirror/--no-mirror", help="Slice images only, with --rotate 0-3: they are stored mirrored "
+                                 "left-right (mirror first, then turn); e.g. --rotate 2 --mirror for upside down.")]
 
 
 @app.callback()
@@ -63,6 +76,18 @@ def _setup(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
     # TensorFlow's retracing notices are about its internals, not the user's input
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def _slice_orientation(rotate: str, mirror: Optional[bool]) -> Optional[int]:
+    """--rotate/--mirror -> the orientation code of ``images.read_slice`` (0-7), or None to detect it."""
+    if rotate == "auto":
+        if mirror is not None:
+            raise typer.BadParameter("--mirror/--no-mirror needs an explicit --rotate 0-3 (auto detects the "
+                                     "mirror too)", param_hint="'--mirror'")
+        return None
+    if rotate not in ("0", "1", "2", "3"):
+        raise typer.BadParameter(f"{rotate!r}: use auto, or 0-3 quarter turns clockwise", param_hint="'--rotate'")
+    return int(rotate) + 4 * bool(mirror)
 
 
 @contextlib.contextmanager
@@ -112,17 +137,35 @@ def synth(
     shape: Annotated[tuple[int, int, int], typer.Option(help="Volume shape X Y Z (voxels).")] = (128, 128, 64),
     spacing: Annotated[tuple[float, float, float], typer.Option(help="Voxel size X Y Z (mm).")] = (2.5, 2.5, 5.0),
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same phantoms.")] = 0,
+    whole_scan: Annotated[bool, typer.Option(
+        "--whole-scan/--thorax-only",
+        help="Neck to upper abdomen, as a clinical scan: neck with trachea and shoulders above the apex, "
+             "liver, stomach and bowel gas below the bases, and the table (thorax-only: the thorax fills the volume).",
+    )] = False,
+    table: Annotated[Optional[bool], typer.Option(
+        "--table/--no-table", help="Scanner table behind the patient (default: with --whole-scan).")] = None,
+    slice_thickness: Annotated[Optional[float], typer.Option(
+        help="Slice thickness (mm): each slice averages this much anatomy along z (partial volume); "
+             "default: the anatomy at the slice centres.")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Write synthetic chest-CT phantoms (HU) with known lungs, lobes and lesions."""
+    """Write synthetic chest-CT phantoms (HU) with known lungs, lobes and lesions.
+
+    With --whole-scan or --table also OUT/confounders/, what is never lung though air-like or dense:
+    1 outside air, 2 table, 3 trachea and main bronchi, 4 stomach gas, 5 bowel gas.
+    """
     _setup(quiet)
     from slice2d.synth import write_phantoms
 
     if min(shape) < 16 or min(spacing) <= 0:
         raise typer.BadParameter("shape must be at least 16 voxels per axis and spacing positive")
+    if slice_thickness is not None and not slice_thickness > 0:
+        raise typer.BadParameter(f"--slice-thickness {slice_thickness}: give a positive thickness in mm, e.g. 5")
     with _user_errors(), _progress(cases, "synth") as step:
-        write_phantoms(out, cases=cases, shape=shape, spacing=spacing, seed=seed, progress=step)
-    log.info("wrote %d phantoms to %s (images/, lungs/, lobes/, lesions/)", cases, out)
+        write_phantoms(out, cases=cases, shape=shape, spacing=spacing, seed=seed, progress=step,
+                       whole_scan=whole_scan, table=table, slice_thickness=slice_thickness)
+    log.info("wrote %d phantoms to %s (images/, lungs/, lobes/, lesions/%s)", cases, out,
+             ", confounders/" if whole_scan or table else "")
 
 
 @app.command()
@@ -132,7 +175,8 @@ def prepare(
     out: Annotated[Path, typer.Option(help="HDF5 file to write.")],
     config: Annotated[Optional[str], typer.Option(help="YAML config or preset (lesions, lesions3, lungs, lobes, demo).")] = None,
     patients: Annotated[Optional[Path], typer.Option(help="CSV 'file,patient' so that splits never cut a patient.")] = None,
-    rotate: Annotated[int, typer.Option(help="Quarter turns clockwise that bring slice images upright (anterior up).")] = 0,
+    rotate: RotateOption = "auto",
+    mirror: MirrorOption = None,
     quiet: Quiet = False,
 ) -> None:
     """Slice volumes and label maps into an HDF5 file, with the geometry to undo every step."""
@@ -143,13 +187,14 @@ def prepare(
     from slice2d.images import read_patients
     from slice2d.io import writable_folder
 
+    orientation = _slice_orientation(rotate, mirror)
     with _user_errors():
         cfg = load_config(config)
         n = len(pair_cases(images, labels))
         ids = read_patients(patients) if patients else None
         writable_folder(out.parent)
         with _progress(n, "prepare") as step:
-            prepare_slices(images, labels, out, cfg, patients=ids, rotate=rotate % 4, progress=step)
+            prepare_slices(images, labels, out, cfg, patients=ids, rotate=orientation, progress=step)
     log.info("wrote %s (%d cases, %dx%d slices)", out, n, cfg.data.size, cfg.data.size)
 
 
@@ -193,10 +238,12 @@ def predict(
     severity: Annotated[bool, typer.Option(help="For a lesion model: lungs, regions and a severity report per input.")] = True,
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per network call.")] = 16,  # predict.PREDICT_BATCH (not imported: keeps --help instant)
     probabilities: Annotated[bool, typer.Option(help="Also write class probabilities to OUT/probabilities/.")] = False,
-    rotate: Annotated[int, typer.Option(help="Slice images only: quarter turns clockwise that bring them upright.")] = 0,
+    rotate: RotateOption = "auto",
+    mirror: MirrorOption = None,
     threshold: Annotated[Optional[float], typer.Option(min=0.01, max=0.99, help="Foreground threshold of the lesion model (default: the one in its config.yaml; the shipped model's was chosen on its validation split). Lower finds more lesion, and more false positives.")] = None,
     tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Test-time augmentation: average each model over mirror images of the slices (lesions: up-down and left-right, 4 passes; lungs: up-down, 2). Slower; in 5-fold CV +0.01 lesion Dice (BENCHMARKS.md). Default: each model's predict.mirror (off in the shipped models).")] = None,
-    lungs_only: Annotated[bool, typer.Option("--lungs-only/--anywhere", help="With a lung model: drop lesions wholly outside its lung map (no pixel of an in-plane piece within 5 mm of it) from the written lesion map, and add the kept lesion it missed to the lung map; --anywhere keeps the model's raw map.")] = True,
+    lungs_only: Annotated[bool, typer.Option("--lungs-only/--anywhere", help="Drop lesions outside the body or wholly away from the lungs (no pixel of an in-plane piece within 5 mm of them) from the written lesion map, and add the kept lesion the lungs missed to the lung map; --anywhere keeps the model's raw map.")] = True,
+    lung_source: Annotated[LungSource, typer.Option(help="HU volumes: lungs from the built-in extraction plus the dense lung the lung model sees next to it (combined), the extraction alone (builtin), or the lung model alone (model).")] = LungSource.combined,
     quiet: Quiet = False,
 ) -> None:
     """Segment CT volumes; each mask has exactly the input's shape and affine.
@@ -212,6 +259,7 @@ def predict(
     from slice2d.predict import (SHIPPED, input_files, load_run, predict_files, run_config, shipped_model,
                                  with_options)
 
+    orientation = _slice_orientation(rotate, mirror)
     with _user_errors():
         if lobes is not None and lobes_model is not None:
             raise typer.BadParameter("give --lobes or --lobes-model, not both")
@@ -227,7 +275,7 @@ def predict(
             writable_folder(out)
             n = sum(1 for p in input.iterdir() if is_image(p))
             with _progress(n, "predict") as step:
-                assess_slice_folder(run, input, out, lung_run=lung_run, options=options, rotate=rotate % 4,
+                assess_slice_folder(run, input, out, lung_run=lung_run, options=options, rotate=orientation,
                                     lungs_only=lungs_only, progress=step)
             log.info("wrote slice label maps to %s (lungs/, stack/, severity/ where made)", out)
             return
@@ -245,7 +293,7 @@ def predict(
             if assess:
                 assess_files(run, files, out, lung_run=lung_run, lobe_run=lobe_run, lobes_dir=lobes,
                              options=options, batch_size=batch_size, probabilities=probabilities,
-                             lungs_only=lungs_only, progress=step)
+                             lungs_only=lungs_only, lung_source=lung_source.value, progress=step)
                 log.info("wrote lesion maps to %s, lung maps to %s, severity reports to %s",
                          out, out / "lungs", out / "severity")
             else:

@@ -17,6 +17,7 @@ are stored; slices that were dropped hold no foreground, so reassembly fills the
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,7 +43,10 @@ from slice2d.io import (
     read_array,
     to_canonical,
 )
+from slice2d.orientation import Orientation, detect_orientation
 from slice2d.slicing import SliceGeometry, labels_to_slices, slices_to_labels, volume_to_network
+
+log = logging.getLogger(__name__)
 
 FORMAT = "slice2d-slices"
 FORMAT_VERSION = 1
@@ -131,8 +135,12 @@ def _keep_slices(labels: np.ndarray, fraction: float, rng: np.random.Generator) 
     return np.sort(np.concatenate([np.flatnonzero(has_fg), kept_empty])).astype(np.int32)
 
 
-def load_pair(image_path: Path, label_path: Path, rotate: int = 0) -> tuple[np.ndarray, np.ndarray, Geometry, str]:
-    """Image (raw), label map, geometry and intensity kind ("hu" or "uint8") of one case."""
+def load_pair(image_path: Path, label_path: Path, rotate: int | Orientation = 0
+              ) -> tuple[np.ndarray, np.ndarray, Geometry, str]:
+    """Image (raw), label map, geometry and intensity kind ("hu" or "uint8") of one case.
+
+    rotate: how slice images are stored (see ``images.read_slice``); ignored for NIfTI.
+    """
     if is_image(image_path):
         image, labels = read_slice(image_path, rotate), read_label_slice(label_path, rotate)
         if image.shape != labels.shape:
@@ -146,15 +154,23 @@ def load_pair(image_path: Path, label_path: Path, rotate: int = 0) -> tuple[np.n
 
 
 def prepare(images_dir: str | Path, labels_dir: str | Path, out: str | Path, cfg: Config,
-            patients: dict[str, str] | None = None, rotate: int = 0,
+            patients: dict[str, str] | None = None, rotate: int | Orientation | None = 0,
             progress: Callable[[str], None] | None = None) -> Path:
     """Slice every (image, label map) pair into an HDF5 file, one case at a time (memory stays flat).
 
     patients: optional case -> patient id, so splits never separate scans of one patient.
-    rotate: quarter turns clockwise that bring slice images upright (ignored for NIfTI).
+    rotate: how slice images are stored (an ``Orientation`` or its code, see ``images.read_slice``),
+    or None to detect it from all the images (one export, one orientation; logged); ignored for
+    NIfTI. Each case records the code it was read with as its ``rotate`` attribute.
     The file is written under a temporary name and renamed when complete.
     """
     pairs = pair_cases(Path(images_dir), Path(labels_dir))
+    slice_images = [image_path for _, image_path, _ in pairs if is_image(image_path)]
+    if rotate is None and slice_images:
+        decision = detect_orientation(read_slice(path) for path in slice_images)
+        (log.info if decision.confident else log.warning)("%s: %s", images_dir, decision.message())
+        rotate = decision.orientation
+    rotate = Orientation.from_code(rotate or 0)
     data = cfg.data
     rng = np.random.default_rng(data.seed)
     with atomic_path(out) as tmp:
@@ -171,7 +187,7 @@ def prepare(images_dir: str | Path, labels_dir: str | Path, out: str | Path, cfg
 
 
 def _write_case(cases: h5py.Group, name: str, image_path: Path, label_path: Path, data: DataConfig,
-                rng: np.random.Generator, patient: str, rotate: int) -> None:
+                rng: np.random.Generator, patient: str, rotate: Orientation) -> None:
     image, labels, geometry, kind = load_pair(image_path, label_path, rotate)
     labels = to_canonical(remap_labels(labels, data, label_path), geometry)
     if data.split_lungs:
@@ -186,7 +202,7 @@ def _write_case(cases: h5py.Group, name: str, image_path: Path, label_path: Path
     group.create_dataset("z", data=keep)
     group.attrs.update(affine=geometry.affine, shape=np.array(geometry.shape), axcodes="".join(geometry.axcodes),
                        slice_geometry=json.dumps(sgeom.as_dict()), patient=patient,
-                       image_path=str(image_path), label_path=str(label_path), rotate=rotate)
+                       image_path=str(image_path), label_path=str(label_path), rotate=rotate.code)
 
 
 class SliceFile:

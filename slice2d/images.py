@@ -3,8 +3,9 @@
 A slice image is taken to be in the radiological display convention (anterior at the top, the
 patient's right on the image's left), 8-bit and already windowed. Internally it becomes a
 one-slice volume on the canonical (P, L, S) grid with 1 mm pixels, so that slicing, prediction and
-reassembly are exactly the code paths used for NIfTI volumes. Exports stored rotated can be turned
-upright with ``rotate`` (quarter turns clockwise).
+reassembly are exactly the code paths used for NIfTI volumes. Exports stored turned or mirrored are
+made upright with ``rotate``: an ``orientation.Orientation``, or its integer code (0-3 quarter turns
+clockwise, 4-7 mirrored left-right first); ``orientation.detect_orientation`` finds it.
 
 Label images: palette PNGs give their palette indices; greyscale masks stored as 0/255 become 0/1;
 other grey values are taken as they are.
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from slice2d.io import Geometry, InputError
+from slice2d.orientation import Orientation
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # canonical (P, L, S) axes in RAS+ world: P = -y, L = -x, S = +z; 1 mm pixels, 1 mm apart
@@ -63,8 +65,11 @@ def _open(path: Path):
     return img
 
 
-def read_slice(path: str | Path, rotate: int = 0) -> np.ndarray:
-    """An 8-bit greyscale slice (H, W) uint8. Colour images are refused unless all channels are equal."""
+def read_slice(path: str | Path, rotate: int | Orientation = 0) -> np.ndarray:
+    """An 8-bit greyscale slice (H, W) uint8, made upright by ``rotate`` (an Orientation or its code).
+
+    Colour images are refused unless all channels are equal.
+    """
     path = Path(path)
     img = _open(path)
     if img.mode in ("I;16", "I", "F"):
@@ -77,11 +82,11 @@ def read_slice(path: str | Path, rotate: int = 0) -> np.ndarray:
         data = rgb[..., 0]
     else:
         data = np.asarray(img.convert("L"))
-    return np.rot90(data, k=-rotate).copy()
+    return Orientation.from_code(rotate).upright(data).copy()
 
 
-def read_label_slice(path: str | Path, rotate: int = 0) -> np.ndarray:
-    """A label image (H, W) uint8: palette indices, or 0/255 masks as 0/1."""
+def read_label_slice(path: str | Path, rotate: int | Orientation = 0) -> np.ndarray:
+    """A label image (H, W) uint8: palette indices, or 0/255 masks as 0/1; made upright like ``read_slice``."""
     path = Path(path)
     img = _open(path)
     if img.mode == "P":
@@ -98,7 +103,7 @@ def read_label_slice(path: str | Path, rotate: int = 0) -> np.ndarray:
         data = (data > 0)
     if data.max() > 255:
         raise InputError(f"{path}: label values above 255")
-    return np.rot90(data.astype(np.uint8), k=-rotate).copy()
+    return Orientation.from_code(rotate).upright(data.astype(np.uint8)).copy()
 
 
 def slice_geometry(shape: tuple[int, int], depth: int = 1) -> Geometry:

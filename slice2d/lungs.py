@@ -3,15 +3,22 @@
 Classic threshold-and-components method (after Hu, Hoffman & Reinhardt, IEEE TMI 2001), run on the
 canonical RAS+ grid, in these steps:
 
-1. Air-like voxels: HU < ``AIR_HU`` (-320).
+1. Air-like voxels: HU < ``AIR_HU`` (-400): about halfway between lung parenchyma (about
+   -850 HU) and soft tissue (about +40 HU), so a voxel at the lung's wall counts as lung when
+   more than half of it is lung (Hu et al.'s -320 counts voxels that are 40 % lung).
 2. Outside air removed per axial slice: in-plane air components touching the slice border (air
    around the body, the table gap, padding outside the field of view), and air outside the body
    mask (largest soft-tissue region of the slice after an opening that detaches the table, holes
    filled), which drops the air-filled core of the scanner table. Done per slice so that one
    slice where the body wall is thin at low resolution does not remove a whole lung.
 3. The remaining air is labelled in 3D (6-connectivity); components of at least
-   ``MIN_COMPONENT_FRACTION`` of the largest (and ``MIN_COMPONENT_ML``) are kept, so bowel gas and
-   small air pockets go.
+   ``MIN_COMPONENT_FRACTION`` of the largest (and ``MIN_COMPONENT_ML``) are kept, so small air
+   pockets go. Gas in the stomach and bowel is told from lung by what it holds: a gas pocket is
+   air through and through (about -1000 HU), while lung parenchyma, even emphysematous, carries
+   vessels and tissue (about -850 HU). A component whose interior (one voxel in from its
+   surface, so that partial volume at its wall does not count) has a median below ``GAS_HU``
+   (-950 HU, the emphysema threshold: a lung would have to be emphysematous in more than half of
+   its volume) is gas and is dropped, unless nothing lung-like would be left.
 4. Trachea and main bronchi (approximate): in the top 40 % of the air column, the highest small
    (30-700 mm²) air region near the left-right centre is taken as the trachea and followed downward slice by slice, through the carina into
    both main bronchi, for as long as each in-plane branch stays small (``AIRWAY_MAX_AREA_MM2``);
@@ -40,7 +47,7 @@ from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
-AIR_HU = -320.0
+AIR_HU = -400.0
 MIN_COMPONENT_ML = 20.0
 MIN_COMPONENT_FRACTION = 0.1
 MIN_LUNGS_ML = 100.0
@@ -48,6 +55,7 @@ AIRWAY_MAX_AREA_MM2 = 700.0
 WORK_SPACING_MM = 1.6
 CLOSING_MM = 15.0
 TABLE_OPENING_MM = 6.0
+GAS_HU = -950.0
 
 
 def _inplane(ndim_struct: int = 1) -> np.ndarray:
@@ -110,6 +118,26 @@ def _largest_components(mask: np.ndarray, voxel_ml: float) -> np.ndarray:
     sizes = np.bincount(lab.ravel())[1:]
     keep_min = max(MIN_COMPONENT_FRACTION * sizes.max(), MIN_COMPONENT_ML / voxel_ml)
     keep = np.nonzero(sizes >= keep_min)[0] + 1
+    return _select(lab, keep)
+
+
+def _drop_gas(cand: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """``cand`` without its gas pockets: components whose interior median HU is below ``GAS_HU``."""
+    lab, n = ndimage.label(cand)
+    if n == 0:
+        return cand
+    interior = ndimage.binary_erosion(cand, _inplane(1))
+    inner_lab = np.where(interior, lab, 0)
+    keep = []
+    for i, where in enumerate(ndimage.find_objects(inner_lab), start=1):
+        values = image[where][inner_lab[where] == i] if where is not None else np.empty(0)
+        if values.size == 0:  # too thin to have an interior: judge the whole component
+            where = ndimage.find_objects(lab)[i - 1]
+            values = image[where][lab[where] == i]
+        if float(np.median(values)) >= GAS_HU:
+            keep.append(i)
+    if not keep:
+        return cand
     return _select(lab, keep)
 
 
@@ -198,8 +226,10 @@ def _split_two(comp: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray] | Non
 def _extract_work(image: np.ndarray, spacing) -> np.ndarray:
     voxel_ml = float(np.prod(spacing)) / 1000.0
     air = image < AIR_HU
-    inner = _remove_outside_air(air) & _body_mask(image, spacing)
+    body = _body_mask(image, spacing)
+    inner = _remove_outside_air(air) & body
     cand = _largest_components(inner, voxel_ml)
+    cand = _largest_components(_drop_gas(cand, image), voxel_ml)
     if cand.sum() * voxel_ml < MIN_LUNGS_ML:
         raise ValueError(
             f"no lung-like air region found (largest enclosed air {cand.sum() * voxel_ml:.0f} mL, "
@@ -237,7 +267,7 @@ def _extract_work(image: np.ndarray, spacing) -> np.ndarray:
         touching = np.unique(small[ndimage.binary_dilation(markers > 0) & (small > 0)])
         keep = _select(small, touching) & ~airway
         markers[keep] = near[keep]
-    return markers
+    return markers, body, airway
 
 
 def _fill_and_close(labels: np.ndarray, spacing) -> np.ndarray:
@@ -266,13 +296,24 @@ def _fill_and_close(labels: np.ndarray, spacing) -> np.ndarray:
 
 
 def extract_lungs(image_hu: np.ndarray, spacing) -> np.ndarray:
-    """Right/left lung mask from a chest CT.
+    """Right/left lung mask from a chest CT (``extract_anatomy``'s lungs).
 
     image_hu: HU, canonical RAS+ orientation (increasing index toward the patient's Right,
         Anterior, Superior), shape (X, Y, Z). Use ``extract_lungs_nifti`` for any other orientation.
     spacing: voxel sizes in mm along (X, Y, Z).
     Returns uint8 (X, Y, Z): 0 background, 1 right lung, 2 left lung.
     Raises ValueError when the image does not look like HU or no lungs are found.
+    """
+    return extract_anatomy(image_hu, spacing)[0]
+
+
+def extract_anatomy(image_hu: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lungs, body and airways of a chest CT in HU on the canonical RAS+ grid (see ``extract_lungs``).
+
+    Returns (lungs uint8: 0 / 1 right / 2 left, body bool: per axial slice the body's largest
+    soft-tissue region with its holes filled, airways bool: trachea and main bronchi as tracked
+    above the lungs' hilum). Body and airways come from the working grid (nearest neighbour back
+    to the image's grid; airways kept to the image's air).
     """
     image = np.asarray(image_hu)
     if image.ndim != 3:
@@ -286,13 +327,20 @@ def extract_lungs(image_hu: np.ndarray, spacing) -> np.ndarray:
     factor = max(1, int(round(WORK_SPACING_MM / min(spacing[0], spacing[1]))))
     logger.debug("lung extraction on %s voxels, in-plane downsampling x%d", image.shape, factor)
     if factor == 1:
-        return _fill_and_close(_extract_work(image, spacing), spacing)
+        markers, body, airway = _extract_work(image, spacing)
+        return _fill_and_close(markers, spacing), body, airway
     nx, ny = image.shape[0] // factor * factor, image.shape[1] // factor * factor
     small = image[:nx, :ny].reshape(nx // factor, factor, ny // factor, factor, -1).mean(axis=(1, 3), dtype=np.float32)
     sp_small = (spacing[0] * factor, spacing[1] * factor, spacing[2])
-    coarse = _fill_and_close(_extract_work(small, sp_small), sp_small)
-    up = np.zeros(image.shape, np.uint8)
-    up[:nx, :ny] = np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)
+    markers, body_small, airway_small = _extract_work(small, sp_small)
+    coarse = _fill_and_close(markers, sp_small)
+
+    def upsample(a: np.ndarray) -> np.ndarray:
+        out = np.zeros(image.shape, a.dtype)
+        out[:nx, :ny] = np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)
+        return out
+
+    up = upsample(coarse)
     # Refine on the original grid: air voxels near each coarse lung become that lung; then the
     # in-plane holes (vessels) are filled again at full resolution.
     air = image < AIR_HU
@@ -307,15 +355,23 @@ def extract_lungs(image_hu: np.ndarray, spacing) -> np.ndarray:
     # dense lung (pathology brought back by the closing) keeps the coarse label
     dense = ~air & (up > 0) & (out == 0)
     out[dense] = up[dense]
-    return out
+    airway = ndimage.binary_dilation(upsample(airway_small), structure=_inplane(1), iterations=factor) & air & (out == 0)
+    return out, upsample(body_small), airway
 
 
 def extract_lungs_nifti(img) -> np.ndarray:
-    """Right/left lung mask for a nibabel CT image (HU), on the image's own grid and orientation.
+    """Right/left lung mask for a nibabel CT image (HU), on the image's own grid and orientation
+    (``extract_anatomy_nifti``'s lungs). Returns uint8: 0 background, 1 right lung, 2 left lung."""
+    return extract_anatomy_nifti(img)[0]
 
-    The image is reoriented to the closest canonical RAS+ orientation, ``extract_lungs`` runs
-    there, and the mask is oriented back exactly (axis permutations and flips only, no
-    resampling). Returns uint8 with the image's shape: 0 background, 1 right lung, 2 left lung.
+
+def extract_anatomy_nifti(img) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``extract_anatomy`` for a nibabel CT image (HU): lungs (uint8), body and airways (bool),
+    on the image's own grid and orientation.
+
+    The image is reoriented to the closest canonical RAS+ orientation, ``extract_anatomy`` runs
+    there, and the maps are oriented back exactly (axis permutations and flips only, no
+    resampling).
     """
     import nibabel as nib
     from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
@@ -326,6 +382,7 @@ def extract_lungs_nifti(img) -> np.ndarray:
     ornt = io_orientation(img.affine)
     canon = apply_orientation(data, ornt)
     spacing = nib.affines.voxel_sizes(img.affine)[[int(a) for a in np.argsort(ornt[:, 0])]]
-    mask = extract_lungs(canon, spacing)
     back = ornt_transform(axcodes2ornt(("R", "A", "S")), ornt)
-    return np.ascontiguousarray(apply_orientation(mask, back)).astype(np.uint8)
+    lungs, body, airways = (np.ascontiguousarray(apply_orientation(m, back))
+                            for m in extract_anatomy(canon, spacing))
+    return lungs.astype(np.uint8), body.astype(bool), airways.astype(bool)

@@ -26,6 +26,7 @@ from slice2d.io import (
     read_array,
     save_like,
 )
+from slice2d.orientation import Orientation, detect_orientation
 from slice2d.predict import PREDICT_BATCH
 from slice2d.report import severity_figure
 from slice2d.severity import severity_report, write_cohort_csv, write_report
@@ -52,11 +53,15 @@ def _load_labels_on_grid(path: Path, img: nib.Nifti1Image, img_path: Path, kind:
 
 
 def score_case(image: np.ndarray | None, lesions: np.ndarray, lungs: np.ndarray, lobes: np.ndarray | None,
-               affine: np.ndarray, case: str, options: SeverityOptions, json_path: Path) -> dict:
-    """Write the report to ``json_path`` and its figure beside it (same name, ``.png``); returns the report."""
+               affine: np.ndarray, case: str, options: SeverityOptions, json_path: Path,
+               checks: dict | None = None) -> dict:
+    """Write the report to ``json_path`` and its figure beside it (same name, ``.png``); returns the
+    report. checks: the sanity block (``anatomy.sanity``), stored under ``"sanity"``."""
     report = severity_report(lesions, lungs, affine, lobes=lobes, scheme=options.scheme,
                              lobe_labels=options.lobe_labels, case=case, zone_method=options.zone_method,
                              zone_joint=options.zone_joint)
+    if checks is not None:
+        report["sanity"] = checks
     write_report(report, json_path)
     background = image if image is not None else np.full(lesions.shape, -1000.0, np.float32)
     severity_figure(background, lungs if lungs is not None else (lobes > 0).astype(np.uint8), lesions, affine,
@@ -64,69 +69,105 @@ def score_case(image: np.ndarray | None, lesions: np.ndarray, lungs: np.ndarray,
     return report
 
 
+class CohortFailures(InputError):
+    """Some cases of a cohort failed; the others were written (``failures.csv`` lists the failed)."""
+
+
+def _write_failures(failures: list[tuple[str, str]], path: Path) -> None:
+    import csv
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["case", "error"])
+        writer.writerows(failures)
+
+
 def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=None, lobe_run=None,
                  lobes_dir: Path | None = None, options: SeverityOptions = SeverityOptions(),
                  batch_size: int = PREDICT_BATCH, probabilities: bool = False, lungs_only: bool = True,
-                 progress: Callable[[Path], None] | None = None) -> list[dict]:
+                 lung_source: str = "combined", progress: Callable[[Path], None] | None = None) -> list[dict]:
     """Segment lesions, find the lungs (and lobes), and score each input NIfTI.
 
-    lesion_run, lung_run, lobe_run: loaded runs (``predict.load_run``); without ``lung_run`` the
-    built-in lung extraction is used; without a lobe source the lungs are cut into six zones.
-    lungs_only: with a lung model, lesions that lie wholly outside its lung map (no pixel within
-    ``LUNG_MARGIN_MM`` of it in their axial slice, ``slicing.lesions_near_lungs``) are dropped
-    from the written lesion map, the lesions kept are added to the lung map where the model left
-    them out (``slicing.lungs_with_lesions``: dense consolidation), and the lesion model only
-    segments the slices where the lung map has lung: its output elsewhere would be dropped. Not
-    with the built-in extraction, whose HU threshold leaves dense consolidation out of the lungs:
-    on the demo phantoms it would drop true lesions. A lung model's map loses pieces smaller than 1 % of its largest piece
-    (``slicing.drop_small_components``).
+    lesion_run, lung_run, lobe_run: loaded runs (``predict.load_run``); without a lobe source the
+    lungs are cut into six zones.
+    lung_source: how the lungs are found (``anatomy.LUNG_SOURCES``): ``combined`` (the built-in
+    extraction plus the dense lung the lung model sees near it), ``builtin``, or ``model``; without
+    ``lung_run`` the built-in extraction. A lung model's map loses pieces smaller than 1 % of its
+    largest piece (``slicing.drop_small_components``).
+    lungs_only: lesions outside the body or wholly away from the lungs (no pixel of an in-plane
+    piece within ``LUNG_MARGIN_MM`` of them) are dropped from the written lesion map, and the
+    lesions kept are added to the lung map where it left them out (``anatomy.keep_lesions``); with
+    a lung model, the lesion model only segments the slices where the lung model sees lung.
     lobes_dir: folder of lobe maps named like the inputs (labelled as ``options.lobe_labels``).
     Writes ``out_dir/<name>`` (lesions), ``out_dir/lungs/<name>``, ``out_dir/lobes/<name>`` (with a
     lobe model), ``out_dir/severity/<case>.json|png`` and ``out_dir/severity/cohort.csv``.
+    A case that fails (unreadable, or no lungs found) is recorded in
+    ``out_dir/severity/failures.csv`` and the others go on; ``CohortFailures`` is raised at the end.
     """
-    from slice2d.predict import predict_volume, refuse_overwrite
+    from slice2d.predict import refuse_overwrite
 
     out_dir = Path(out_dir)
     refuse_overwrite(inputs, out_dir)
     for path in inputs:
         if lobes_dir is not None and not (lobes_dir / path.name).is_file():
             raise InputError(f"{lobes_dir}: no lobe map named {path.name}; lobe maps need the image's file name")
-    reports = []
+    reports, failures = [], []
     for path in inputs:
-        img = load_volume(path, "image")
-        image = read_array(img, path, keep_integers=True)
-        geometry = geometry_of(img)
-        others = [r for r in (lung_run, lobe_run) if r is not None]
-        (lesions, probs), *rest = predict_volume([lesion_run, *others], image, geometry, batch_size, probabilities,
-                                                 str(path), lung_run=lung_run, lung_slices_only=lungs_only)
-        maps = {id(r): labels for r, (labels, _) in zip(others, rest)}
-        if lung_run is not None:
-            lungs = maps[id(lung_run)]
-        else:
-            from slice2d.lungs import extract_lungs_nifti  # scipy.ndimage: imported only when used
-            lungs = extract_lungs_nifti(img)
-        lobes, preset = None, options.lobe_labels
-        if lobe_run is not None:
-            lobes = maps[id(lobe_run)]
-            preset = "slice2d"
-            save_like(lobes, img, out_dir / "lobes" / path.name)
-        elif lobes_dir is not None:
-            lobes = _load_labels_on_grid(lobes_dir / path.name, img, path, "lobe map")
-        if lungs_only and lung_run is not None:  # not with the built-in extraction: it leaves out dense consolidation
-            lesions = lesions_near_lungs(lesions, lungs, geometry)
-            lungs = lungs_with_lesions(lungs, lesions, geometry)
-        save_like(lesions, img, out_dir / path.name)
-        save_like(lungs, img, out_dir / "lungs" / path.name)
-        if probs is not None:
-            save_like(probs[..., 1:], img, out_dir / "probabilities" / path.name, dtype=np.float32)
-        opts = SeverityOptions(options.scheme, preset, options.zone_method, options.zone_joint)
-        case = case_name(path)
-        reports.append(score_case(image, lesions, lungs, lobes, img.affine, case, opts,
-                                  out_dir / "severity" / f"{case}.json"))
+        try:
+            reports.append(_assess_one(lesion_run, path, out_dir, lung_run, lobe_run, lobes_dir, options,
+                                       batch_size, probabilities, lungs_only, lung_source))
+        except InputError as exc:
+            if len(inputs) == 1:
+                raise
+            log.error("%s", exc)
+            failures.append((case_name(path), str(exc)))
         if progress:
             progress(path)
-    write_cohort_csv(reports, out_dir / "severity" / "cohort.csv")
+    if reports:
+        write_cohort_csv(reports, out_dir / "severity" / "cohort.csv")
+    if failures:
+        _write_failures(failures, out_dir / "severity" / "failures.csv")
+        raise CohortFailures(f"{len(failures)} of {len(inputs)} cases failed (listed in "
+                             f"{out_dir / 'severity' / 'failures.csv'}); the others were written")
     return reports
+
+
+def _assess_one(lesion_run, path: Path, out_dir: Path, lung_run, lobe_run, lobes_dir: Path | None,
+                options: SeverityOptions, batch_size: int, probabilities: bool, lungs_only: bool,
+                lung_source: str) -> dict:
+    """One case of ``assess_files``: everything read and computed before anything is written."""
+    from slice2d.anatomy import keep_lesions, sanity, scan_anatomy
+    from slice2d.predict import predict_volume
+
+    img = load_volume(path, "image")
+    image = read_array(img, path, keep_integers=True)
+    geometry = geometry_of(img)
+    others = [r for r in (lung_run, lobe_run) if r is not None]
+    (lesions, probs), *rest = predict_volume([lesion_run, *others], image, geometry, batch_size, probabilities,
+                                             str(path), lung_run=lung_run, lung_slices_only=lungs_only)
+    maps = {id(r): labels for r, (labels, _) in zip(others, rest)}
+    model_lungs = maps[id(lung_run)] if lung_run is not None else None
+    anatomy = scan_anatomy(img, model_lungs, lung_source if model_lungs is not None else "builtin", str(path))
+    lobes, preset = None, options.lobe_labels
+    if lobe_run is not None:
+        lobes = maps[id(lobe_run)]
+        preset = "slice2d"
+    elif lobes_dir is not None:
+        lobes = _load_labels_on_grid(lobes_dir / path.name, img, path, "lobe map")
+    lungs = anatomy.lungs
+    if lungs_only:
+        lesions, lungs = keep_lesions(lesions, anatomy, geometry)
+    if lobe_run is not None:
+        save_like(lobes, img, out_dir / "lobes" / path.name)
+    save_like(lesions, img, out_dir / path.name)
+    save_like(lungs, img, out_dir / "lungs" / path.name)
+    if probs is not None:
+        save_like(probs[..., 1:], img, out_dir / "probabilities" / path.name, dtype=np.float32)
+    opts = SeverityOptions(options.scheme, preset, options.zone_method, options.zone_joint)
+    case = case_name(path)
+    checks = sanity(anatomy, lungs, img.affine, image)
+    return score_case(image, lesions, lungs, lobes, img.affine, case, opts, out_dir / "severity" / f"{case}.json",
+                      checks=checks)
 
 
 def _score_one(lesions: Path, lungs: Path | None, lobes: Path | None, image: Path | None,
@@ -195,8 +236,8 @@ def _write_png(labels: np.ndarray, path: Path) -> None:
 
 
 def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=None,
-                        options: SeverityOptions = SeverityOptions(), rotate: int = 0, lungs_only: bool = True,
-                        progress: Callable[[Path], None] | None = None) -> dict | None:
+                        options: SeverityOptions = SeverityOptions(), rotate: int | Orientation | None = 0,
+                        lungs_only: bool = True, progress: Callable[[Path], None] | None = None) -> dict | None:
     """Segment a folder of 8-bit slice images (one axial slice per file, natural file-name order).
 
     Writes ``out_dir/<stem>.png`` (the lesion labels, the image's own size and orientation) and,
@@ -207,6 +248,9 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
     spacing; its mL figures assume 1 mm voxels). Returns the report, or None when it was not made.
     lungs_only: with a lung model, lesions wholly outside its lung map are dropped and the kept
     ones added to the lung map, as in ``assess_files`` (pixels count as 1 mm).
+    rotate: how the slices are stored (an ``Orientation`` or its code, see ``images.read_slice``), or
+    None to detect it from the slices (``orientation.detect_orientation``, logged). The written maps
+    are turned back to the stored orientation, so they overlay their images.
     """
     from slice2d.images import list_images, read_slice, slice_geometry
     from slice2d.predict import predict_array, predict_volume
@@ -215,7 +259,14 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
     files = list_images(folder, "slice images")
     if out_dir.resolve() == Path(folder).resolve():
         raise InputError(f"{out_dir}: --out is the input folder; choose another output folder")
-    slices = [read_slice(path, rotate) for path in files]  # all read and checked before anything is written
+    slices = [read_slice(path) for path in files]  # all read and checked before anything is written
+    if rotate is None:
+        decision = detect_orientation(slices)
+        (log.info if decision.confident else log.warning)("%s: %s", folder, decision.message())
+        orientation = decision.orientation
+    else:
+        orientation = Orientation.from_code(rotate)
+    slices = [orientation.upright(s).copy() for s in slices]
 
     runs = [r for r in (lesion_run, lung_run) if r is not None]
     if len({s.shape for s in slices}) == 1:  # one batched pass over the stack, sliced once for both models
@@ -234,9 +285,9 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
             lesion_maps[k] = lesions_near_lungs(les[:, :, None], lung[:, :, None], geometry)[:, :, 0]
             lung_maps[k] = lungs_with_lesions(lung[:, :, None], lesion_maps[k][:, :, None], geometry)[:, :, 0]
     for k, path in enumerate(files):
-        _write_png(np.rot90(lesion_maps[k], k=rotate), out_dir / f"{path.stem}.png")
+        _write_png(orientation.stored(lesion_maps[k]), out_dir / f"{path.stem}.png")
         if lung_maps:
-            _write_png(np.rot90(lung_maps[k], k=rotate), out_dir / "lungs" / f"{path.stem}.png")
+            _write_png(orientation.stored(lung_maps[k]), out_dir / "lungs" / f"{path.stem}.png")
         if progress:
             progress(path)
     if len({s.shape for s in slices}) != 1:

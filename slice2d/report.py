@@ -70,7 +70,9 @@ def severity_figure(
     path: str | Path,
     regions_map: np.ndarray | None = None,
 ) -> Path:
-    """One-page PNG: four axial slices with overlays and a bar chart of PI% per region.
+    """One-page PNG: six axial slices with overlays (the scan's most superior slice, four through
+    the lungs, the most inferior slice: what lies above and below the lungs shows there too), a
+    bar chart of PI% per region, and the report's sanity block in one line.
 
     image_hu, lungs, lesions, regions_map: arrays (X, Y, Z) on the grid of ``affine`` (any
     orientation; shown in radiological display: anterior at top, patient right on the image left,
@@ -92,11 +94,12 @@ def severity_figure(
     zs = np.nonzero([lun[:, :, z].any() for z in range(lun.shape[2])])[0]
     if zs.size == 0:
         zs = np.arange(img.shape[2])
-    picks = np.unique(np.quantile(zs, [0.8, 0.6, 0.4, 0.2]).round().astype(int))[::-1]
+    inner = np.quantile(zs, [0.8, 0.6, 0.4, 0.2]).round().astype(int)
+    picks = list(dict.fromkeys([img.shape[2] - 1, *inner, 0]))  # superior to inferior, each slice once
 
-    fig = plt.figure(figsize=(16, 8.5))
+    fig = plt.figure(figsize=(18, 7.5))
     # a fixed layout: tight_layout measured every label first, a third of the figure's time
-    grid = fig.add_gridspec(2, 4, height_ratios=[1.15, 1], left=0.045, right=0.99, top=0.96, bottom=0.07,
+    grid = fig.add_gridspec(2, len(picks), height_ratios=[1.15, 1], left=0.045, right=0.99, top=0.96, bottom=0.07,
                             wspace=0.04, hspace=0.16)
     tint = ListedColormap(["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b"])
     for k, z in enumerate(picks):
@@ -115,7 +118,8 @@ def severity_figure(
         overlay[l2 == 1] = (1.0, 0.85, 0.0, 0.55) if report.get("lesion_classes") == 2 else (1.0, 0.1, 0.1, 0.55)
         overlay[l2 == 2] = (1.0, 0.1, 0.1, 0.6)
         ax.imshow(overlay, aspect=sp[1] / sp[0], interpolation="nearest")
-        ax.set_title(f"axial slice {z} (R on left)", fontsize=9)
+        where = " (top of scan)" if z == img.shape[2] - 1 else " (bottom of scan)" if z == 0 else ""
+        ax.set_title(f"axial slice {z}{where}", fontsize=9)
         ax.axis("off")
 
     ax = fig.add_subplot(grid[1, :])
@@ -135,8 +139,11 @@ def severity_figure(
     ax.set_title(f"{case}{report['scheme']} TSS {report['tss']}/{report['tss_max']}{category}; "
                  f"total PI {report['total_pi']:.1f} %, lesion {report['lesion_ml']:.0f} mL of "
                  f"{report['lung_ml']:.0f} mL lung")
-    if report.get("note"):
-        fig.text(0.01, 0.005, report["note"], fontsize=8, color="dimgray")
+    notes = [report["note"]] if report.get("note") else []
+    if report.get("sanity"):
+        notes.append("checks: " + ", ".join(f"{k} {v}" for k, v in report["sanity"].items()))
+    if notes:
+        fig.text(0.01, 0.005, "\n".join(notes), fontsize=8, color="dimgray")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)
     plt.close(fig)

@@ -420,12 +420,15 @@ def write_report(report: dict, path: str | Path) -> Path:
 
 def write_cohort_csv(reports: Sequence[dict], path: str | Path) -> Path:
     """One row per case: case, scheme, total_pi, tss, tss_max, category, lung_ml, lesion_ml, then
-    ``<region>_pi`` and ``<region>_score`` for every region met (in order of first appearance).
+    ``<region>_pi`` and ``<region>_score`` for every region met (in order of first appearance),
+    then the sanity block's entries (``anatomy.sanity``) where reports have one.
     Empty cells for NaN/None and for regions a case does not have. Written atomically."""
     path = Path(path)
     head = ["case", "scheme", "total_pi", "tss", "tss_max", "category", "lung_ml", "lesion_ml"]
     region_names = list(dict.fromkeys(name for r in reports for name in r["regions"]))
     fields = head + [f"{n}_{k}" for n in region_names for k in ("pi", "score")]
+    checks = list(dict.fromkeys(k for r in reports for k in r.get("sanity", {})))  # the sanity block's keys
+    fields += checks
 
     def cell(v):
         if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -441,5 +444,6 @@ def write_cohort_csv(reports: Sequence[dict], path: str | Path) -> Path:
                 for n in region_names:
                     reg = r["regions"].get(n, {})
                     row += [cell(reg.get("pi")), cell(reg.get("score"))]
+                row += [cell(r.get("sanity", {}).get(k)) for k in checks]
                 w.writerow(row)
     return path

@@ -7,7 +7,10 @@ diag(-sx, -sy, sz) maps voxel indices to RAS+ world millimetres (nibabel convent
 
 Internally the anatomy is laid out in millimetres about the volume centre on three axes: `l`
 (towards the patient's left), `p` (towards posterior) and `s` (superior). Every size is a fraction
-of the field of view, so any shape and spacing (anisotropic included) holds a whole thorax.
+of the field of view, so any shape and spacing (anisotropic included) holds a whole thorax. A
+whole scan (`whole_scan=True`) gives the thorax the middle of the field of view and fills the rest
+with neck, shoulders, abdomen and table (`slice2d.synth_scan`); `slice_thickness` adds partial
+volume along z. Voxel-grid numerics live in `slice2d.synth_geometry`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import numpy as np
 from scipy import ndimage
 
 from slice2d.io import atomic_path
+from slice2d.synth_geometry import Grid, field_box, field_slice, seg_dist, seg_dist2d, smooth_field
+from slice2d.synth_scan import AIRWAY, OUTSIDE, TABLE, ScanOptions, SlabPlan, WholeScan
 
 LUNG_LABELS = {1: "right lung", 2: "left lung"}
 LOBE_LABELS = {1: "RUL", 2: "RML", 3: "RLL", 4: "LUL", 5: "LLL"}
@@ -39,7 +44,8 @@ class Phantom:
 
     image: float32 HU. lungs: uint8, 0 background, 1 right lung, 2 left lung (airways outside the
     lungs are not lung). lobes: uint8, 0, 1 RUL, 2 RML, 3 RLL, 4 LUL, 5 LLL. lesions: uint8, 0,
-    1 ground-glass, 2 consolidation. affine: 4x4 float64 voxel -> RAS+ world mm.
+    1 ground-glass, 2 consolidation. affine: 4x4 float64 voxel -> RAS+ world mm. confounders:
+    uint8, what is air-like or table but not lung (`slice2d.synth_scan.CONFOUNDER_LABELS`).
     """
 
     image: np.ndarray
@@ -47,6 +53,7 @@ class Phantom:
     lobes: np.ndarray
     lesions: np.ndarray
     affine: np.ndarray
+    confounders: np.ndarray
 
 
 def phantom_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
@@ -57,70 +64,10 @@ def phantom_affine(shape: tuple[int, int, int], spacing: tuple[float, float, flo
     return aff
 
 
-def _basis(coords: np.ndarray, step: float) -> np.ndarray:
-    """Row-normalised Gaussian weights (len(coords), m) of control points `step` mm apart."""
-    centres = np.arange(coords.min() - step, coords.max() + 2 * step, step)
-    w = np.exp(-0.5 * ((coords[:, None] - centres[None, :]) / (0.7 * step)) ** 2)
-    w /= w.sum(1, keepdims=True)
-    w[w < 1e-6] = 0.0  # far tails underflow to float32 subnormals, which make matmul ~1000x slower
-    return w.astype(np.float32)
-
-
-def _smooth_field(rng: np.random.Generator, axes: list[np.ndarray], steps) -> tuple[list, np.ndarray]:
-    """Random smooth field of about unit variance, as separable bases and control coefficients.
-
-    Evaluating it costs a few small matrix products, at any resolution and for any sub-box, which
-    is far cheaper than filtering white noise over a 512x512x300 volume.
-    """
-    bases = [_basis(a, s) for a, s in zip(axes, steps)]
-    coef = rng.standard_normal([b.shape[1] for b in bases]).astype(np.float32)
-    coef /= np.prod([np.sqrt((b**2).sum(1)).mean() for b in bases])
-    return bases, coef
-
-
-# Pairwise einsum without `optimize` stays out of BLAS: for these tiny products a multi-threaded
-# BLAS on a busy machine costs ~100x the arithmetic.
-def _field_slice(field: tuple[list, np.ndarray], k: int) -> np.ndarray:
-    """Axial slice k of a smooth field, shape (X, Y)."""
-    (bl, bp, bs), coef = field
-    return np.einsum("ib,jb->ij", np.einsum("ia,ab->ib", bl, np.einsum("abc,c->ab", coef, bs[k])), bp)
-
-
-def _field_box(field: tuple[list, np.ndarray]) -> np.ndarray:
-    """The whole field on its grid, shape (len(axis 0), len(axis 1), len(axis 2))."""
-    (bl, bp, bs), coef = field
-    t = np.einsum("kc,abc->abk", bs, coef)
-    t = np.einsum("jb,abk->ajk", bp, t)
-    return np.einsum("ia,ajk->ijk", bl, t)
-
-
-class _Grid:
-    """Voxel centre coordinates in mm about the volume centre: l (to the left), p, s."""
-
-    def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float]):
-        self.shape, self.spacing = shape, np.asarray(spacing, float)
-        self.axes = [((np.arange(n) - (n - 1) / 2) * s).astype(np.float32) for n, s in zip(shape, spacing)]
-        self.half = np.array([n * s / 2 for n, s in zip(shape, spacing)])
-
-    def box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice, slice] | None:
-        """Index slices of the voxels whose centres lie within [lo, hi] mm (None if empty)."""
-        sl = []
-        for n, s, a, b in zip(self.shape, self.spacing, lo, hi):
-            i0 = max(0, int(np.floor(a / s + (n - 1) / 2)))
-            i1 = min(n, int(np.ceil(b / s + (n - 1) / 2)) + 1)
-            if i1 <= i0:
-                return None
-            sl.append(slice(i0, i1))
-        return tuple(sl)
-
-    def coords(self, box: tuple[slice, slice, slice]) -> list[np.ndarray]:
-        return [a[b] for a, b in zip(self.axes, box)]
-
-
-def _layout(rng: np.random.Generator, g: _Grid) -> dict:
-    """Random per-case anatomy, in mm on the (l, p, s) axes."""
+def _layout(rng: np.random.Generator, half: np.ndarray) -> dict:
+    """Random per-case anatomy, in mm on the (l, p, s) axes, filling the half extents `half` (mm)."""
     u = rng.uniform
-    hx, hy, hz = g.half
+    hx, hy, hz = half
     a = {"bx": hx * u(0.84, 0.92), "by": hy * u(0.60, 0.70), "fat": u(0.04, 0.09), "mus": u(0.05, 0.08)}
     a["e_rib_out"] = 1 - a["fat"] - a["mus"]
     a["e_rib_in"] = a["e_rib_out"] - 0.045
@@ -149,26 +96,6 @@ def _layout(rng: np.random.Generator, g: _Grid) -> dict:
     return a
 
 
-def _seg_dist(g: _Grid, a: np.ndarray, b: np.ndarray, pad: float):
-    """Box around segment a-b (mm, padded) and the distance (mm) of its voxels to the segment."""
-    box = g.box(np.minimum(a, b) - pad, np.maximum(a, b) + pad)
-    if box is None:
-        return None, None
-    x, y, z = g.coords(box)
-    x, y, z = (x - a[0])[:, None, None], (y - a[1])[None, :, None], (z - a[2])[None, None, :]
-    d = (b - a).astype(np.float32)
-    t = np.clip((x * d[0] + y * d[1] + z * d[2]) / max(float(d @ d), 1e-6), 0, 1)
-    return box, np.sqrt((x - t * d[0]) ** 2 + (y - t * d[1]) ** 2 + (z - t * d[2]) ** 2)
-
-
-def _seg_dist2d(l: np.ndarray, p: np.ndarray, z: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distance (mm) of the points (l, p, z) of one axial slice to the 3D segment a-b."""
-    d = b - a
-    x, y, w = l - a[0], p - a[1], z - a[2]
-    t = np.clip((x * d[0] + y * d[1] + w * d[2]) / float(d @ d), 0, 1)
-    return np.sqrt((x - t * d[0]) ** 2 + (y - t * d[1]) ** 2 + (w - t * d[2]) ** 2)
-
-
 def _tree(rng, root: np.ndarray, extent: np.ndarray, side: int, radius: float, depth: int,
           r_min: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Random bifurcating segments (start, end, radius mm) spreading from a hilum through a lung.
@@ -194,10 +121,12 @@ def _tree(rng, root: np.ndarray, extent: np.ndarray, side: int, radius: float, d
     return segs
 
 
-def _thorax(rng, g: _Grid, a: dict):
+def _thorax(rng, g: Grid, a: dict, opts: ScanOptions | None):
     """Body, bones, mediastinum, central airways, lungs and lobes, built one axial slice at a time.
 
-    Slices keep every temporary 2D, so a 512x512x300 volume needs no full-size float scratch.
+    With `opts`, also neck, shoulders, abdomen and table (`slice2d.synth_scan`). Returns image,
+    lungs, lobes and confounders. Slices keep every temporary 2D, so a 512x512x300 volume needs no
+    full-size float scratch.
     """
     X, Y = g.shape[:2]
     l, p = g.axes[0][:, None], g.axes[1][None, :]
@@ -215,13 +144,14 @@ def _thorax(rng, g: _Grid, a: dict):
     rib_shift = a["rib_drop"] * ant + rng.uniform(0, a["rib_pitch"])
     cavity = e < a["e_rib_in"] - 0.01
     spine_ex = ev < 1.35
+    spine = (ev < 1) | (arch < 1) | (spinous < 1) | (canal < 1)
     aorta = np.hypot(l - 1.6 * rvl, p - (pv - 0.9 * rvp)) < 0.09 * cax
     med_half = cax * (0.10 + 0.08 * ant)
     steps = (0.35 * cax, 0.35 * cay, 0.3 * L)
-    pert = _smooth_field(rng, g.axes, steps)
-    paren = _smooth_field(rng, g.axes, (0.25 * cax, 0.25 * cay, 0.2 * L))
-    fis_pert = _smooth_field(rng, g.axes[:2] + [np.zeros(1, np.float32)], steps)
-    fis_pert = _field_slice(fis_pert, 0) * 0.03 * L
+    pert = smooth_field(rng, g.axes, steps)
+    paren = smooth_field(rng, g.axes, (0.25 * cax, 0.25 * cay, 0.2 * L))
+    fis_pert = smooth_field(rng, g.axes[:2] + [np.zeros(1, np.float32)], steps)
+    fis_pert = field_slice(fis_pert, 0) * 0.03 * L
     tr_l, tr_p = a["trachea"]
     carina = np.array([tr_l, tr_p, a["carina"]], np.float32)
     bronchi = [(a["hilumR"], 0.75 * a["r_tr"]), (a["hilumL"], 0.65 * a["r_tr"])]
@@ -239,10 +169,14 @@ def _thorax(rng, g: _Grid, a: dict):
     zhor = zb + L * (a["hor"] - 0.04 * np.clip(p / cay, -1, 1)) - fis_pert
     hc = a["heart"]
     fis_w = 0.6 * float(g.spacing.min())
+    dia = np.where(l < 0, lung_geo["R"][2], lung_geo["L"][2])  # no lung below this height
+    scan = None if opts is None else WholeScan(opts, a, l, p, dia)
+    body_any = np.zeros((X, Y), bool)
 
     image = np.empty(g.shape, np.float32)
     lungs = np.zeros(g.shape, np.uint8)
     lobes = np.zeros(g.shape, np.uint8)
+    conf = np.zeros(g.shape, np.uint8)
     for k, z in enumerate(g.axes[2]):
         z = float(z)
         t = (z - zb) / L
@@ -250,7 +184,8 @@ def _thorax(rng, g: _Grid, a: dict):
         img[e <= 1] = -100.0 + 15.0 * np.sin(z / 17.0)
         img[e <= 1 - a["fat"]] = 40.0
         img[cavity] = 30.0
-        img[rib_ring & (np.mod(z + rib_shift, a["rib_pitch"]) < 0.32 * a["rib_pitch"])] = 700.0
+        if scan is None or z > scan.rib_floor:
+            img[rib_ring & (np.mod(z + rib_shift, a["rib_pitch"]) < 0.32 * a["rib_pitch"])] = 700.0
         if zb < z < zb + 0.85 * L:
             img[sternum] = 450.0
         disc = np.mod(z, a["vert_pitch"]) < 0.2 * a["vert_pitch"]
@@ -264,6 +199,7 @@ def _thorax(rng, g: _Grid, a: dict):
         img[eh < 0.92] = 45.0
         if z < zb + 0.75 * L:
             img[aorta] = 45.0
+        gas = None if scan is None else scan.abdomen(img, z, cavity & ~spine_ex & ~aorta & ~heart)
         # Central airways: lumen is air, wall soft tissue; neither belongs to the lung label.
         airway = np.zeros((X, Y), bool)
         if z >= a["carina"]:
@@ -271,12 +207,16 @@ def _thorax(rng, g: _Grid, a: dict):
             img[airway] = 40.0
             img[tr_d < a["r_tr"]] = -1000.0
         for hil, r in bronchi:
-            d = _seg_dist2d(l, p, z, carina, hil)
+            d = seg_dist2d(l, p, z, carina, hil)
             airway |= d < 1.3 * r
             img[d < 1.3 * r] = 40.0
             img[d < r] = -1000.0
+        lumen = airway & (img == -1000.0)
+        body = (e <= 1) | spine
+        if scan is not None:
+            body = scan.neck_and_shoulders(img, z, body, spine | airway)
         shrink = np.sqrt(max(0.0, 1 - min(max(t, 0.0), 1.0) ** 2))
-        pk = _field_slice(pert, k)  # relative to the local size, so the apex stays a dome, not a spike
+        pk = field_slice(pert, k)  # relative to the local size, so the apex stays a dome, not a spike
         medi = np.abs(l - 0.02 * cax) < med_half * (1 - 0.3 * min(max(t, 0.0), 1.0))
         free = ~(medi | heart | airway)
         lung2 = np.zeros((X, Y), np.uint8)
@@ -291,17 +231,27 @@ def _thorax(rng, g: _Grid, a: dict):
                 lobe2[m] = np.where(upper, 4, 5)[m]
         inl = lung2 > 0
         dep = np.clip((p - 0.05 * cay) / cay * 0.5 + 0.5, 0, 1)  # gravity-dependent density
-        par = -870.0 + 30.0 * _field_slice(paren, k) + 50.0 * dep
+        par = -870.0 + 30.0 * field_slice(paren, k) + 50.0 * dep
         # Fissures: a faint line where a lung voxel sits within ~a voxel of the fissure surface.
         dn = np.minimum(np.abs(z - lung_geo["R"][3]), np.abs(z - lung_geo["L"][3]))
         dn = np.where((lung2 == 1) & (zhor > lung_geo["R"][3]), np.minimum(dn, np.abs(z - zhor)), dn)
         par += 90.0 * np.exp(-((dn / fis_w) ** 2))
         img[inl] = par[inl]
         image[:, :, k], lungs[:, :, k], lobes[:, :, k] = img, lung2, lobe2
-    return image, lungs, lobes
+        c = conf[:, :, k]
+        c[~body] = OUTSIDE
+        c[lumen & ~inl] = AIRWAY
+        if gas is not None:
+            c[gas > 0] = gas[gas > 0]
+        body_any |= body
+    if opts is not None and opts.table:
+        table, shell, hu = scan.table(body_any)
+        image[shell] = hu
+        conf[table] = TABLE
+    return image, lungs, lobes, conf
 
 
-def _paint_trees(rng, g: _Grid, image: np.ndarray, lungs: np.ndarray, a: dict) -> None:
+def _paint_trees(rng, g: Grid, image: np.ndarray, lungs: np.ndarray, a: dict) -> None:
     """Vessels (bright, tapering) and airways (air lumen, thin wall) branching from each hilum."""
     soft = 0.5 * float(g.spacing[:2].mean())
     for key, lab, side in (("R", 1, -1), ("L", 2, 1)):
@@ -315,7 +265,7 @@ def _paint_trees(rng, g: _Grid, image: np.ndarray, lungs: np.ndarray, a: dict) -
                    + _tree(rng, vein_root, extent, side, 0.04 * a["cax"], 6, 0.4 * soft))
         hu_v = rng.uniform(-20.0, 40.0)
         for p0, p1, r in airways:
-            box, d = _seg_dist(g, p0, p1, 1.5 * r + soft)
+            box, d = seg_dist(g, p0, p1, 1.5 * r + soft)
             if box is None:
                 continue
             m = lungs[box] == lab
@@ -324,7 +274,7 @@ def _paint_trees(rng, g: _Grid, image: np.ndarray, lungs: np.ndarray, a: dict) -
             sub = image[box]
             sub[m] = np.minimum(np.maximum(sub, wall), lumen)[m]
         for p0, p1, r in vessels:
-            box, d = _seg_dist(g, p0, p1, r + soft)
+            box, d = seg_dist(g, p0, p1, r + soft)
             if box is None:
                 continue
             m = lungs[box] == lab
@@ -334,7 +284,7 @@ def _paint_trees(rng, g: _Grid, image: np.ndarray, lungs: np.ndarray, a: dict) -
             sub[m] = np.maximum(sub, val)[m]
 
 
-def _add_lesions(rng, g: _Grid, image: np.ndarray, lungs: np.ndarray, lesions: np.ndarray, a: dict) -> None:
+def _add_lesions(rng, g: Grid, image: np.ndarray, lungs: np.ndarray, lesions: np.ndarray, a: dict) -> None:
     """1-8 patchy, mostly subpleural ground-glass / consolidation blobs inside the lungs."""
     stride = [max(1, n // 48) for n in g.shape]
     coarse = lungs[:: stride[0], :: stride[1], :: stride[2]]
@@ -362,7 +312,7 @@ def _add_lesions(rng, g: _Grid, image: np.ndarray, lungs: np.ndarray, lesions: n
         x, y, z = g.coords(box)
         rr = ((x - centre[0]) / semi[0])[:, None, None] ** 2 + ((y - centre[1]) / semi[1])[None, :, None] ** 2 \
             + ((z - centre[2]) / semi[2])[None, None, :] ** 2
-        noise = _field_box(_smooth_field(rng, [x, y, z], np.full(3, R * rng.uniform(0.3, 0.5))))
+        noise = field_box(smooth_field(rng, [x, y, z], np.full(3, R * rng.uniform(0.3, 0.5))))
         f = 1 - rr + 0.6 * noise
         inside = lungs[box] == lab
         kind = rng.random()
@@ -385,12 +335,19 @@ def _add_lesions(rng, g: _Grid, image: np.ndarray, lungs: np.ndarray, lesions: n
 
 
 def make_phantom(shape: tuple[int, int, int] = (128, 128, 64), spacing: tuple[float, float, float] = (2.5, 2.5, 5.0),
-                 seed: int = 0, lesion_free: bool | None = None) -> Phantom:
-    """Build one synthetic chest CT with its lung, lobe and lesion truth.
+                 seed: int = 0, lesion_free: bool | None = None, whole_scan: bool = False,
+                 table: bool | None = None, slice_thickness: float | None = None) -> Phantom:
+    """Build one synthetic chest CT with its lung, lobe, lesion and confounder truth.
 
     shape: voxels (X, Y, Z), each at least 16; spacing: mm per voxel along the same axes.
     seed: everything is a deterministic function of it. lesion_free: None lets the seed decide
     (about 20% of cases have no lesion); True / False forces it without changing the anatomy.
+    whole_scan: the field of view runs from the neck to the upper abdomen, as a clinical scan
+    does: neck with trachea and shoulders above the apex, liver, stomach and bowel gas below the
+    bases (default False: the thorax fills the volume, as the demo's phantoms). table: the scanner
+    table behind the patient; None follows `whole_scan`. slice_thickness: mm of anatomy each slice
+    averages along z (partial volume, box profile), e.g. 5.0 with spacing z 5.0; None samples the
+    anatomy at the slice centres. Label maps always give the anatomy at the voxel centres.
     """
     shape = tuple(int(n) for n in shape)
     spacing = tuple(float(s) for s in spacing)
@@ -402,19 +359,29 @@ def make_phantom(shape: tuple[int, int, int] = (128, 128, 64), spacing: tuple[fl
     draw = rng.random()  # drawn even when forced, so forcing keeps the same anatomy
     if lesion_free is None:
         lesion_free = bool(draw < 0.2)
-    g = _Grid(shape, spacing)
-    a = _layout(rng, g)
-    image, lungs, lobes = _thorax(rng, g, a)
+    out = Grid(shape, spacing)
+    table = whole_scan if table is None else table
+    opts, half = None, out.half
+    if whole_scan or table:  # a stream of its own: the thorax's draws stay those of the seed
+        opts = ScanOptions(np.random.default_rng([seed, 1]), out.half, out.spacing, whole_scan, table)
+        half = out.half * opts.thorax_fraction()
+    plan = None if slice_thickness is None else SlabPlan.make(shape[2], spacing[2], slice_thickness)
+    g = out if plan is None else Grid((*shape[:2], plan.fine), (*spacing[:2], plan.step))
+    a = _layout(rng, half)
+    image, lungs, lobes, conf = _thorax(rng, g, a, opts)
     _paint_trees(rng, g, image, lungs, a)
-    lesions = np.zeros(shape, np.uint8)
+    lesions = np.zeros(g.shape, np.uint8)
     if not lesion_free:
         _add_lesions(rng, g, image, lungs, lesions, a)
+    if plan is not None:
+        image = plan.average(image, shape[2])
+        lungs, lobes, lesions, conf = (plan.centres(m, shape[2]) for m in (lungs, lobes, lesions, conf))
     sigma = rng.uniform(20.0, 35.0)
     step = max(1, 4_000_000 // (shape[0] * shape[1]))  # noise in slabs: no full-volume temporary
     for k in range(0, shape[2], step):
         image[:, :, k:k + step] += sigma * rng.standard_normal((*shape[:2], min(step, shape[2] - k)), np.float32)
     np.clip(image, -1024.0, 3071.0, out=image)
-    return Phantom(image, lungs, lobes, lesions, phantom_affine(shape, spacing))
+    return Phantom(image, lungs, lobes, lesions, phantom_affine(shape, spacing), conf)
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -439,24 +406,30 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 def write_phantoms(out: Path, cases: int, shape: tuple[int, int, int] = (128, 128, 64),
                    spacing: tuple[float, float, float] = (2.5, 2.5, 5.0), seed: int = 0,
-                   progress: Callable[[int], object] | None = None, lesion_free: bool | None = None) -> list[Path]:
+                   progress: Callable[[int], object] | None = None, lesion_free: bool | None = None,
+                   whole_scan: bool = False, table: bool | None = None,
+                   slice_thickness: float | None = None) -> list[Path]:
     """Write `cases` phantoms as OUT/{images,lungs,lobes,lesions}/phantom_NNN.nii.gz.
 
     Images are int16 HU, label maps uint8, all with slope 1 / intercept 0 and the phantom's LPS
     affine. Case i uses `case_seed(seed, i)`, so a set is reproducible. `progress(i)` is called
-    after case i is complete. Returns the image paths.
+    after case i is complete. Returns the image paths. The other options are `make_phantom`'s;
+    phantoms with a whole scan or a table also get OUT/confounders/ (`CONFOUNDER_LABELS`).
     """
     if cases < 0:
         raise ValueError(f"cases={cases}: the number of phantoms to write cannot be negative")
     out = Path(out)
-    for name in MAP_NAMES:
+    table = whole_scan if table is None else table
+    names = MAP_NAMES + (("confounders",) if whole_scan or table else ())
+    for name in names:
         (out / name).mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(cases):
-        ph = make_phantom(shape, spacing, case_seed(seed, i), lesion_free=lesion_free)
+        ph = make_phantom(shape, spacing, case_seed(seed, i), lesion_free=lesion_free, whole_scan=whole_scan,
+                          table=table, slice_thickness=slice_thickness)
         fname = f"phantom_{i:03d}.nii.gz"
-        for name, arr in (("lungs", ph.lungs), ("lobes", ph.lobes), ("lesions", ph.lesions)):
-            _save_nifti(arr, ph.affine, out / name / fname)
+        for name in names[1:]:
+            _save_nifti(getattr(ph, name), ph.affine, out / name / fname)
         # The image goes last: a case whose image exists has all its label maps.
         hu = np.clip(np.rint(ph.image), -1024, 3071).astype(np.int16)
         _save_nifti(hu, ph.affine, out / "images" / fname)

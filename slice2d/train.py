@@ -252,8 +252,18 @@ def use_xla(setting: bool | str) -> bool:
     return bool(tf.config.list_physical_devices("GPU")) or not onednn_enabled()
 
 
+def _keep_sides(split: Split, before: dict) -> Split:
+    """``split`` with every case named in an earlier run's splits on the side it had there."""
+    side = {c: k for k in ("train", "val", "test") for c in before.get(k, [])}
+    parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for k in parts:
+        for c in getattr(split, k):
+            parts[side.get(c, k)].append(c)
+    return Split(**parts)
+
+
 def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, resume: bool = False,
-          verbose: int = 1, callbacks: list | None = None) -> Path:
+          verbose: int = 1, callbacks: list | None = None, init_from: str | Path | None = None) -> Path:
     """Train a U-Net on one or more prepared slice files and write the run folder ``out``.
 
     Several files (e.g. two data sets) must share their data settings; each is split by patient
@@ -261,6 +271,9 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
     resume: continue an interrupted (or finished) run in ``out`` from its last finished epoch; its
     saved config and splits are used, and the ``epochs`` of ``cfg`` may extend it. Without it, ``out`` must not already hold a run.
     callbacks: extra Keras callbacks (e.g. the timing callback of bench/performance.py).
+    init_from: a run folder of the same network whose weights start the training (fine-tuning);
+    the cases its ``splits.json`` names keep their side (train, validation or test), so that a
+    model fine-tuned on more data is still validated on slices neither run trained on.
     """
     import keras
 
@@ -301,6 +314,8 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
                                  cfg.train.fold, cfg.train.seed) for f in files]
             split = Split(train=[c for p in parts for c in p.train], val=[c for p in parts for c in p.val],
                           test=[c for p in parts for c in p.test])
+            if init_from is not None and (Path(init_from) / "splits.json").is_file():
+                split = _keep_sides(split, json.loads((Path(init_from) / "splits.json").read_text()))
         train_x, train_y = _gather(files, split.train, cases)
         val_x, val_y = _gather(files, split.val, cases)
     finally:
@@ -334,6 +349,15 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
         model = build_unet(size, len(cfg.data.classes), cfg.model)
     finally:
         keras.mixed_precision.set_global_policy("float32")  # layers keep the policy they were built with
+    if init_from is not None and not resume:
+        from slice2d.predict import load_trained_model
+
+        try:
+            model.set_weights(load_trained_model(Path(init_from)).get_weights())
+        except ValueError:
+            raise InputError(f"{init_from}: its network differs from this config's; fine-tune with the same model "
+                             "settings") from None
+        log.info("starting from the weights of %s", init_from)
     xla = use_xla(cfg.train.jit_compile)
     log.info("compute precision: %s; XLA %s", policy, "on" if xla else "off")
     steps_per_epoch = max(1, len(train_x) // batch_size)

@@ -1,0 +1,293 @@
+"""Orientation detection of 8-bit slice exports: train the tiny scorer, and measure it on held-out real slices.
+
+    python bench/orientation.py train   # HU volumes -> checkpoints/orientation/weights.npz (CPU, minutes)
+    python bench/orientation.py         # accuracy on covid-ct-slices and covid-semiseg -> BENCHMARKS.md
+
+Training sees only whole HU volumes with known geometry (../shared/data/ct-samples and the three
+chest DICOM series), windowed to 8 bits the ways slice exports are made (lung window; min-max plus
+CLAHE), so both slice sets measured here are held out entirely: neither their images, their
+patients nor their sources were used to train or tune anything.
+
+Each slice set is put through all eight stored orientations (4 turns x optional mirror) of its
+upright slices, and the detector must name the correction that brings each back upright: per slice,
+and per folder (one patient of covid-ct-slices, or the whole covid-semiseg folder, in one
+orientation).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from slice2d.orientation import ORIENTATIONS, WEIGHTS, Orientation, decide, slice_log_probs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import machine, write_section  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+VOLUMES = ("ct-samples/cmb-crc-chest-ct.nii.gz", "ct-samples/copdgene-10002K-ct-64.nii.gz",
+           "ct-samples/totalseg-example-ct.nii.gz")
+DICOM_SERIES = ("dicom/lidc-idri-0001", "dicom/cptac-c3n-00247", "dicom/ricord-1a-000082")
+# How each slice set is really stored (checked by eye: spine, table, heart, liver, aortic arch).
+# covid-ct-slices: the coronacases patients are upright, but the eight Radiopaedia patients are
+# stored upside down (spine and table at the top, heart still on the image's right): the data
+# README's "radiological convention" holds for coronacases only. covid-semiseg: a quarter turn.
+SEMISEG_STORED = Orientation(1)
+MIN_LUNG_SHARE = 0.03   # a training slice shows lung on at least 3 % of its pixels
+AUGMENTED_COPIES = 10   # windowed/cropped variants of each training slice
+
+
+def ct_slices_truth(patient: str) -> Orientation:
+    return Orientation(2, True) if patient.startswith("radiopaedia") else Orientation(0)
+
+
+# ---------------------------------------------------------------- training data (HU volumes)
+
+def _nifti_display_slices(path: Path) -> list[np.ndarray]:
+    from slice2d.io import geometry_of, load_volume, read_array, to_canonical
+
+    img = load_volume(path)
+    canonical = to_canonical(read_array(img, path), geometry_of(img))  # (P, L, S): display convention
+    return [np.ascontiguousarray(canonical[:, :, k]) for k in range(canonical.shape[2])]
+
+
+def _dicom_display_slices(folder: Path) -> list[np.ndarray]:
+    """Axial slices (rows anterior -> posterior, columns patient right -> left), HU."""
+    import pydicom
+
+    out = []
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        if "PixelData" not in ds:
+            continue
+        hu = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(
+            getattr(ds, "RescaleIntercept", 0))
+        row_dir, col_dir = np.array(ds.ImageOrientationPatient[:3]), np.array(ds.ImageOrientationPatient[3:])
+        if abs(row_dir[0]) < 0.9 or abs(col_dir[1]) < 0.9:
+            continue  # not a plain axial LPS-aligned slice
+        if row_dir[0] < 0:      # columns must run towards the patient's left (+x in LPS)
+            hu = hu[:, ::-1]
+        if col_dir[1] < 0:      # rows must run towards posterior (+y in LPS)
+            hu = hu[::-1, :]
+        out.append((float(ds.ImagePositionPatient[2]), np.maximum(hu, -1024.0)))
+    return [hu for _, hu in sorted(out, key=lambda t: t[0])]
+
+
+def training_slices() -> list[tuple[str, np.ndarray]]:
+    """(source, HU slice in display convention) for every slice of the HU volumes that shows lung."""
+    from scipy import ndimage
+
+    out = []
+    sources = [(p, _nifti_display_slices) for p in VOLUMES] + [(p, _dicom_display_slices) for p in DICOM_SERIES]
+    for rel, reader in sources:
+        for hu in reader(DATA / rel):
+            body = ndimage.binary_fill_holes(ndimage.binary_opening(hu > -500, iterations=2))
+            if np.mean(body & (hu < -500)) >= MIN_LUNG_SHARE:
+                out.append((rel, hu))
+    return out
+
+
+def _export(hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One plausible 8-bit export of an HU slice: window or min-max + CLAHE, crop, zoom, tilt, noise."""
+    from scipy import ndimage
+    from skimage import exposure, transform
+
+    scale = 160.0 / max(hu.shape)  # work at about the scorer's input scale x2.5, fast
+    hu = transform.rescale(hu, scale * rng.uniform(0.9, 1.1), order=1, anti_aliasing=True, preserve_range=True)
+    if rng.random() < 0.5:
+        hu = ndimage.rotate(hu, rng.uniform(-12, 12), order=1, reshape=False, cval=-1024.0)
+    body = ndimage.binary_fill_holes(hu > -400)
+    rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
+    if rows.size and rng.random() < 0.6:  # crop near the body, as covid-semiseg does (sometimes into it)
+        margin = lambda n: int(rng.uniform(-0.04, 0.12) * n)  # noqa: E731
+        r0, r1 = max(0, rows[0] - margin(hu.shape[0])), min(hu.shape[0], rows[-1] + 1 + margin(hu.shape[0]))
+        c0, c1 = max(0, cols[0] - margin(hu.shape[1])), min(hu.shape[1], cols[-1] + 1 + margin(hu.shape[1]))
+        if r1 - r0 > 16 and c1 - c0 > 16:
+            hu = hu[r0:r1, c0:c1]
+    if rng.random() < 0.5:  # lung window
+        level, width = rng.uniform(-750, -400), rng.uniform(1000, 1800)
+        img = np.clip((hu - level + width / 2) / width, 0, 1)
+    else:                   # per-slice min-max, then CLAHE (covid-ct-slices' recipe)
+        img = (hu - hu.min()) / max(1.0, float(hu.max() - hu.min()))
+        img = exposure.equalize_adapthist(img, clip_limit=rng.uniform(0.005, 0.03))
+    img = img ** rng.uniform(0.7, 1.4) + rng.normal(0, rng.uniform(0, 0.04), img.shape)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def build_training_set(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Prepared upright inputs (N, 64, 64) and their source index (N,)."""
+    from slice2d.orientation import prepare_slice
+
+    rng = np.random.default_rng(seed)
+    slices = training_slices()
+    names = sorted({s for s, _ in slices})
+    x, src = [], []
+    for name, hu in slices:
+        for _ in range(AUGMENTED_COPIES):
+            x.append(prepare_slice(_export(hu, rng)))
+            src.append(names.index(name))
+    print(f"{len(slices)} slices from {len(names)} volumes: " + ", ".join(
+        f"{n.split('/')[-1]} {sum(s == n for s, _ in slices)}" for n in names))
+    return np.stack(x), np.array(src)
+
+
+def train(epochs: int = 6, seed: int = 0) -> None:
+    """Fit g on the eight corrections of each upright training slice; save its weights as .npz."""
+    import keras
+
+    from slice2d.orientation import CONV_FILTERS, DENSE_UNITS, INPUT_SIZE, upright_scores
+
+    x, _ = build_training_set(seed)
+    keras.utils.set_random_seed(seed)
+    g = keras.Sequential([keras.Input((INPUT_SIZE, INPUT_SIZE, 1))]
+                         + [layer for f in CONV_FILTERS for layer in
+                            (keras.layers.Conv2D(f, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D())]
+                         + [keras.layers.Flatten(), keras.layers.Dropout(0.3),
+                            keras.layers.Dense(DENSE_UNITS, activation="relu"), keras.layers.Dense(1)])
+    # every sample is shown stored in all 8 ways (the candidates are its 8 corrections of a random
+    # stored orientation); the target is the candidate that is upright
+    n = len(ORIENTATIONS)
+    rng = np.random.default_rng(seed)
+    inp = keras.Input((n, INPUT_SIZE, INPUT_SIZE, 1))
+    flat = keras.layers.Reshape((INPUT_SIZE, INPUT_SIZE, 1))(keras.ops.reshape(inp, (-1, INPUT_SIZE, INPUT_SIZE, 1)))
+    logits = keras.ops.reshape(g(flat), (-1, n))
+    model = keras.Model(inp, logits)
+    model.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+
+    def candidates(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        codes = rng.integers(0, n, len(batch))
+        stored = [ORIENTATIONS[c].stored(b) for b, c in zip(batch, codes, strict=True)]
+        return np.stack([[o.upright(s) for o in ORIENTATIONS] for s in stored])[..., None], codes
+
+    order = rng.permutation(len(x))
+    cut = len(x) // 10
+    xv, yv = candidates(x[order[:cut]])
+    xt = x[order[cut:]]
+    schedule = keras.optimizers.schedules.CosineDecay(2e-3, epochs * (len(xt) // 64))
+    model.optimizer.learning_rate = schedule
+    for epoch in range(epochs):
+        xb, yb = candidates(xt[rng.permutation(len(xt))])
+        hist = model.fit(xb, yb, batch_size=64, epochs=1, verbose=0, validation_data=(xv, yv))
+        print(f"epoch {epoch + 1}: loss {hist.history['loss'][0]:.4f} acc {hist.history['accuracy'][0]:.4f} "
+              f"val acc {hist.history['val_accuracy'][0]:.4f}", flush=True)
+    convs = [layer for layer in g.layers if isinstance(layer, keras.layers.Conv2D)]
+    denses = [layer for layer in g.layers if isinstance(layer, keras.layers.Dense)]
+    arrays = {}
+    for i, layer in enumerate(convs):
+        arrays[f"conv{i}_kernel"], arrays[f"conv{i}_bias"] = (np.asarray(w) for w in layer.get_weights())
+    for j, layer in enumerate(denses):
+        arrays[f"dense{j}_kernel"], arrays[f"dense{j}_bias"] = (np.asarray(w) for w in layer.get_weights())
+    probe = xv[:16, 0, :, :, 0]
+    gap = np.abs(upright_scores(probe, arrays) - np.asarray(g(probe[..., None]))[:, 0]).max()
+    if gap > 1e-3:
+        raise RuntimeError(f"NumPy scorer differs from Keras by {gap}")
+    WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(WEIGHTS, **{k: v.astype(np.float32) for k, v in arrays.items()})
+    print(f"wrote {WEIGHTS} ({WEIGHTS.stat().st_size / 1024:.0f} kB)")
+
+
+# ---------------------------------------------------------------- evaluation (held-out slice sets)
+
+def _read(path: Path) -> np.ndarray:
+    from slice2d.images import read_slice
+
+    return read_slice(path)
+
+
+def covid_ct_slices() -> dict[str, list[np.ndarray]]:
+    """Upright slices of covid-ct-slices by patient."""
+    folder = DATA / "covid-ct-slices"
+    with (folder / "cases.csv").open(newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    out: dict[str, list[np.ndarray]] = {}
+    for name, patient in rows:
+        out.setdefault(patient, []).append(ct_slices_truth(patient).upright(_read(folder / "images" / name)))
+    return out
+
+
+def semiseg() -> list[np.ndarray]:
+    from slice2d.images import list_images
+
+    return [SEMISEG_STORED.upright(_read(p)) for p in list_images(DATA / "covid-semiseg" / "train" / "images")]
+
+
+def evaluate(groups: dict[str, list[np.ndarray]]) -> dict:
+    """Per-orientation slice accuracy and per-folder decisions, each group stored in each of the 8 ways."""
+    per_slice = {o.code: [0, 0] for o in ORIENTATIONS}
+    folders = {o.code: [0, 0] for o in ORIENTATIONS}
+    wrong: list[str] = []
+    for name, upright in groups.items():
+        for o in ORIENTATIONS:
+            lp = slice_log_probs([o.stored(u) for u in upright])
+            hits = np.argmax(lp, axis=1) == o.code
+            per_slice[o.code][0] += int(hits.sum())
+            per_slice[o.code][1] += len(hits)
+            d = decide(lp)
+            folders[o.code][0] += int(d.orientation == o)
+            folders[o.code][1] += 1
+            if d.orientation != o:
+                wrong.append(f"{name} stored {o.describe_stored()}: {d.message()}")
+    return {"per_slice": per_slice, "folders": folders, "wrong_folders": wrong}
+
+
+def main() -> None:
+    if not DATA.is_dir():
+        sys.exit(f"{DATA} not found: this benchmark needs the shared real data")
+    t0 = time.perf_counter()
+    sets = {"covid-ct-slices": covid_ct_slices(), "covid-semiseg": {"covid-semiseg": semiseg()}}
+    results = {name: evaluate(groups) for name, groups in sets.items()}
+    seconds = time.perf_counter() - t0
+    header = "| stored as (correction) | " + " | ".join(
+        f"{n} slices" for n in sets) + " | " + " | ".join(f"{n} folders" for n in sets) + " |"
+    lines = [header, "|---" * (1 + 2 * len(sets)) + "|"]
+    for o in ORIENTATIONS:
+        cells = [f"{o.describe_stored()} (`{o.options}`)"]
+        for name in sets:
+            ok, n = results[name]["per_slice"][o.code]
+            cells.append(f"{100 * ok / n:.1f} % ({ok}/{n})")
+        for name in sets:
+            ok, n = results[name]["folders"][o.code]
+            cells.append(f"{ok}/{n}")
+        lines.append("| " + " | ".join(cells) + " |")
+    totals = []
+    for name in sets:
+        ok = sum(v[0] for v in results[name]["per_slice"].values())
+        n = sum(v[1] for v in results[name]["per_slice"].values())
+        fok = sum(v[0] for v in results[name]["folders"].values())
+        fn = sum(v[1] for v in results[name]["folders"].values())
+        totals.append(f"{name}: {100 * ok / n:.2f} % of slices ({ok}/{n}), {fok}/{fn} folders")
+    n_params = sum(v.size for v in np.load(WEIGHTS).values())
+    wrong = [w for r in results.values() for w in r["wrong_folders"]]
+    markdown = "\n".join([
+        "## Orientation detection of slice exports",
+        "",
+        f"`python bench/orientation.py` — {time.strftime('%Y-%m-%d')}, {machine()}; {seconds:.0f} s.",
+        "",
+        f"The scorer (`slice2d/orientation.py`, {n_params} weights, "
+        f"{WEIGHTS.stat().st_size / 1024:.0f} kB) was trained (`python bench/orientation.py train`) only on "
+        "HU volumes windowed to 8 bits (ct-samples and the three chest DICOM series); both slice sets below "
+        "are held out. Each set is stored in each of the 8 ways (its upright slices turned/mirrored) and the "
+        "detector must name the correction. Folders: one per patient of covid-ct-slices (15), covid-semiseg "
+        "as one folder. Upright reference: covid-ct-slices' coronacases patients as stored, its Radiopaedia "
+        "patients flipped top to bottom (they are stored upside down), covid-semiseg turned a quarter turn "
+        "clockwise.",
+        "",
+        *lines,
+        "",
+        "Overall: " + "; ".join(totals) + ".",
+        "",
+        "Wrong folder decisions: " + ("none." if not wrong else "; ".join(wrong)),
+    ])
+    write_section("orientation", markdown, {"results": results, "seconds": seconds})
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["train"]:
+        train()
+    else:
+        main()

@@ -1,0 +1,168 @@
+"""`slice2d predict` on the whole real scans of ../shared/data, from the neck to the abdomen.
+
+    python bench/whole_scans.py                       # this checkout: the "whole-scans" section of BENCHMARKS.md
+    python bench/whole_scans.py --code /tmp/old --label before --no-record   # another checkout, for comparison
+
+Scans: cmb-crc-chest-ct, copdgene-10002K (64x64x79, with a reference lung mask),
+totalseg-example (abdomen reaching the lung bases; its five lobes make the lung reference), and
+the three chest DICOM series (LIDC-IDRI-0001, CPTAC C3N-00247, RICORD 000082), read with
+``slice2d.dicom`` and handed to `slice2d predict` as NIfTI so that any checkout can run them.
+Only RICORD shows COVID-19: every lesion voxel written on the others is a false positive.
+
+For each scan: lung Dice against the reference where there is one, right and left lung
+volumes, written lesion volume, lung voxels outside the body and in the trachea / main bronchi
+(body and airways as found by ``slice2d.lungs.extract_anatomy`` of this checkout, the same
+reference for every checkout compared), and whether the report says the scan reaches the apex
+and the bases. The one-page figure of each scan goes to bench/figures/whole-<scan>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from record import machine, write_section  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+NIFTIS = ("cmb-crc-chest-ct", "copdgene-10002K-ct-64", "totalseg-example-ct")
+SERIES = ("lidc-idri-0001", "cptac-c3n-00247", "ricord-1a-000082")
+COVID = {"ricord-1a-000082"}
+
+
+def _references() -> dict[str, np.ndarray]:
+    ct = DATA / "ct-samples"
+    copd = np.asarray(nib.load(ct / "copdgene-10002K-lungs-64.nii.gz").dataobj)
+    seg = np.asarray(nib.load(ct / "totalseg-example-seg.nii.gz").dataobj)
+    ts = np.zeros(seg.shape, np.uint8)
+    ts[np.isin(seg, (12, 13, 14))] = 1  # TotalSegmentator's right lobes
+    ts[np.isin(seg, (10, 11))] = 2
+    return {"copdgene-10002K-ct-64": copd, "totalseg-example-ct": ts}
+
+
+def materialise(folder: Path) -> None:
+    """The scans as NIfTI files in ``folder`` (the DICOM series converted by slice2d.dicom)."""
+    from slice2d.dicom import load_series
+
+    for name in NIFTIS:
+        shutil.copy(DATA / "ct-samples" / f"{name}.nii.gz", folder / f"{name}.nii.gz")
+    for name in SERIES:
+        nib.save(load_series(DATA / "dicom" / name), folder / f"{name}.nii.gz")
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def run_predict(code: Path, inputs: Path, out: Path, extra: list[str]) -> float:
+    env = dict(os.environ, PYTHONPATH=str(code), NO_ALBUMENTATIONS_UPDATE="1", TF_CPP_MIN_LOG_LEVEL="2")
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "slice2d.cli", "predict", str(inputs), "--out", str(out), "-q",
+                             *extra], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(result.stderr[-2000:], file=sys.stderr)
+    return time.perf_counter() - start
+
+
+def score(inputs: Path, out: Path) -> dict:
+    from slice2d.lungs import extract_anatomy_nifti
+
+    refs = _references()
+    results = {}
+    for path in sorted(inputs.glob("*.nii.gz")):
+        name = path.name[:-7]
+        img = nib.load(path)
+        voxel_ml = abs(float(np.linalg.det(img.affine[:3, :3]))) / 1000
+        written = out / path.name
+        if not written.is_file():
+            results[name] = {"error": "no output"}
+            continue
+        lesions = np.asarray(nib.load(written).dataobj)
+        lungs = np.asarray(nib.load(out / "lungs" / path.name).dataobj)
+        _, body, airways = extract_anatomy_nifti(img)
+        row = {"right_ml": np.count_nonzero(lungs == 1) * voxel_ml, "left_ml": np.count_nonzero(lungs == 2) * voxel_ml,
+               "lesion_ml": np.count_nonzero(lesions) * voxel_ml,
+               "lung_outside_body_ml": np.count_nonzero((lungs > 0) & ~body) * voxel_ml,
+               "lung_in_airways_ml": np.count_nonzero((lungs > 0) & airways) * voxel_ml}
+        if name in refs:
+            ref = refs[name]
+            row["dice_both"] = dice(lungs > 0, ref > 0)
+            row["dice_right"], row["dice_left"] = (dice(lungs == v, ref == v) for v in (1, 2))
+        report = out / "severity" / f"{name}.json"
+        if report.is_file():
+            sanity = json.loads(report.read_text()).get("sanity", {})
+            row["reaches_apex"], row["reaches_bases"] = sanity.get("reaches_apex"), sanity.get("reaches_bases")
+        results[name] = row
+    return results
+
+
+def table(results: dict) -> str:
+    lines = ["| scan | lung Dice (both / right / left) | right / left lung mL | lesion mL written | "
+             "lung outside body / in airways mL | reaches apex / bases |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | {r['error']} | | | | |")
+            continue
+        d = (f"{r['dice_both']:.3f} / {r['dice_right']:.3f} / {r['dice_left']:.3f}" if "dice_both" in r else "no reference")
+        les = f"{r['lesion_ml']:.1f}" + (" (COVID-19)" if name in COVID else "")
+        reach = f"{r.get('reaches_apex')} / {r.get('reaches_bases')}" if "reaches_apex" in r else "not reported"
+        lines.append(f"| {name} | {d} | {r['right_ml']:.0f} / {r['left_ml']:.0f} | {les} | "
+                     f"{r['lung_outside_body_ml']:.1f} / {r['lung_in_airways_ml']:.1f} | {reach} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose slice2d runs `predict`")
+    parser.add_argument("--label", default="this checkout")
+    parser.add_argument("--no-record", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--before", type=Path, help="results JSON of another checkout, shown beside")
+    args, extra = parser.parse_known_args()
+    if not DATA.is_dir():
+        sys.exit(f"{DATA} not found; this benchmark needs the real scans")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "in").mkdir()
+        materialise(tmp / "in")
+        seconds = run_predict(args.code, tmp / "in", tmp / "out", extra)
+        results = score(tmp / "in", tmp / "out")
+        if not args.no_record:
+            figures = ROOT / "bench" / "figures"
+            figures.mkdir(exist_ok=True)
+            for png in (tmp / "out" / "severity").glob("*.png"):
+                shutil.copy(png, figures / f"whole-{png.stem.replace('-ct-64', '').replace('-ct', '')}.png")
+    md = table(results)
+    print(f"{args.label}: {seconds:.0f} s for {len(results)} scans\n{md}")
+    if args.json:
+        args.json.write_text(json.dumps({"label": args.label, "seconds": seconds, "results": results}, indent=1))
+    if args.no_record:
+        return
+    before = ""
+    if args.before:
+        old = json.loads(args.before.read_text())
+        before = f"\nBefore ({old['label']}), the same scans and measures:\n\n{table(old['results'])}"
+    write_section("whole-scans", f"""## Whole real scans
+
+`python bench/whole_scans.py` on {machine()}: `slice2d predict` with the shipped models on six
+whole real scans ({seconds:.0f} s for all six, one run). Lung Dice against copdgene-10002K's
+reference mask and the lungs of the TotalSegmentator example's five lobes; only RICORD 000082
+has COVID-19, so lesion volume written on the others is false positive. Body and airways are
+those found by `slice2d.lungs.extract_anatomy`. Figures: `bench/figures/whole-*.png`.
+
+{md}{before}""", {"machine": machine(), "results": results, "before": args.before and json.loads(args.before.read_text())})
+
+
+if __name__ == "__main__":
+    main()

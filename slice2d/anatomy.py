@@ -1,0 +1,158 @@
+"""Anatomy after the networks: the body, the airways, the lungs of a whole scan, and lesions kept to them.
+
+A real chest CT runs from the neck to the abdomen: the trachea, the shoulders, the table and the
+air around the patient, the stomach and bowel gas, slices without lung. The networks see one
+axial slice at a time and learned mostly from mid-lung slices; this module brings the
+anatomy of the whole volume to bear on their maps, one place for every input kind:
+
+- **Lung source** (``LUNG_SOURCES``), for volumes in HU:
+  ``combined`` (the default) takes the built-in extraction (``slice2d.lungs``: enclosed air
+  inside the body, gas pockets dropped, trachea and main bronchi left out, right and left as the
+  large 3D components) and adds what the lung network sees that the air threshold cannot: dense
+  lung (consolidation, ground-glass above ``AIR_HU``) inside the body, within ``REACH_MM``
+  in-plane of the extracted lungs, never air the extraction rejected (gas, trachea, outside
+  air). ``builtin`` is the extraction alone, ``model`` the network's map alone (as before).
+- **Lesions** are kept only where they can be: a lesion piece (in-plane, connected) with no pixel
+  inside the body is dropped, as is one with no pixel within ``LUNG_MARGIN_MM`` of the lungs;
+  lesion the lung map missed is added to it, so that PI% counts it.
+- **A sanity block** for every report: body found, lungs found and their volume, whether the
+  scan reaches above the apex and below the bases, the intensity convention seen.
+
+Slices exported as 8-bit images have no HU: there the network's map is the lung source and only
+the lesion rule applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from slice2d.io import Geometry, InputError, to_canonical
+from slice2d.slicing import lesions_near_lungs, lungs_with_lesions
+
+LUNG_SOURCES = ("combined", "builtin", "model")
+REACH_MM = 20.0  # how far (in-plane) from the extracted lungs the lung network may add dense lung
+EDGE_AREA_FRACTION = 0.05  # a lung cut by the scan's first or last slice: more than 5 % of its largest section there
+
+
+@dataclass(frozen=True)
+class ScanAnatomy:
+    """Maps on the input grid: lungs (uint8, 0 / 1 right / 2 left), body and airways (bool, or
+    None when unknown: 8-bit slices, or the network's map alone); ``source``: how the lungs were made."""
+
+    lungs: np.ndarray
+    body: np.ndarray | None
+    airways: np.ndarray | None
+    source: str
+
+
+def scan_anatomy(img, model_lungs: np.ndarray | None, source: str = "combined", name: str = "image") -> ScanAnatomy:
+    """The lungs of a CT volume in HU (a nibabel image) from ``source`` (``LUNG_SOURCES``).
+
+    model_lungs: the lung network's map on the image's grid (needed for ``combined`` and
+    ``model``; ``combined`` without it is ``builtin``). Raises ``InputError`` (one line, naming
+    ``name``) when no lungs are found.
+    """
+    if source not in LUNG_SOURCES:
+        raise ValueError(f"unknown lung source {source!r}; use one of {LUNG_SOURCES}")
+    if source == "model":
+        if model_lungs is None:
+            raise ValueError("lung source 'model' needs the lung network's map")
+        return ScanAnatomy(_require_lungs(model_lungs, name), None, None, "model")
+    from slice2d.lungs import extract_anatomy_nifti  # scipy.ndimage: imported only when used
+
+    try:
+        lungs, body, airways = extract_anatomy_nifti(img)
+    except ValueError as exc:
+        raise InputError(f"{name}: no lungs found ({exc})") from None
+    if source == "combined" and model_lungs is not None:
+        from slice2d.io import geometry_of
+
+        lungs = _add_dense_lung(lungs, model_lungs, body, airways, np.asanyarray(img.dataobj), geometry_of(img))
+        return ScanAnatomy(_require_lungs(lungs, name), body, airways, "combined")
+    return ScanAnatomy(_require_lungs(lungs, name), body, airways, "builtin")
+
+
+def _require_lungs(lungs: np.ndarray, name: str) -> np.ndarray:
+    if not lungs.any():
+        raise InputError(f"{name}: no lungs found in this scan; is it a chest CT that covers the lungs?")
+    return lungs
+
+
+def _add_dense_lung(lungs: np.ndarray, model_lungs: np.ndarray, body: np.ndarray, airways: np.ndarray,
+                    image: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The extracted lungs plus the network's lung voxels that are dense (HU >= ``AIR_HU``: the
+    air threshold left them out), inside the body, off the airways and within ``REACH_MM``
+    in-plane of the extracted lungs; each added voxel takes the side of the nearest lung pixel."""
+    from scipy import ndimage
+
+    from slice2d.lungs import AIR_HU
+
+    extra = (model_lungs > 0) & (lungs == 0) & body & ~airways & (image >= AIR_HU)
+    if not extra.any():
+        return lungs
+    canon_lungs = to_canonical(lungs, geometry) > 0
+    canon_extra = np.array(to_canonical(extra, geometry))
+    rows_mm, cols_mm, _ = geometry.canonical_spacing
+    for k in np.flatnonzero(canon_extra.any(axis=(0, 1))):
+        if not canon_lungs[:, :, k].any():
+            canon_extra[:, :, k] = False
+            continue
+        distance = ndimage.distance_transform_edt(~canon_lungs[:, :, k], sampling=(rows_mm, cols_mm))
+        canon_extra[:, :, k] &= distance <= REACH_MM
+    from slice2d.io import from_canonical
+
+    extra = from_canonical(canon_extra, geometry)
+    return lungs_with_lesions(lungs, extra.astype(np.uint8), geometry)
+
+
+def keep_lesions(lesions: np.ndarray, anatomy: ScanAnatomy, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """(lesions, lungs) as written: lesion pieces outside the body or away from the lungs
+    dropped (``slicing.lesions_near_lungs``, whole in-plane pieces), and the lung map with the
+    kept lesion it had left out added (``slicing.lungs_with_lesions``)."""
+    if anatomy.body is not None:
+        lesions = np.where(anatomy.body, lesions, 0).astype(lesions.dtype)
+    kept = lesions_near_lungs(lesions, anatomy.lungs, geometry)
+    return kept, lungs_with_lesions(anatomy.lungs, kept, geometry)
+
+
+def sanity(anatomy: ScanAnatomy, lungs: np.ndarray, affine: np.ndarray, image: np.ndarray | None = None,
+           convention: str = "HU") -> dict:
+    """The report's sanity block: what the pipeline found in this scan.
+
+    lungs: the lung map as written; image: the CT (for the intensity convention: the median of
+    the air outside the body, about -1000 in HU); convention: "HU", or "8-bit slices".
+    """
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    block: dict = {"lung_source": anatomy.source,
+                   "body_found": None if anatomy.body is None else bool(anatomy.body.any()),
+                   "lungs_found": bool(lungs.any()),
+                   "right_lung_ml": round(np.count_nonzero(lungs == 1) * voxel_ml, 1),
+                   "left_lung_ml": round(np.count_nonzero(lungs == 2) * voxel_ml, 1)}
+    block.update(_coverage(lungs, affine))
+    block["intensity"] = convention
+    if image is not None and anatomy.body is not None and convention == "HU":
+        outside = np.asarray(image)[~anatomy.body]
+        outside = outside[outside < -500]  # the air around the patient, not the table
+        block["air_outside_body_hu"] = round(float(np.median(outside)), 0) if outside.size else None
+    return block
+
+
+def _coverage(lungs: np.ndarray, affine: np.ndarray) -> dict:
+    """Whether the scan reaches above the lung apices and below the bases: a lung whose section
+    in the scan's most superior (inferior) slice is more than ``EDGE_AREA_FRACTION`` of its largest
+    section is cut there."""
+    from nibabel.orientations import io_orientation
+
+    ornt = io_orientation(affine)
+    axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])  # the voxel axis along S
+    other = tuple(a for a in range(3) if a != axis)
+    areas = np.count_nonzero(lungs, axis=other)
+    if ornt[axis, 1] < 0:
+        areas = areas[::-1]  # areas[0] is now the most inferior slice
+    largest = areas.max() if areas.size else 0
+    if largest == 0:
+        return {"reaches_apex": None, "reaches_bases": None}
+    return {"reaches_apex": bool(areas[-1] <= EDGE_AREA_FRACTION * largest),
+            "reaches_bases": bool(areas[0] <= EDGE_AREA_FRACTION * largest)}

@@ -1,0 +1,130 @@
+"""Anatomy after the networks: lung sources, lesions kept to the body and lungs, the sanity block,
+and a cohort in which one scan has no lungs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import make_affine
+from test_cli import invoke
+
+from slice2d.anatomy import ScanAnatomy, keep_lesions, sanity, scan_anatomy
+from slice2d.io import InputError, geometry_of
+from slice2d.synth import make_phantom, write_phantoms
+
+
+def _phantom_img(seed: int = 3):
+    ph = make_phantom(shape=(80, 80, 40), spacing=(4.0, 4.0, 8.0), seed=seed)
+    return ph, nib.Nifti1Image(ph.image, ph.affine)
+
+
+def test_combined_adds_dense_lung_near_the_lungs_only():
+    ph, img = _phantom_img()
+    builtin = scan_anatomy(img, None, "combined")  # no model map: the built-in extraction
+    assert builtin.source == "builtin"
+    # a "network" that calls dense tissue lung: a rim just outside the extracted lungs (consolidation
+    # the threshold missed) and a block far from them, outside the body
+    from scipy import ndimage
+
+    inplane = np.zeros((3, 3, 3), bool)
+    inplane[:, :, 1] = True
+    grown = ndimage.binary_dilation(builtin.lungs > 0, inplane, iterations=2)  # 8 mm, within REACH_MM
+    near = grown & (builtin.lungs == 0) & (ph.image >= -400) & builtin.body & ~builtin.airways
+    far = np.zeros(ph.image.shape, bool)
+    far[:4, :4, :] = True  # the corner of the field of view: air outside the body
+    model = (near | far).astype(np.uint8) | (builtin.lungs > 0)
+    combined = scan_anatomy(img, model, "combined")
+    assert combined.source == "combined"
+    assert np.count_nonzero(near) > 50
+    assert np.all(combined.lungs[near] > 0), "dense lung next to the lungs is added"
+    assert not combined.lungs[far].any(), "nothing outside the body is added"
+    assert np.all(combined.lungs[builtin.lungs > 0] == builtin.lungs[builtin.lungs > 0])
+    model_only = scan_anatomy(img, model, "model")
+    assert model_only.lungs[far].all() and model_only.body is None
+
+
+def test_keep_lesions_drops_lesions_outside_the_body_and_away_from_the_lungs():
+    ph, img = _phantom_img()
+    anatomy = scan_anatomy(img, None, "builtin")
+    geometry = geometry_of(img)
+    lesions = np.zeros(ph.image.shape, np.uint8)
+    inside = (anatomy.lungs > 0) & (np.arange(80)[:, None, None] < 40)
+    lesions[inside] = 1
+    lesions[:3, :3, 10:20] = 1  # outside the body
+    kept, lungs = keep_lesions(lesions, anatomy, geometry)
+    assert np.array_equal(kept > 0, inside)
+    no_body = ScanAnatomy(anatomy.lungs, None, None, "model")  # without a body mask only the lung rule applies
+    kept2, _ = keep_lesions(lesions, no_body, geometry)
+    assert not kept2[:3, :3].any(), "a piece far from the lungs goes with or without the body mask"
+    assert np.array_equal(lungs > 0, anatomy.lungs > 0)
+
+
+@pytest.mark.parametrize("kind", ["RAS", "LPS", "PIL"])
+def test_sanity_says_when_the_scan_stops_short_of_the_apex_or_bases(kind):
+    shape = (20, 20, 30) if kind != "PIL" else (20, 30, 20)
+    affine = make_affine(kind, (2.0, 2.0, 2.0))
+    axis = 2 if kind != "PIL" else 1  # the array axis along S (PIL: the second, running inferior)
+    lungs = np.zeros(shape, np.uint8)
+    index = [slice(5, 15)] * 3
+    index[axis] = slice(4, 26)
+    lungs[tuple(index)] = 1
+    anatomy = ScanAnatomy(lungs, np.ones(shape, bool), None, "builtin")
+    block = sanity(anatomy, lungs, affine)
+    assert block["reaches_apex"] is True and block["reaches_bases"] is True
+    assert block["right_lung_ml"] == pytest.approx(10 * 10 * 22 * 8 / 1000)
+    cut = lungs.copy()
+    index[axis] = slice(None)
+    cut[tuple(index)] = 1  # now the lung fills the axis from end to end
+    block = sanity(ScanAnatomy(cut, None, None, "model"), cut, affine)
+    assert block["reaches_apex"] is False and block["reaches_bases"] is False
+    assert block["body_found"] is None
+    index[axis] = slice(4, None)  # the lung runs out of the scan at one end only: which end is anatomy's
+    top = lungs.copy()
+    top[tuple(index)] = 1
+    superior_is_high = kind != "PIL"
+    block = sanity(anatomy, top, affine)
+    assert block["reaches_apex"] is not superior_is_high and block["reaches_bases"] is superior_is_high
+
+
+def test_no_lungs_is_a_one_line_error():
+    body = np.full((40, 40, 12), -1000.0, np.float32)
+    yy, xx = np.mgrid[:40, :40]
+    body[(yy - 20) ** 2 + (xx - 20) ** 2 < 15 ** 2] = 40.0  # a water cylinder: a body without lungs
+    img = nib.Nifti1Image(body, make_affine("RAS", (5.0, 5.0, 5.0)))
+    with pytest.raises(InputError, match="no lungs found"):
+        scan_anatomy(img, None, "combined", "abdomen.nii.gz")
+
+
+@pytest.mark.slow
+def test_cohort_goes_on_past_a_scan_without_lungs(tmp_path):
+    data = tmp_path / "in"
+    write_phantoms(tmp_path / "ph", cases=2, shape=(64, 64, 24), spacing=(5.0, 5.0, 10.0), seed=1)
+    data.mkdir()
+    for p in sorted((tmp_path / "ph" / "images").glob("*.nii.gz")):
+        p.rename(data / p.name)
+    body = np.full((64, 64, 24), -1000.0, np.float32)
+    yy, xx = np.mgrid[:64, :64]
+    body[(yy - 32) ** 2 + (xx - 32) ** 2 < 25 ** 2] = 40.0
+    nib.save(nib.Nifti1Image(body, make_affine("LPS", (5.0, 5.0, 10.0))), data / "no_lungs.nii.gz")
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    result = invoke("predict", data, "--out", tmp_path / "out", "--model", "checkpoints/lesions-128", "-q")
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "1 of 3 cases failed" in errors[0] and "Traceback" not in result.output
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before, "inputs untouched"
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["phantom_000.nii.gz", "phantom_001.nii.gz"]
+    rows = list(csv.DictReader((out / "severity" / "cohort.csv").open()))
+    assert [r["case"] for r in rows] == ["phantom_000", "phantom_001"]
+    assert all(r["lungs_found"] == "True" for r in rows)
+    failed = list(csv.DictReader((out / "severity" / "failures.csv").open()))
+    assert [f["case"] for f in failed] == ["no_lungs"] and "no lungs found" in failed[0]["error"]
+    report = json.loads((out / "severity" / "phantom_000.json").read_text())
+    assert report["sanity"]["lung_source"] == "combined" and report["sanity"]["body_found"] is True
+    assert report["sanity"]["right_lung_ml"] > 100 and report["sanity"]["left_lung_ml"] > 100
+    assert report["sanity"]["intensity"] == "HU" and report["sanity"]["air_outside_body_hu"] < -900
+    assert not (out / "no_lungs.nii.gz").exists() and not (out / "lungs" / "no_lungs.nii.gz").exists()

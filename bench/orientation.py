@@ -3,8 +3,8 @@
     python bench/orientation.py train   # HU volumes -> checkpoints/orientation/weights.npz (CPU, minutes)
     python bench/orientation.py         # accuracy on covid-ct-slices and covid-semiseg -> BENCHMARKS.md
 
-Training sees only whole HU volumes with known geometry (../shared/data/ct-samples and the three
-chest DICOM series), windowed to 8 bits the ways slice exports are made (lung window; min-max plus
+Training sees only whole HU volumes with known geometry (../shared/data/ct-samples, the three
+chest DICOM series, and six synthetic phantoms of slice2d.synth), windowed to 8 bits the ways slice exports are made (lung window; min-max plus
 CLAHE), so both slice sets measured here are held out entirely: neither their images, their
 patients nor their sources were used to train or tune anything.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +36,16 @@ DICOM_SERIES = ("dicom/lidc-idri-0001", "dicom/cptac-c3n-00247", "dicom/ricord-1
 # How each slice set is really stored (checked by eye: spine, table, heart, liver, aortic arch).
 # covid-ct-slices: the coronacases patients are upright, but the eight Radiopaedia patients are
 # stored upside down (spine and table at the top, heart still on the image's right): the data
-# README's "radiological convention" holds for coronacases only. covid-semiseg: a quarter turn.
-SEMISEG_STORED = Orientation(1)
+# README's "radiological convention" holds for coronacases only. covid-semiseg is stored transposed
+# (a quarter turn and a mirror, as a NIfTI array shown without its affine): after the quarter turn
+# clockwise that bench/real_cv.py applies, the descending aorta and the arch lie on the image's
+# left and the liver dome on its right, so it also needs a left-right mirror.
+SEMISEG_STORED = Orientation(3, True)
 MIN_LUNG_SHARE = 0.03   # a training slice shows lung on at least 3 % of its pixels
 AUGMENTED_COPIES = 10   # windowed/cropped variants of each training slice
+# synthetic phantoms (slice2d.synth) join the real volumes, so that the detector also knows the
+# phantoms the tests use when ../shared/data is absent; seeds apart from the tests' ones
+PHANTOM_SEEDS = range(100, 106)
 
 
 def ct_slices_truth(patient: str) -> Orientation:
@@ -77,14 +84,27 @@ def _dicom_display_slices(folder: Path) -> list[np.ndarray]:
     return [hu for _, hu in sorted(out, key=lambda t: t[0])]
 
 
+def _phantom_display_slices(seed: int) -> list[np.ndarray]:
+    import nibabel as nib
+
+    from slice2d.io import geometry_of, to_canonical
+    from slice2d.synth import make_phantom
+
+    ph = make_phantom((128, 128, 40), (2.8, 2.8, 7.0), seed)
+    canonical = to_canonical(ph.image, geometry_of(nib.Nifti1Image(ph.image, ph.affine)))
+    return [np.ascontiguousarray(canonical[:, :, k]) for k in range(canonical.shape[2])]
+
+
 def training_slices() -> list[tuple[str, np.ndarray]]:
     """(source, HU slice in display convention) for every slice of the HU volumes that shows lung."""
     from scipy import ndimage
 
     out = []
-    sources = [(p, _nifti_display_slices) for p in VOLUMES] + [(p, _dicom_display_slices) for p in DICOM_SERIES]
+    sources = ([(p, partial(_nifti_display_slices, DATA / p)) for p in VOLUMES]
+               + [(p, partial(_dicom_display_slices, DATA / p)) for p in DICOM_SERIES]
+               + [(f"phantom-{s}", partial(_phantom_display_slices, s)) for s in PHANTOM_SEEDS])
     for rel, reader in sources:
-        for hu in reader(DATA / rel):
+        for hu in reader():
             body = ndimage.binary_fill_holes(ndimage.binary_opening(hu > -500, iterations=2))
             if np.mean(body & (hu < -500)) >= MIN_LUNG_SHARE:
                 out.append((rel, hu))
@@ -102,8 +122,8 @@ def _export(hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         hu = ndimage.rotate(hu, rng.uniform(-12, 12), order=1, reshape=False, cval=-1024.0)
     body = ndimage.binary_fill_holes(hu > -400)
     rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
-    if rows.size and rng.random() < 0.6:  # crop near the body, as covid-semiseg does (sometimes into it)
-        margin = lambda n: int(rng.uniform(-0.04, 0.12) * n)  # noqa: E731
+    if rows.size and rng.random() < 0.7:  # crop near the body, or into it as covid-semiseg does
+        margin = lambda n: int(rng.uniform(-0.15, 0.1) * n)  # noqa: E731
         r0, r1 = max(0, rows[0] - margin(hu.shape[0])), min(hu.shape[0], rows[-1] + 1 + margin(hu.shape[0]))
         c0, c1 = max(0, cols[0] - margin(hu.shape[1])), min(hu.shape[1], cols[-1] + 1 + margin(hu.shape[1]))
         if r1 - r0 > 16 and c1 - c0 > 16:
@@ -275,7 +295,7 @@ def main() -> None:
         "detector must name the correction. Folders: one per patient of covid-ct-slices (15), covid-semiseg "
         "as one folder. Upright reference: covid-ct-slices' coronacases patients as stored, its Radiopaedia "
         "patients flipped top to bottom (they are stored upside down), covid-semiseg turned a quarter turn "
-        "clockwise.",
+        "clockwise and mirrored left-right (it is stored transposed).",
         "",
         *lines,
         "",

@@ -69,7 +69,7 @@ def run_predict(code: Path, inputs: Path, out: Path, extra: list[str]) -> float:
     env = dict(os.environ, PYTHONPATH=str(code), NO_ALBUMENTATIONS_UPDATE="1", TF_CPP_MIN_LOG_LEVEL="2")
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "slice2d.cli", "predict", str(inputs), "--out", str(out), "-q",
-                             *extra], env=env, capture_output=True, text=True)
+                             *extra], env=env, capture_output=True, text=True, cwd=code)  # -m puts cwd first
     if result.returncode != 0:
         print(result.stderr[-2000:], file=sys.stderr)
     return time.perf_counter() - start

@@ -5,16 +5,20 @@ air around the patient, the stomach and bowel gas, slices without lung. The netw
 axial slice at a time and learned mostly from mid-lung slices; this module brings the
 anatomy of the whole volume to bear on their maps, one place for every input kind:
 
-- **Lung source** (``LUNG_SOURCES``), for volumes in HU:
-  ``combined`` (the default) takes the built-in extraction (``slice2d.lungs``: enclosed air
+- **Lung source** (``LUNG_SOURCES``), for volumes in HU: ``builtin`` (the default of
+  ``slice2d predict``: on whole real scans it is the most accurate of the three, BENCHMARKS.md) is
+  the built-in extraction alone; ``combined`` takes the built-in extraction (``slice2d.lungs``: enclosed air
   inside the body, gas pockets dropped, trachea and main bronchi left out, right and left as the
   large 3D components) and adds what the lung network sees that the air threshold cannot: dense
   lung (consolidation, ground-glass above ``AIR_HU``) inside the body, within ``REACH_MM``
   in-plane of the extracted lungs, never air the extraction rejected (gas, trachea, outside
-  air). ``builtin`` is the extraction alone, ``model`` the network's map alone (as before).
-- **Lesions** are kept only where they can be: a lesion piece (in-plane, connected) with no pixel
-  inside the body is dropped, as is one with no pixel within ``LUNG_MARGIN_MM`` of the lungs;
-  lesion the lung map missed is added to it, so that PI% counts it.
+  air); ``model`` is the network's map alone. The network, trained on mid-lung slices, calls the
+  liver and spleen domes beside the lung bases lung, so ``combined`` loses there; dense lesion the
+  extraction leaves out comes back through the lesion map instead (``keep_lesions``).
+- **Lesions** are kept only where they can be: nothing outside the body, nothing air-like outside
+  the lungs (gas, airways), and a lesion piece (in-plane, connected) with no pixel within
+  ``LUNG_MARGIN_MM`` of the lungs is dropped; lesion the lung map missed is added to it, so that
+  PI% counts it.
 - **A sanity block** for every report: body found, lungs found and their volume, whether the
   scan reaches above the apex and below the bases, the intensity convention seen.
 
@@ -107,12 +111,22 @@ def _add_dense_lung(lungs: np.ndarray, model_lungs: np.ndarray, body: np.ndarray
     return lungs_with_lesions(lungs, extra.astype(np.uint8), geometry)
 
 
-def keep_lesions(lesions: np.ndarray, anatomy: ScanAnatomy, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+def keep_lesions(lesions: np.ndarray, anatomy: ScanAnatomy, geometry: Geometry,
+                 image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(lesions, lungs) as written: lesion pieces outside the body or away from the lungs
     dropped (``slicing.lesions_near_lungs``, whole in-plane pieces), and the lung map with the
-    kept lesion it had left out added (``slicing.lungs_with_lesions``)."""
+    kept lesion it had left out added (``slicing.lungs_with_lesions``).
+
+    image: the CT in HU; lesion pixels outside the lung map that are air-like (below ``AIR_HU``)
+    are dropped first: lesion the lungs missed is dense (consolidation), while air next to a lung
+    outside its map is gas, airway or the air around the patient.
+    """
     if anatomy.body is not None:
         lesions = np.where(anatomy.body, lesions, 0).astype(lesions.dtype)
+    if image is not None:
+        from slice2d.lungs import AIR_HU
+
+        lesions = np.where((anatomy.lungs == 0) & (np.asarray(image) < AIR_HU), 0, lesions).astype(lesions.dtype)
     kept = lesions_near_lungs(lesions, anatomy.lungs, geometry)
     return kept, lungs_with_lesions(anatomy.lungs, kept, geometry)
 

@@ -243,7 +243,7 @@ def predict(
     threshold: Annotated[Optional[float], typer.Option(min=0.01, max=0.99, help="Foreground threshold of the lesion model (default: the one in its config.yaml; the shipped model's was chosen on its validation split). Lower finds more lesion, and more false positives.")] = None,
     tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Test-time augmentation: average each model over mirror images of the slices (lesions: up-down and left-right, 4 passes; lungs: up-down, 2). Slower; in 5-fold CV +0.01 lesion Dice (BENCHMARKS.md). Default: each model's predict.mirror (off in the shipped models).")] = None,
     lungs_only: Annotated[bool, typer.Option("--lungs-only/--anywhere", help="Drop lesions outside the body or wholly away from the lungs (no pixel of an in-plane piece within 5 mm of them) from the written lesion map, and add the kept lesion the lungs missed to the lung map; --anywhere keeps the model's raw map.")] = True,
-    lung_source: Annotated[LungSource, typer.Option(help="HU volumes: lungs from the built-in extraction plus the dense lung the lung model sees next to it (combined), the extraction alone (builtin), or the lung model alone (model).")] = LungSource.combined,
+    lung_source: Annotated[LungSource, typer.Option(help="HU volumes: lungs from the built-in extraction (builtin; the most accurate on whole scans, BENCHMARKS.md), the extraction plus the dense lung the lung model sees next to it (combined), or the lung model alone (model). Slice images always use the lung model.")] = LungSource.builtin,
     quiet: Quiet = False,
 ) -> None:
     """Segment CT volumes; each mask has exactly the input's shape and affine.
@@ -284,7 +284,7 @@ def predict(
         # first, because it runs first (the lesion model then only sees slices with lung)
         assess = severity and run_config(model).data.task == "lesions"
         lung_run = (with_options(load_run(lungs_model, background=True, warm_up=batch_size), mirror=tta)
-                    if lungs_model and assess else None)
+                    if lungs_model and assess and lung_source != LungSource.builtin else None)
         run = with_options(load_run(model, background=True, warm_up=batch_size), threshold, tta)
         lobe_run = (with_options(load_run(lobes_model, background=True, warm_up=batch_size), mirror=tta)
                     if lobes_model and assess else None)

@@ -3,9 +3,7 @@
 Classic threshold-and-components method (after Hu, Hoffman & Reinhardt, IEEE TMI 2001), run on the
 canonical RAS+ grid, in these steps:
 
-1. Air-like voxels: HU < ``AIR_HU`` (-400): about halfway between lung parenchyma (about
-   -850 HU) and soft tissue (about +40 HU), so a voxel at the lung's wall counts as lung when
-   more than half of it is lung (Hu et al.'s -320 counts voxels that are 40 % lung).
+1. Air-like voxels: HU < ``AIR_HU`` (-320, Hu et al.'s value).
 2. Outside air removed per axial slice: in-plane air components touching the slice border (air
    around the body, the table gap, padding outside the field of view), and air outside the body
    mask (largest soft-tissue region of the slice after an opening that detaches the table, holes
@@ -47,7 +45,7 @@ from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
-AIR_HU = -400.0
+AIR_HU = -320.0
 MIN_COMPONENT_ML = 20.0
 MIN_COMPONENT_FRACTION = 0.1
 MIN_LUNGS_ML = 100.0
@@ -234,7 +232,8 @@ def _extract_work(image: np.ndarray, spacing) -> np.ndarray:
         raise ValueError(
             f"no lung-like air region found (largest enclosed air {cand.sum() * voxel_ml:.0f} mL, "
             f"need >= {MIN_LUNGS_ML:.0f} mL); are the lungs in the field of view and is the image in HU?")
-    airway = _find_airways(cand, spacing)
+    # from all enclosed air (the trachea in the neck may be its own small component) and from the lungs' component
+    airway = _find_airways(inner, spacing) | _find_airways(cand, spacing)
     lungs = cand & ~airway
     lab, n = ndimage.label(lungs)
     sizes = np.bincount(lab.ravel())[1:]

@@ -146,7 +146,9 @@ def prepare_slice(image: np.ndarray) -> np.ndarray:
     side = max(rows, cols)
     square = np.zeros((side, side), np.uint8)
     square[(side - rows) // 2:(side - rows) // 2 + rows, (side - cols) // 2:(side - cols) // 2 + cols] = image
-    small = np.asarray(Image.fromarray(square).resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR), np.float32)
+    # float resampling: no rounding, so turning the slice turns its input exactly (equivariance)
+    small = np.asarray(Image.fromarray(square.astype(np.float32), mode="F").resize((INPUT_SIZE, INPUT_SIZE),
+                                                                                   Image.BILINEAR))
     return (small - small.mean()) / (small.std() + 1e-3)
 
 

@@ -85,14 +85,14 @@ def _write_failures(failures: list[tuple[str, str]], path: Path) -> None:
 def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=None, lobe_run=None,
                  lobes_dir: Path | None = None, options: SeverityOptions = SeverityOptions(),
                  batch_size: int = PREDICT_BATCH, probabilities: bool = False, lungs_only: bool = True,
-                 lung_source: str = "combined", progress: Callable[[Path], None] | None = None) -> list[dict]:
+                 lung_source: str = "builtin", progress: Callable[[Path], None] | None = None) -> list[dict]:
     """Segment lesions, find the lungs (and lobes), and score each input NIfTI.
 
     lesion_run, lung_run, lobe_run: loaded runs (``predict.load_run``); without a lobe source the
     lungs are cut into six zones.
-    lung_source: how the lungs are found (``anatomy.LUNG_SOURCES``): ``combined`` (the built-in
-    extraction plus the dense lung the lung model sees near it), ``builtin``, or ``model``; without
-    ``lung_run`` the built-in extraction. A lung model's map loses pieces smaller than 1 % of its
+    lung_source: how the lungs are found (``anatomy.LUNG_SOURCES``): ``builtin`` (the built-in
+    extraction, the most accurate on whole scans), ``combined`` (the extraction plus the dense lung
+    the lung model sees near it), or ``model``; without ``lung_run`` the built-in extraction. A lung model's map loses pieces smaller than 1 % of its
     largest piece (``slicing.drop_small_components``).
     lungs_only: lesions outside the body or wholly away from the lungs (no pixel of an in-plane
     piece within ``LUNG_MARGIN_MM`` of them) are dropped from the written lesion map, and the
@@ -156,7 +156,7 @@ def _assess_one(lesion_run, path: Path, out_dir: Path, lung_run, lobe_run, lobes
         lobes = _load_labels_on_grid(lobes_dir / path.name, img, path, "lobe map")
     lungs = anatomy.lungs
     if lungs_only:
-        lesions, lungs = keep_lesions(lesions, anatomy, geometry)
+        lesions, lungs = keep_lesions(lesions, anatomy, geometry, image if anatomy.body is not None else None)
     if lobe_run is not None:
         save_like(lobes, img, out_dir / "lobes" / path.name)
     save_like(lesions, img, out_dir / path.name)

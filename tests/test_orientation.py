@@ -70,7 +70,7 @@ def test_detection_is_equivariant():
         for c, cand in enumerate(ORIENTATIONS):
             same = next(k for k, u in enumerate(ORIENTATIONS)
                         if np.array_equal(u.upright(image), cand.upright(o.stored(image))))
-            assert scores[c] == pytest.approx(base[same], abs=1e-4)
+            assert scores[c] == pytest.approx(base[same], abs=1e-3)
 
 
 def _phantom_slices() -> list[np.ndarray]:
@@ -158,6 +158,6 @@ def test_prepare_records_detected_and_overridden_orientation(tmp_path):
 
 
 def test_rotate_options_are_checked(tmp_path):
-    for args, fragment in ((("--mirror",), "needs an explicit --rotate"), (("--rotate", "5"), "use auto, or 0-3")):
+    for args, fragment in ((("--mirror",), "needs an explicit"), (("--rotate", "5"), "use auto, or 0-3")):
         result = invoke("predict", tmp_path, "--out", tmp_path / "o", *args)
         assert result.exit_code == 2 and fragment in result.output, result.output

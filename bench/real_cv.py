@@ -197,7 +197,7 @@ def main() -> None:
                         help="train once on all patients (validation split only, no test fold): the model to ship")
     parser.add_argument("--extra", type=Path, nargs="*", default=[],
                         help="more prepared slice files to train on (e.g. bench/whole_scan_material.py's); "
-                             "split by case like the others, never scored")
+                             "all their cases train, never validate or score")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="a run folder of the same network to start from (fine-tuning; its cases keep their side)")
     parser.add_argument("--learning-rate", type=float, default=None, help="train.learning_rate (default: the config's)")
@@ -223,8 +223,8 @@ def main() -> None:
                 cfg = cfg.updated(train={"schedule": args.schedule})
             if args.learning_rate:
                 cfg = cfg.updated(train={"learning_rate": args.learning_rate})
-            train([*files.values(), *args.extra], run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2,
-                  init_from=args.init_from)
+            train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2,
+                  init_from=args.init_from, train_only=args.extra)
         calibration = calibrate(run_dir, files, mirror=args.tta) if args.calibrate else None
         if fold is None:
             print(f"trained {run_dir} in {time.perf_counter() - start:.0f} s", calibration or "")

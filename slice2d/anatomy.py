@@ -16,9 +16,10 @@ anatomy of the whole volume to bear on their maps, one place for every input kin
   liver and spleen domes beside the lung bases lung, so ``combined`` loses there; dense lesion the
   extraction leaves out comes back through the lesion map instead (``keep_lesions``).
 - **Lesions** are kept only where they can be: nothing outside the body, nothing air-like outside
-  the lungs (gas, airways), and a lesion piece (in-plane, connected) with no pixel within
-  ``LUNG_MARGIN_MM`` of the lungs is dropped; lesion the lung map missed is added to it, so that
-  PI% counts it.
+  the lungs (gas, airways), a lesion piece (in-plane, connected) with no pixel within
+  ``LUNG_MARGIN_MM`` of the lungs is dropped, and on HU volumes a piece mostly outside the lungs
+  (the liver or spleen dome, the stomach wall) keeps only its part near them; lesion the lung map
+  missed is added to it, so that PI% counts it.
 - **A sanity block** for every report: body found, lungs found and their volume, whether the
   scan reaches above the apex and below the bases, the intensity convention seen.
 
@@ -37,6 +38,7 @@ from slice2d.slicing import lesions_near_lungs, lungs_with_lesions
 
 LUNG_SOURCES = ("combined", "builtin", "model")
 REACH_MM = 20.0  # how far (in-plane) from the extracted lungs the lung network may add dense lung
+MIN_INSIDE_FRACTION = 0.5  # a lesion piece with less of itself inside the lungs is cut to them (HU volumes)
 EDGE_AREA_FRACTION = 0.05  # a lung cut by the scan's first or last slice: more than 5 % of its largest section there
 
 
@@ -128,7 +130,41 @@ def keep_lesions(lesions: np.ndarray, anatomy: ScanAnatomy, geometry: Geometry,
 
         lesions = np.where((anatomy.lungs == 0) & (np.asarray(image) < AIR_HU), 0, lesions).astype(lesions.dtype)
     kept = lesions_near_lungs(lesions, anatomy.lungs, geometry)
+    if anatomy.body is not None:  # HU volume: the lungs are the built-in extraction's (or combined)
+        kept = _trim_pieces_outside(kept, anatomy.lungs, geometry)
     return kept, lungs_with_lesions(anatomy.lungs, kept, geometry)
+
+
+def _trim_pieces_outside(lesions: np.ndarray, lungs: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Lesion pieces (in-plane, 8-connected) that lie mostly outside the lungs keep only their
+    pixels within ``LUNG_MARGIN_MM`` of them (a new array).
+
+    At the lung bases the liver and spleen domes, and the stomach wall, sit in the same slice as
+    the lung, touching it; a lesion network that fires there gives a piece that touches the lung
+    but lies mostly outside it. Consolidation the extraction left out is a piece mostly inside
+    the lungs (the extraction's 15 mm closing takes in subpleural bites), and stays whole.
+    """
+    import cv2
+
+    from slice2d.io import from_canonical
+    from slice2d.slicing import LUNG_MARGIN_MM
+
+    out = np.array(to_canonical(lesions, geometry))
+    lung = to_canonical(lungs, geometry) > 0
+    rows_mm, cols_mm, _ = geometry.canonical_spacing
+    half = (max(0, round(LUNG_MARGIN_MM / cols_mm)), max(0, round(LUNG_MARGIN_MM / rows_mm)))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * half[0] + 1, 2 * half[1] + 1))
+    for k in np.flatnonzero(out.any(axis=(0, 1))):
+        n, pieces = cv2.connectedComponents((out[:, :, k] > 0).astype(np.uint8), connectivity=8)
+        inside = np.bincount(pieces[lung[:, :, k]], minlength=n)
+        sizes = np.bincount(pieces.ravel(), minlength=n)
+        mostly_outside = inside < MIN_INSIDE_FRACTION * sizes
+        mostly_outside[0] = False
+        if not mostly_outside.any():
+            continue
+        near = cv2.dilate(lung[:, :, k].astype(np.uint8), disc) > 0
+        out[:, :, k][mostly_outside[pieces] & ~near] = 0
+    return from_canonical(out, geometry)
 
 
 def sanity(anatomy: ScanAnatomy, lungs: np.ndarray, affine: np.ndarray, image: np.ndarray | None = None,

@@ -263,7 +263,8 @@ def _keep_sides(split: Split, before: dict) -> Split:
 
 
 def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, resume: bool = False,
-          verbose: int = 1, callbacks: list | None = None, init_from: str | Path | None = None) -> Path:
+          verbose: int = 1, callbacks: list | None = None, init_from: str | Path | None = None,
+          train_only: list[Path] | None = None) -> Path:
     """Train a U-Net on one or more prepared slice files and write the run folder ``out``.
 
     Several files (e.g. two data sets) must share their data settings; each is split by patient
@@ -274,6 +275,8 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
     init_from: a run folder of the same network whose weights start the training (fine-tuning);
     the cases its ``splits.json`` names keep their side (train, validation or test), so that a
     model fine-tuned on more data is still validated on slices neither run trained on.
+    train_only: more slice files whose cases all train (material without enough patients to
+    split, e.g. a few whole scans); validation and test come from the other files.
     """
     import keras
 
@@ -293,7 +296,8 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
 
     keras.utils.set_random_seed(cfg.train.seed)
     paths = [Path(p) for p in ([slices_path] if isinstance(slices_path, (str, Path)) else slices_path)]
-    files = [SliceFile(p) for p in paths]
+    extra_paths = [Path(p) for p in train_only or []]
+    files = [SliceFile(p) for p in paths + extra_paths]
     try:
         cases = {}  # case -> (file, patient)
         for f in files:
@@ -311,7 +315,8 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
         else:
             # each file is split on its own, so that every source is represented on both sides
             parts = [split_cases({c: f.patient(c) for c in f.cases}, cfg.train.val_fraction, cfg.train.folds,
-                                 cfg.train.fold, cfg.train.seed) for f in files]
+                                 cfg.train.fold, cfg.train.seed) for f in files[:len(paths)]]
+            parts += [Split(train=sorted(f.cases), val=[], test=[]) for f in files[len(paths):]]
             split = Split(train=[c for p in parts for c in p.train], val=[c for p in parts for c in p.val],
                           test=[c for p in parts for c in p.test])
             if init_from is not None and (Path(init_from) / "splits.json").is_file():
@@ -402,5 +407,5 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
             model.save(tmp)
     history = _read_history(history_path)
     plot_history(history, out / "curves.png")
-    _write_text(out / "README.md", _model_card(out, cfg, paths, split, history))
+    _write_text(out / "README.md", _model_card(out, cfg, paths + extra_paths, split, history))
     return out

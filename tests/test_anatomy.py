@@ -162,3 +162,29 @@ def test_predict_keeps_gas_table_and_neck_out_of_the_lungs(tmp_path, source):
         assert not (lesions[confounders > 0]).any(), "no lesion in gas, table, airways or outside air"
     else:  # the network alone: recorded, not required; the anatomy is what keeps these out
         assert dice > 0.5
+
+
+def test_a_lesion_piece_mostly_outside_the_lungs_keeps_only_its_part_near_them():
+    ph, img = _phantom_img()
+    anatomy = scan_anatomy(img, None, "builtin")
+    geometry = geometry_of(img)
+    k = int(np.argmax(np.count_nonzero(anatomy.lungs, axis=(0, 1))))  # the slice with the most lung
+    lung = anatomy.lungs[:, :, k] > 0
+    xs, ys = np.nonzero(lung)
+    lesions = np.zeros(ph.image.shape, np.uint8)
+    inside_piece = np.zeros_like(lung)
+    inside_piece[xs[::2], ys[::2]] = True  # a lesion inside the lungs ...
+    from scipy import ndimage
+
+    inside_piece = ndimage.binary_dilation(inside_piece) & lung
+    rim = ndimage.binary_dilation(lung, iterations=2) & ~lung & anatomy.body[:, :, k]  # ... with a rim outside
+    lesions[:, :, k][inside_piece | rim] = 1
+    kept, _ = keep_lesions(lesions, anatomy, geometry)
+    assert np.array_equal(kept[:, :, k] > 0, inside_piece | rim), "mostly inside: whole"
+    body = anatomy.body[:, :, k] & ~ndimage.binary_dilation(lung, iterations=3)  # tissue 12 mm and more from the lungs
+    big = np.zeros_like(lesions)
+    big[:, :, k][rim | body] = 1  # mostly outside the lungs, touching them
+    kept, _ = keep_lesions(big, anatomy, geometry)
+    near = ndimage.binary_dilation(lung) & ~lung & (ph.image[:, :, k] >= -320)  # 4 mm out, dense
+    assert near[rim].sum() > 20 and kept[:, :, k][near & rim].all(), "the part near the lungs stays"
+    assert not kept[:, :, k][body & ~ndimage.binary_dilation(lung, iterations=2)].any(), "the rest goes"

@@ -155,3 +155,33 @@ def test_jit_compile_setting_reads_auto_and_booleans(tmp_path):
     (tmp_path / "c.yaml").write_text("train:\n  jit_compile: sometimes\n")
     with pytest.raises(ValueError, match="train.jit_compile"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_fine_tuning_starts_from_the_run_and_keeps_its_sides(tmp_path):
+    """init_from: the new run starts from the old run's weights (with a learning rate of almost
+    nothing its model stays the old one) and the cases of the old run keep their side; train_only:
+    every case of the extra material trains."""
+    write_phantoms(tmp_path / "ph", cases=4, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
+    write_phantoms(tmp_path / "more", cases=2, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=5)
+    for p in (tmp_path / "more").rglob("phantom_*.nii.gz"):
+        p.rename(p.with_name(p.name.replace("phantom", "extra")))
+    cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
+                                       train={"epochs": 1, "jit_compile": False})
+    prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    prepare(tmp_path / "more" / "images", tmp_path / "more" / "lesions", tmp_path / "m.h5", cfg)
+    first = train(tmp_path / "s.h5", tmp_path / "first", cfg, verbose=0)
+    tuned_cfg = cfg.updated(train={"learning_rate": 1e-12, "min_learning_rate": 1e-12})
+    tuned = train(tmp_path / "s.h5", tmp_path / "tuned", tuned_cfg, verbose=0, init_from=first,
+                  train_only=[tmp_path / "m.h5"])
+    before, after = json.loads((first / "splits.json").read_text()), json.loads((tuned / "splits.json").read_text())
+    assert set(before["val"]) <= set(after["val"]) and set(before["train"]) <= set(after["train"])
+    assert {"extra_000", "extra_001"} <= set(after["train"]) and not {"extra_000", "extra_001"} & set(after["val"])
+    from slice2d.predict import load_trained_model
+
+    def kernels(run_dir):  # the trainable weights (batch-norm statistics move even without learning)
+        return [np.asarray(w) for w in load_trained_model(run_dir).trainable_weights]
+
+    old = kernels(first)
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(old, kernels(tuned), strict=True))
+    fresh = train(tmp_path / "s.h5", tmp_path / "fresh", tuned_cfg, verbose=0)  # without init_from: other weights
+    assert not all(np.allclose(a, b, atol=1e-6) for a, b in zip(old, kernels(fresh), strict=True))

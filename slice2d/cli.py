@@ -226,7 +226,7 @@ def train(
 
 @app.command()
 def predict(
-    input: Annotated[Path, typer.Argument(help="A .nii/.nii.gz volume, a folder of them, or a folder of PNG/JPG slices.")],
+    input: Annotated[Path, typer.Argument(help="A .nii/.nii.gz volume, a folder of them, a folder holding a DICOM CT series, or a folder of PNG/JPG slices.")],
     out: Annotated[Path, typer.Option(help="Output folder; masks get the input's file names.")],
     model: Annotated[Optional[Path], typer.Option(help="Run folder written by `slice2d train` (default: the shipped lesion model, checkpoints/lesions at 256x256; checkpoints/lesions-128 is faster, less accurate).")] = None,
     lungs_model: Annotated[Optional[Path], typer.Option(help="Lung model run folder (default: the shipped checkpoints/lungs, else the built-in lung extraction for HU volumes).")] = None,
@@ -243,6 +243,7 @@ def predict(
     threshold: Annotated[Optional[float], typer.Option(min=0.01, max=0.99, help="Foreground threshold of the lesion model (default: the one in its config.yaml; the shipped model's was chosen on its validation split). Lower finds more lesion, and more false positives.")] = None,
     tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Test-time augmentation: average each model over mirror images of the slices (lesions: up-down and left-right, 4 passes; lungs: up-down, 2). Slower; in 5-fold CV +0.01 lesion Dice (BENCHMARKS.md). Default: each model's predict.mirror (off in the shipped models).")] = None,
     lungs_only: Annotated[bool, typer.Option("--lungs-only/--anywhere", help="Drop lesions outside the body or wholly away from the lungs (no pixel of an in-plane piece within 5 mm of them) from the written lesion map, and add the kept lesion the lungs missed to the lung map; --anywhere keeps the model's raw map.")] = True,
+    series: Annotated[Optional[str], typer.Option(help="DICOM input holding several CT series: the SeriesInstanceUID to take (the error for such a folder lists them).")] = None,
     lung_source: Annotated[LungSource, typer.Option(help="HU volumes: lungs from the built-in extraction (builtin; the most accurate on whole scans, BENCHMARKS.md), the extraction plus the dense lung the lung model sees next to it (combined), or the lung model alone (model). Slice images always use the lung model.")] = LungSource.builtin,
     quiet: Quiet = False,
 ) -> None:
@@ -293,7 +294,8 @@ def predict(
             if assess:
                 assess_files(run, files, out, lung_run=lung_run, lobe_run=lobe_run, lobes_dir=lobes,
                              options=options, batch_size=batch_size, probabilities=probabilities,
-                             lungs_only=lungs_only, lung_source=lung_source.value, progress=step)
+                             lungs_only=lungs_only, lung_source=lung_source.value, series_uid=series,
+                             progress=step)
                 log.info("wrote lesion maps to %s, lung maps to %s, severity reports to %s",
                          out, out / "lungs", out / "severity")
             else:

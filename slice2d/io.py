@@ -67,11 +67,18 @@ def is_nifti(path: Path) -> bool:
 
 
 def case_name(path: Path) -> str:
-    """File name without the NIfTI suffix: ``a/b/case_01.nii.gz`` -> ``case_01``."""
+    """File name without the NIfTI suffix: ``a/b/case_01.nii.gz`` -> ``case_01``; a folder (a DICOM
+    series) by its name."""
     for suffix in NIFTI_SUFFIXES[::-1]:
         if path.name.endswith(suffix):
             return path.name[: -len(suffix)]
-    return path.stem
+    return path.name if path.is_dir() else path.stem
+
+
+def output_name(path: Path) -> str:
+    """The file name of a map written for input ``path``: the input's own name for a NIfTI file,
+    ``<folder>.nii.gz`` for a DICOM series folder."""
+    return path.name if is_nifti(path) else f"{case_name(path)}.nii.gz"
 
 
 def list_niftis(folder: Path, what: str = "images") -> list[Path]:
@@ -89,14 +96,20 @@ def list_niftis(folder: Path, what: str = "images") -> list[Path]:
     return files
 
 
-def load_volume(path: str | Path, kind: str = "image") -> nib.Nifti1Image:
-    """Load a 3D NIfTI and check it is usable; the data are read lazily by the caller.
+def load_volume(path: str | Path, kind: str = "image", series_uid: str | None = None) -> nib.Nifti1Image:
+    """Load a 3D NIfTI (or, for an image, a folder holding one DICOM CT series: ``slice2d.dicom``)
+    and check it is usable; the data are read lazily by the caller.
 
     A trailing singleton 4th axis (X, Y, Z, 1) is accepted and dropped.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: {kind} file not found; check the path")
+    if path.is_dir() and kind == "image":
+        from slice2d.dicom import is_dicom_series, load_series
+
+        if is_dicom_series(path):
+            return load_series(path, series_uid)
     if not path.is_file():
         raise InputError(f"{path}: is a folder, expected a .nii or .nii.gz {kind} file")
     if not path.name.endswith(NIFTI_SUFFIXES):

@@ -23,6 +23,7 @@ from slice2d.io import (
     geometry_of,
     list_niftis,
     load_volume,
+    output_name,
     read_array,
     save_like,
 )
@@ -85,7 +86,8 @@ def _write_failures(failures: list[tuple[str, str]], path: Path) -> None:
 def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=None, lobe_run=None,
                  lobes_dir: Path | None = None, options: SeverityOptions = SeverityOptions(),
                  batch_size: int = PREDICT_BATCH, probabilities: bool = False, lungs_only: bool = True,
-                 lung_source: str = "builtin", progress: Callable[[Path], None] | None = None) -> list[dict]:
+                 lung_source: str = "builtin", series_uid: str | None = None,
+                 progress: Callable[[Path], None] | None = None) -> list[dict]:
     """Segment lesions, find the lungs (and lobes), and score each input NIfTI.
 
     lesion_run, lung_run, lobe_run: loaded runs (``predict.load_run``); without a lobe source the
@@ -101,6 +103,7 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
     lobes_dir: folder of lobe maps named like the inputs (labelled as ``options.lobe_labels``).
     Writes ``out_dir/<name>`` (lesions), ``out_dir/lungs/<name>``, ``out_dir/lobes/<name>`` (with a
     lobe model), ``out_dir/severity/<case>.json|png`` and ``out_dir/severity/cohort.csv``.
+    series_uid: for an input folder holding several DICOM series, the one to take.
     A case that fails (unreadable, or no lungs found) is recorded in
     ``out_dir/severity/failures.csv`` and the others go on; ``CohortFailures`` is raised at the end.
     """
@@ -109,13 +112,13 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
     out_dir = Path(out_dir)
     refuse_overwrite(inputs, out_dir)
     for path in inputs:
-        if lobes_dir is not None and not (lobes_dir / path.name).is_file():
-            raise InputError(f"{lobes_dir}: no lobe map named {path.name}; lobe maps need the image's file name")
+        if lobes_dir is not None and not (lobes_dir / output_name(path)).is_file():
+            raise InputError(f"{lobes_dir}: no lobe map named {output_name(path)}; lobe maps need the image's file name")
     reports, failures = [], []
     for path in inputs:
         try:
             reports.append(_assess_one(lesion_run, path, out_dir, lung_run, lobe_run, lobes_dir, options,
-                                       batch_size, probabilities, lungs_only, lung_source))
+                                       batch_size, probabilities, lungs_only, lung_source, series_uid))
         except InputError as exc:
             if len(inputs) == 1:
                 raise
@@ -134,12 +137,12 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
 
 def _assess_one(lesion_run, path: Path, out_dir: Path, lung_run, lobe_run, lobes_dir: Path | None,
                 options: SeverityOptions, batch_size: int, probabilities: bool, lungs_only: bool,
-                lung_source: str) -> dict:
+                lung_source: str, series_uid: str | None = None) -> dict:
     """One case of ``assess_files``: everything read and computed before anything is written."""
     from slice2d.anatomy import keep_lesions, sanity, scan_anatomy
     from slice2d.predict import predict_volume
 
-    img = load_volume(path, "image")
+    img = load_volume(path, "image", series_uid)
     image = read_array(img, path, keep_integers=True)
     geometry = geometry_of(img)
     others = [r for r in (lung_run, lobe_run) if r is not None]
@@ -153,16 +156,17 @@ def _assess_one(lesion_run, path: Path, out_dir: Path, lung_run, lobe_run, lobes
         lobes = maps[id(lobe_run)]
         preset = "slice2d"
     elif lobes_dir is not None:
-        lobes = _load_labels_on_grid(lobes_dir / path.name, img, path, "lobe map")
+        lobes = _load_labels_on_grid(lobes_dir / output_name(path), img, path, "lobe map")
     lungs = anatomy.lungs
+    name = output_name(path)
     if lungs_only:
         lesions, lungs = keep_lesions(lesions, anatomy, geometry, image if anatomy.body is not None else None)
     if lobe_run is not None:
-        save_like(lobes, img, out_dir / "lobes" / path.name)
-    save_like(lesions, img, out_dir / path.name)
-    save_like(lungs, img, out_dir / "lungs" / path.name)
+        save_like(lobes, img, out_dir / "lobes" / name)
+    save_like(lesions, img, out_dir / name)
+    save_like(lungs, img, out_dir / "lungs" / name)
     if probs is not None:
-        save_like(probs[..., 1:], img, out_dir / "probabilities" / path.name, dtype=np.float32)
+        save_like(probs[..., 1:], img, out_dir / "probabilities" / name, dtype=np.float32)
     opts = SeverityOptions(options.scheme, preset, options.zone_method, options.zone_joint)
     case = case_name(path)
     checks = sanity(anatomy, lungs, img.affine, image)

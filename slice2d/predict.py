@@ -26,6 +26,7 @@ from slice2d.io import (
     is_nifti,
     list_niftis,
     load_volume,
+    output_name,
     read_array,
     save_like,
 )
@@ -235,9 +236,14 @@ def predict_array(run: Run, image: np.ndarray, geometry: Geometry, batch_size: i
 
 
 def input_files(source: str | Path) -> list[Path]:
-    """A NIfTI file, or the NIfTI files of a folder."""
+    """A NIfTI file, the NIfTI files of a folder, or a folder holding one DICOM series (itself)."""
     source = Path(source)
     if source.is_dir():
+        if not any(is_nifti(p) for p in source.iterdir()):
+            from slice2d.dicom import is_dicom_series
+
+            if is_dicom_series(source):
+                return [source]
         return list_niftis(source, "input")
     load_volume(source)  # one clear error for a missing or foreign file
     if not is_nifti(source):
@@ -248,7 +254,7 @@ def input_files(source: str | Path) -> list[Path]:
 def refuse_overwrite(inputs: list[Path], out_dir: Path) -> None:
     """Raise if writing ``out_dir/<input name>`` would replace an input file."""
     for path in inputs:
-        if (out_dir / path.name).resolve() == path.resolve():
+        if (out_dir / output_name(path)).resolve() == path.resolve():
             raise InputError(f"{path}: --out would overwrite the input; choose another output folder")
 
 
@@ -265,9 +271,9 @@ def predict_files(run: Run, inputs: list[Path], out_dir: str | Path, batch_size:
     for path in inputs:
         img = load_volume(path, "image")
         labels, probs = predict_array(run, read_array(img, path), geometry_of(img), batch_size, probabilities, str(path))
-        written.append(save_like(labels, img, out_dir / path.name))
+        written.append(save_like(labels, img, out_dir / output_name(path)))
         if probs is not None:
-            save_like(probs[..., 1:], img, out_dir / "probabilities" / path.name, dtype=np.float32)
+            save_like(probs[..., 1:], img, out_dir / "probabilities" / output_name(path), dtype=np.float32)
         if progress:
             progress(path)
     return written

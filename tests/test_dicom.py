@@ -411,3 +411,33 @@ def test_lungmask_samples_without_modality() -> None:
     data = np.asanyarray(img.dataobj)
     assert img.shape == (512, 512, 2) and data.min() == -1024
     np.testing.assert_allclose(img.affine[:3], [[-0.625, 0, 0, 0], [0, -0.625, 0, 0], [0, 0, 1, 0]])
+
+
+@pytest.mark.slow
+def test_predict_takes_a_dicom_series_folder(tmp_path: Path) -> None:
+    """`slice2d predict` on a folder holding one DICOM CT series (a phantom written slice by slice,
+    LPS like a scanner's): maps named after the folder, on the series' own grid."""
+    from test_cli import invoke
+
+    from slice2d.synth import make_phantom
+
+    ph = make_phantom(shape=(80, 80, 30), spacing=(4.0, 4.0, 8.0), seed=2)
+    folder = tmp_path / "series-1"
+    positions = [np.array([-160.0, -160.0, -120.0 + 8.0 * k]) for k in range(30)]
+    stored = [np.rint(ph.image[:, :, k].T + 1024).astype(np.int16) for k in range(30)]  # LPS-stored: rows P, columns L
+    folder.mkdir()
+    for k, pos in enumerate(positions):
+        ds = ct_slice(pos, rows=80, cols=80, spacing=(4.0, 4.0), pixels=stored[k])
+        ds.save_as(folder / f"{(k * 7) % 30:03d}.dcm", enforce_file_format=True)  # names shuffled against z
+    result = invoke("predict", folder, "--out", tmp_path / "out", "--model", "checkpoints/lesions-128", "-q")
+    assert result.exit_code == 0, result.output
+    series = load_series(folder)
+    for sub in ("", "lungs"):
+        out = nib.load(tmp_path / "out" / sub / "series-1.nii.gz")
+        assert out.shape == series.shape == (80, 80, 30)
+        np.testing.assert_allclose(out.affine, series.affine, atol=1e-6)
+    lungs = np.asarray(nib.load(tmp_path / "out" / "lungs" / "series-1.nii.gz").dataobj)
+    truth = ph.lungs  # stored (L, P, S) like the series
+    dice = 2 * np.count_nonzero((lungs > 0) & (truth > 0)) / (np.count_nonzero(lungs) + np.count_nonzero(truth))
+    assert dice > 0.9, dice
+    assert np.mean(lungs[truth == 1] == 1) > 0.9 and np.mean(lungs[truth == 2] == 2) > 0.9  # right and left kept

@@ -128,7 +128,8 @@ def main() -> None:
     parser.add_argument("--label", default="this checkout")
     parser.add_argument("--no-record", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--before", type=Path, help="results JSON of another checkout, shown beside")
+    parser.add_argument("--before", type=Path, nargs="*", default=[],
+                        help="results JSONs of other runs (--json), shown after this one, each under its label")
     args, extra = parser.parse_known_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found; this benchmark needs the real scans")
@@ -150,9 +151,9 @@ def main() -> None:
     if args.no_record:
         return
     before = ""
-    if args.before:
-        old = json.loads(args.before.read_text())
-        before = f"\nBefore ({old['label']}), the same scans and measures:\n\n{table(old['results'])}"
+    for path in args.before:
+        old = json.loads(path.read_text())
+        before += f"\n{old['label']}, the same scans and measures ({old['seconds']:.0f} s):\n\n{table(old['results'])}"
     write_section("whole-scans", f"""## Whole real scans
 
 `python bench/whole_scans.py` on {machine()}: `slice2d predict` with the shipped models on six
@@ -161,7 +162,8 @@ reference mask and the lungs of the TotalSegmentator example's five lobes; only 
 has COVID-19, so lesion volume written on the others is false positive. Body and airways are
 those found by `slice2d.lungs.extract_anatomy`. Figures: `bench/figures/whole-*.png`.
 
-{md}{before}""", {"machine": machine(), "results": results, "before": args.before and json.loads(args.before.read_text())})
+{md}{before}""", {"machine": machine(), "results": results,
+                       "compared": [json.loads(p.read_text()) for p in args.before]})
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def scan_anatomy(img, model_lungs: np.ndarray | None, source: str = "combined", 
     try:
         lungs, body, airways = extract_anatomy_nifti(img)
     except ValueError as exc:
-        raise InputError(f"{name}: no lungs found ({exc})") from None
+        raise InputError(f"{name}: no lungs found: {exc}") from None
     if source == "combined" and model_lungs is not None:
         from slice2d.io import geometry_of
 

@@ -74,6 +74,11 @@ class CohortFailures(InputError):
     """Some cases of a cohort failed; the others were written (``failures.csv`` lists the failed)."""
 
 
+class CaseError(InputError):
+    """What is wrong with one case (unreadable, no lungs found): the other cases of a cohort go on.
+    Errors of the output (a full disk, no permission) stop the cohort."""
+
+
 def _write_failures(failures: list[tuple[str, str]], path: Path) -> None:
     import csv
 
@@ -119,7 +124,7 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
         try:
             reports.append(_assess_one(lesion_run, path, out_dir, lung_run, lobe_run, lobes_dir, options,
                                        batch_size, probabilities, lungs_only, lung_source, series_uid))
-        except InputError as exc:
+        except CaseError as exc:
             if len(inputs) == 1:
                 raise
             log.error("%s", exc)
@@ -142,15 +147,18 @@ def _assess_one(lesion_run, path: Path, out_dir: Path, lung_run, lobe_run, lobes
     from slice2d.anatomy import keep_lesions, sanity, scan_anatomy
     from slice2d.predict import predict_volume
 
-    img = load_volume(path, "image", series_uid)
-    image = read_array(img, path, keep_integers=True)
-    geometry = geometry_of(img)
-    others = [r for r in (lung_run, lobe_run) if r is not None]
-    (lesions, probs), *rest = predict_volume([lesion_run, *others], image, geometry, batch_size, probabilities,
-                                             str(path), lung_run=lung_run, lung_slices_only=lungs_only)
-    maps = {id(r): labels for r, (labels, _) in zip(others, rest)}
-    model_lungs = maps[id(lung_run)] if lung_run is not None else None
-    anatomy = scan_anatomy(img, model_lungs, lung_source if model_lungs is not None else "builtin", str(path))
+    try:
+        img = load_volume(path, "image", series_uid)
+        image = read_array(img, path, keep_integers=True)
+        geometry = geometry_of(img)
+        others = [r for r in (lung_run, lobe_run) if r is not None]
+        (lesions, probs), *rest = predict_volume([lesion_run, *others], image, geometry, batch_size, probabilities,
+                                                 str(path), lung_run=lung_run, lung_slices_only=lungs_only)
+        maps = {id(r): labels for r, (labels, _) in zip(others, rest)}
+        model_lungs = maps[id(lung_run)] if lung_run is not None else None
+        anatomy = scan_anatomy(img, model_lungs, lung_source if model_lungs is not None else "builtin", str(path))
+    except InputError as exc:  # this case's input: the cohort goes on
+        raise CaseError(str(exc)) from None
     lobes, preset = None, options.lobe_labels
     if lobe_run is not None:
         lobes = maps[id(lobe_run)]

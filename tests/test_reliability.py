@@ -26,6 +26,7 @@ from PIL import Image
 from test_cli import assert_user_error, invoke
 
 from slice2d.predict import SHIPPED
+from slice2d.synth import write_phantoms
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,6 +46,13 @@ def good(tmp_path: Path) -> Path:
     for i, kind in enumerate(("LPS", "RAS", "LPS")):
         write_case(tmp_path / "good", f"case{i}", (24, 26, 8), make_affine(kind), seed=i)
     return tmp_path / "good"
+
+
+@pytest.fixture
+def scans(tmp_path: Path) -> Path:
+    """Two small phantom chest CTs (with lungs: a scan without lungs is refused by `predict`)."""
+    write_phantoms(tmp_path / "ph", cases=2, shape=(48, 48, 16), spacing=(7.0, 7.0, 13.0), seed=1)
+    return tmp_path / "ph" / "images"
 
 
 @pytest.fixture
@@ -192,16 +200,16 @@ def _full_disk_after(nbytes: int):
     return save
 
 
-def test_full_disk_during_predict_leaves_nothing(good, tmp_path, monkeypatch):
+def test_full_disk_during_predict_leaves_nothing(scans, tmp_path, monkeypatch):
     import slice2d.io
 
-    before = digest(good)
+    before = digest(scans)
     monkeypatch.setattr(slice2d.io.nib, "save", _full_disk_after(1000))
-    result = invoke("predict", good / "images", "--out", tmp_path / "o", "-q")
+    result = invoke("predict", scans, "--out", tmp_path / "o", "-q")
     assert_user_error(result, "no space left on the device")
     assert no_output(tmp_path / "o") or not any(p.name.endswith(".nii.gz") for p in (tmp_path / "o").rglob("*"))
     assert not list((tmp_path / "o").rglob(".*partial*"))
-    assert digest(good) == before
+    assert digest(scans) == before
 
 
 def test_full_disk_during_prepare_leaves_nothing(good, tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from slice2d.io import (
     output_name,
     read_array,
     save_like,
+    to_canonical,
 )
 from slice2d.orientation import Orientation, detect_orientation
 from slice2d.predict import PREDICT_BATCH
@@ -151,12 +152,16 @@ def _assess_one(lesion_run, path: Path, out_dir: Path, lung_run, lobe_run, lobes
         img = load_volume(path, "image", series_uid)
         image = read_array(img, path, keep_integers=True)
         geometry = geometry_of(img)
+        if lung_run is None:  # the built-in extraction first: the networks then only see slices with lung
+            anatomy = scan_anatomy(img, None, "builtin", str(path))
+            with_lung = np.flatnonzero(to_canonical(anatomy.lungs, geometry).any(axis=(0, 1)))
         others = [r for r in (lung_run, lobe_run) if r is not None]
         (lesions, probs), *rest = predict_volume([lesion_run, *others], image, geometry, batch_size, probabilities,
-                                                 str(path), lung_run=lung_run, lung_slices_only=lungs_only)
+                                                 str(path), lung_run=lung_run, lung_slices_only=lungs_only,
+                                                 only_slices=with_lung if lung_run is None and lungs_only else None)
         maps = {id(r): labels for r, (labels, _) in zip(others, rest)}
-        model_lungs = maps[id(lung_run)] if lung_run is not None else None
-        anatomy = scan_anatomy(img, model_lungs, lung_source if model_lungs is not None else "builtin", str(path))
+        if lung_run is not None:
+            anatomy = scan_anatomy(img, maps[id(lung_run)], lung_source, str(path))
     except InputError as exc:  # this case's input: the cohort goes on
         raise CaseError(str(exc)) from None
     lobes, preset = None, options.lobe_labels

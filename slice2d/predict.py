@@ -180,7 +180,8 @@ def predict_slices(run: Run, slices: np.ndarray, batch_size: int = PREDICT_BATCH
 
 def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch_size: int = PREDICT_BATCH,
                    probabilities: bool = False, source: str = "image", kind: str = "hu",
-                   lung_run: Run | None = None, lung_slices_only: bool = False) -> list[tuple[np.ndarray, np.ndarray | None]]:
+                   lung_run: Run | None = None, lung_slices_only: bool = False,
+                   only_slices: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Segment one volume with each of ``runs`` (e.g. lesions and lungs); see ``predict_array``.
 
     Runs that share an intensity convention and slice size share one pass of slicing. With
@@ -189,11 +190,13 @@ def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch
     its map loses the pieces smaller than 1 % of its largest (``slicing.drop_small_components``).
     lung_slices_only: the other runs then segment only the axial slices where that lung map has
     lung; their maps (and probabilities) are background on the others.
+    only_slices: without ``lung_run``, the axial slices (indices along the canonical third axis)
+    the runs segment, e.g. those where the built-in extraction found lung; background elsewhere.
     """
     inputs: dict = {}
     results: list = [None] * len(runs)
     order = sorted(range(len(runs)), key=lambda i: runs[i] is not lung_run)  # the lung model first
-    lung_slices = None
+    lung_slices = None if only_slices is None else np.asarray(only_slices, dtype=np.int64)
     for i in order:
         run = runs[i]
         data = run.cfg.data

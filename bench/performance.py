@@ -312,8 +312,9 @@ def part_predict(work: Path, repeats: int) -> None:
     md = f"""## Predict: one 512x512x300 volume
 
 `python bench/performance.py predict` on {machine()}.
-`slice2d predict VOLUME --out OUT` with the defaults (shipped lesion model, shipped lung model,
-six lung zones, Chung severity report and figure) on a synthetic 512x512x300 chest CT: the whole
+`slice2d predict VOLUME --out OUT` with the defaults (the built-in lung extraction first, then the
+shipped lesion model on the slices with lung, six lung zones, Chung severity report and figure)
+on a synthetic 512x512x300 chest CT: the whole
 process, Python and TensorFlow start-up included; median of {repeats} runs. The host took
 {steal:.0f} % of this virtual machine's CPU time for other guests while they ran ("steal"), so
 single runs vary by a few seconds.
@@ -324,7 +325,7 @@ single runs vary by a few seconds.
 | peak memory | {median([r['peak_gb'] for r in runs]):.2f} GB |
 | lesion model alone, 300 slices at batch 16, slices/s (no XLA, the default) | {speed['none']:.0f} |
 | lesion model alone with XLA, slices/s | {speed['xla']:.0f} (first call {first['xla']:.1f} s with compilation, against {first['none']:.1f} s) |
-| lung volume found by the shipped lung model (both lungs) | {report['lung_ml']:.0f} mL |
+| lung volume found (both lungs, as written) | {report['lung_ml']:.0f} mL |
 """
     write_section("predict", md, {"machine": machine(), "runs": runs, "model": model, "steal_percent": steal})
 

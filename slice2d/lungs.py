@@ -339,22 +339,31 @@ def extract_anatomy(image_hu: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarr
         out[:nx, :ny] = np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)
         return out
 
-    up = upsample(coarse)
-    # Refine on the original grid: air voxels near each coarse lung become that lung; then the
-    # in-plane holes (vessels) are filled again at full resolution.
-    air = image < AIR_HU
-    near = [ndimage.binary_dilation(up == v, structure=_inplane(1), iterations=factor) for v in (1, 2)]
     out = np.zeros(image.shape, np.uint8)
-    out[air & near[0] & ~near[1]] = 1
-    out[air & near[1] & ~near[0]] = 2
-    both = air & near[0] & near[1]
-    out[both] = up[both]
-    for v in (1, 2):
-        out[_fill_holes_inplane(out == v) & (out == 0)] = v
-    # dense lung (pathology brought back by the closing) keeps the coarse label
-    dense = ~air & (up > 0) & (out == 0)
-    out[dense] = up[dense]
-    airway = ndimage.binary_dilation(upsample(airway_small), structure=_inplane(1), iterations=factor) & air & (out == 0)
+    up_all = upsample(coarse)
+    if up_all.any():
+        # Refine on the original grid, within the lungs' box (a margin wider than the dilation, so
+        # the result is the same as on the whole grid): air voxels near each coarse lung become
+        # that lung; then the in-plane holes (vessels) are filled again at full resolution.
+        box = _bbox(up_all > 0, margin=factor + 1)
+        up, air = up_all[box], image[box] < AIR_HU
+        near = [ndimage.binary_dilation(up == v, structure=_inplane(1), iterations=factor) for v in (1, 2)]
+        sub = np.zeros(up.shape, np.uint8)
+        sub[air & near[0] & ~near[1]] = 1
+        sub[air & near[1] & ~near[0]] = 2
+        both = air & near[0] & near[1]
+        sub[both] = up[both]
+        for v in (1, 2):
+            sub[_fill_holes_inplane(sub == v) & (sub == 0)] = v
+        # dense lung (pathology brought back by the closing) keeps the coarse label
+        dense = ~air & (up > 0) & (sub == 0)
+        sub[dense] = up[dense]
+        out[box] = sub
+    airway = upsample(airway_small)
+    if airway.any():  # the same dilation, within the airways' box
+        box = _bbox(airway, margin=factor + 1)
+        airway[box] = (ndimage.binary_dilation(airway[box], structure=_inplane(1), iterations=factor)
+                       & (image[box] < AIR_HU) & (out[box] == 0))
     return out, upsample(body_small), airway
 
 

@@ -152,6 +152,12 @@ def _assess_one(lesion_run, path: Path, out_dir: Path, lung_run, lobe_run, lobes
         img = load_volume(path, "image", series_uid)
         image = read_array(img, path, keep_integers=True)
         geometry = geometry_of(img)
+    except InputError as exc:  # this case's input: the cohort goes on
+        raise CaseError(str(exc)) from None
+    for run in (lesion_run, lung_run, lobe_run):  # loaded in the background: a model that cannot be
+        if run is not None:                       # loaded stops the whole run, whatever this case holds
+            _ = run.model
+    try:
         if lung_run is None:  # the built-in extraction first: the networks then only see slices with lung
             anatomy = scan_anatomy(img, None, "builtin", str(path))
             with_lung = np.flatnonzero(to_canonical(anatomy.lungs, geometry).any(axis=(0, 1)))

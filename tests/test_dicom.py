@@ -292,7 +292,7 @@ def real_folder(name: str) -> Path:
 
 
 def load_real(name: str) -> nib.Nifti1Image:
-    if name not in _loaded:  # read each real series once per session (RICORD takes seconds)
+    if name not in _loaded:  # read each real series once per test run (RICORD takes seconds)
         _loaded[name] = load_series(real_folder(name))
     return _loaded[name]
 

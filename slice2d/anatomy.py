@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slice2d.io import Geometry, InputError, to_canonical
-from slice2d.slicing import lesions_near_lungs, lungs_with_lesions
+from slice2d.io import Geometry, InputError, from_canonical, geometry_of, to_canonical
+from slice2d.slicing import lesions_near_lungs, lungs_with_lesions, margin_disc
 
 LUNG_SOURCES = ("combined", "builtin", "model")
 REACH_MM = 20.0  # how far (in-plane) from the extracted lungs the lung network may add dense lung
@@ -73,8 +73,6 @@ def scan_anatomy(img, model_lungs: np.ndarray | None, source: str = "combined", 
     except ValueError as exc:
         raise InputError(f"{name}: no lungs found: {exc}") from None
     if source == "combined" and model_lungs is not None:
-        from slice2d.io import geometry_of
-
         lungs = _add_dense_lung(lungs, model_lungs, body, airways, np.asanyarray(img.dataobj), geometry_of(img))
         return ScanAnatomy(_require_lungs(lungs, name), body, airways, "combined")
     return ScanAnatomy(_require_lungs(lungs, name), body, airways, "builtin")
@@ -107,8 +105,6 @@ def _add_dense_lung(lungs: np.ndarray, model_lungs: np.ndarray, body: np.ndarray
             continue
         distance = ndimage.distance_transform_edt(~canon_lungs[:, :, k], sampling=(rows_mm, cols_mm))
         canon_extra[:, :, k] &= distance <= REACH_MM
-    from slice2d.io import from_canonical
-
     extra = from_canonical(canon_extra, geometry)
     return lungs_with_lesions(lungs, extra.astype(np.uint8), geometry)
 
@@ -146,14 +142,9 @@ def _trim_pieces_outside(lesions: np.ndarray, lungs: np.ndarray, geometry: Geome
     """
     import cv2
 
-    from slice2d.io import from_canonical
-    from slice2d.slicing import LUNG_MARGIN_MM
-
     out = np.array(to_canonical(lesions, geometry))
     lung = to_canonical(lungs, geometry) > 0
-    rows_mm, cols_mm, _ = geometry.canonical_spacing
-    half = (max(0, round(LUNG_MARGIN_MM / cols_mm)), max(0, round(LUNG_MARGIN_MM / rows_mm)))
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * half[0] + 1, 2 * half[1] + 1))
+    disc = margin_disc(geometry)
     for k in np.flatnonzero(out.any(axis=(0, 1))):
         n, pieces = cv2.connectedComponents((out[:, :, k] > 0).astype(np.uint8), connectivity=8)
         inside = np.bincount(pieces[lung[:, :, k]], minlength=n)

@@ -163,6 +163,14 @@ def probabilities_to_slice(probs: np.ndarray, geom: SliceGeometry) -> np.ndarray
 LUNG_MARGIN_MM = 5.0  # lesions this close to the lung map (in-plane) are kept: a lung map may miss a pleural rim
 
 
+def margin_disc(geometry: Geometry, margin_mm: float = LUNG_MARGIN_MM) -> np.ndarray:
+    """The in-plane disc (an OpenCV structuring element) that reaches ``margin_mm`` on the
+    canonical slices of ``geometry``, whose pixels may be non-square."""
+    rows_mm, cols_mm, _ = geometry.canonical_spacing
+    half = (max(0, round(margin_mm / cols_mm)), max(0, round(margin_mm / rows_mm)))  # (x, y) as OpenCV counts
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * half[0] + 1, 2 * half[1] + 1))
+
+
 def lesions_near_lungs(lesions: np.ndarray, lungs: np.ndarray, geometry: Geometry,
                        margin_mm: float = LUNG_MARGIN_MM) -> np.ndarray:
     """``lesions`` without the lesions that lie wholly outside the lungs (a new array).
@@ -175,9 +183,7 @@ def lesions_near_lungs(lesions: np.ndarray, lungs: np.ndarray, geometry: Geometr
     """
     kept = np.array(to_canonical(lesions, geometry))  # canonical (rows, cols, Z), a copy
     lungs = to_canonical(lungs, geometry)
-    rows_mm, cols_mm, _ = geometry.canonical_spacing
-    half = (max(0, round(margin_mm / cols_mm)), max(0, round(margin_mm / rows_mm)))  # (x, y) as OpenCV counts
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * half[0] + 1, 2 * half[1] + 1))
+    disc = margin_disc(geometry, margin_mm)
     for k in np.flatnonzero(kept.any(axis=(0, 1))):  # only slices with lesions need the lung margin
         near = cv2.dilate((lungs[:, :, k] > 0).astype(np.uint8), disc) > 0
         n, pieces = cv2.connectedComponents((kept[:, :, k] > 0).astype(np.uint8), connectivity=8)

@@ -41,11 +41,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+import versus_miniseg
 from slice2d.config import PredictConfig, load_config
 from slice2d.dataset import SliceFile, prepare, remap_labels, split_lungs_by_side
 from slice2d.images import read_label_slice, read_patients, read_slice, slice_geometry
 from slice2d.io import atomic_path
+from slice2d.orientation import Orientation
 from slice2d.predict import load_run, predict_array, with_options
 from slice2d.slicing import lesions_near_lungs
 from slice2d.train import train
@@ -88,15 +91,22 @@ def _labelled_slices(path: Path, cases: set[str], data):
         ref = remap_labels(read_label_slice(attrs[case]["label_path"], rotate), data, attrs[case]["label_path"])
         if data.split_lungs:
             ref = split_lungs_by_side(ref[:, :, None])[:, :, 0]
-        yield str(attrs[case]["patient"]), image, ref
+        yield str(attrs[case]["patient"]), image, ref, (Path(str(attrs[case]["image_path"])).name, rotate)
 
 
 def _dice(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int]:
     return int(np.count_nonzero(pred & ref)), int(np.count_nonzero(pred) + np.count_nonzero(ref))
 
 
+def write_map(folder: Path, name: str, rotate: int, foreground: np.ndarray) -> None:
+    """An out-of-fold mask as the anchors store them: 8-bit 0 / 255 PNG named like the slice, in the
+    slice file's own orientation."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(Orientation.from_code(rotate).stored(foreground).astype(np.uint8) * 255).save(folder / name)
+
+
 def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None = None, mirror: bool = False,
-                  lung_dir: Path | None = None) -> dict:
+                  lung_dir: Path | None = None, maps: Path | None = None) -> dict:
     run = with_options(load_run(run_dir), threshold, mirror)
     lung_run = with_options(load_run(lung_dir), mirror=mirror) if lung_dir else None
     data = run.cfg.data
@@ -110,13 +120,15 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
             names[len(names)] = "lungs_merged"
         # per patient [intersection, pixels of prediction + reference]; the set's pooled Dice sums them
         per_class = {c: {"dice": [], "iou": [], "patients": {}} for c in groups}
-        for patient, image, ref in _labelled_slices(path, test, data):
+        for patient, image, ref, (file_name, rotate) in _labelled_slices(path, test, data):
             geometry = slice_geometry(image.shape)
             pred = predict_array(run, image[:, :, None], geometry, batch_size=1, kind="uint8")[0]
             if lung_run is not None:
                 lungs = predict_array(lung_run, image[:, :, None], geometry, batch_size=1, kind="uint8")[0]
                 pred = lesions_near_lungs(pred, lungs, geometry)
             pred = pred[:, :, 0]
+            if maps is not None:  # the union of the foreground classes, as the anchor's maps are
+                write_map(maps / set_name, file_name, rotate, pred > 0)
             for c, acc in per_class.items():
                 inter, total = _dice(np.isin(pred, groups[c]), np.isin(ref, groups[c]))
                 acc["dice"].append(1.0 if total == 0 else 2 * inter / total)
@@ -152,7 +164,7 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> di
     scores = {t: [] for t in THRESHOLDS}
     for path in files.values():
         per = {t: {c: [] for c in range(1, len(data.classes))} for t in THRESHOLDS}
-        for _, image, ref in _labelled_slices(path, val, data):
+        for _, image, ref, _ in _labelled_slices(path, val, data):
             _, probs = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8",
                                      probabilities=True)
             probs = probs[:, :, 0]
@@ -231,7 +243,9 @@ def main() -> None:
             return
         threshold = calibration["threshold"] if calibration and args.tta else None
         lung_dir = Path(args.with_lungs.format(fold=fold)) if args.with_lungs else None
-        results[str(fold)] = {"sets": evaluate_fold(run_dir, files, threshold, args.tta, lung_dir), "seconds": time.perf_counter() - start,
+        maps = results_path.with_name(results_path.stem + "-maps")
+        results[str(fold)] = {"sets": evaluate_fold(run_dir, files, threshold, args.tta, lung_dir, maps),
+                              "seconds": time.perf_counter() - start,
                               "machine": f"{platform.machine()} {platform.node()}"}
         if calibration:
             results[str(fold)]["calibration"] = calibration
@@ -248,6 +262,10 @@ def main() -> None:
             listed = f" ({', '.join(f'{p} {d:.3f}' for p, d in dices.items())})" if len(dices) <= 12 else ""
             print(f"{set_name} {cls}: per-patient pooled Dice, mean of {len(dices)} patients "
                   f"{np.mean(list(dices.values())):.3f}{listed}")
+    ours = results_path.with_name(results_path.stem + "-maps") / "covid-ct-slices"
+    if ours.is_dir() and len(list(ours.glob("*.png"))) == len(list(SETS["covid-ct-slices"]["images"].glob("*.png"))):
+        print(f"\nOut-of-fold maps {ours} beside MiniSeg's (bench/versus_miniseg.py):")
+        versus_miniseg.main([str(ours)])
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from slice2d.slicing import lesions_near_lungs, lungs_with_lesions, margin_disc
 
 LUNG_SOURCES = ("combined", "builtin", "model")
 REACH_MM = 20.0  # how far (in-plane) from the extracted lungs the lung network may add dense lung
+DENSE_HU = -500.0  # halfway between air and soft tissue: a voxel above it is more tissue than air
 MIN_INSIDE_FRACTION = 0.5  # a lesion piece with less of itself inside the lungs is cut to them (HU volumes)
 EDGE_AREA_FRACTION = 0.05  # a lung cut by the scan's first or last slice: more than 5 % of its largest section there
 
@@ -86,14 +87,13 @@ def _require_lungs(lungs: np.ndarray, name: str) -> np.ndarray:
 
 def _add_dense_lung(lungs: np.ndarray, model_lungs: np.ndarray, body: np.ndarray, airways: np.ndarray,
                     image: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """The extracted lungs plus the network's lung voxels that are dense (HU >= ``AIR_HU``: the
-    air threshold left them out), inside the body, off the airways and within ``REACH_MM``
-    in-plane of the extracted lungs; each added voxel takes the side of the nearest lung pixel."""
+    """The extracted lungs plus the network's lung voxels that are more tissue than air (HU >=
+    ``DENSE_HU``: the air threshold or the partial-volume trim left them out), inside the body,
+    off the airways and within ``REACH_MM`` in-plane of the extracted lungs; each added voxel
+    takes the side of the nearest lung pixel."""
     from scipy import ndimage
 
-    from slice2d.lungs import AIR_HU
-
-    extra = (model_lungs > 0) & (lungs == 0) & body & ~airways & (image >= AIR_HU)
+    extra = (model_lungs > 0) & (lungs == 0) & body & ~airways & (image >= DENSE_HU)
     if not extra.any():
         return lungs
     canon_lungs = to_canonical(lungs, geometry) > 0

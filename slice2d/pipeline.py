@@ -206,7 +206,10 @@ def _score_one(lesions: Path, lungs: Path | None, lobes: Path | None, image: Pat
         lung_map = _load_labels_on_grid(lungs, les_img, lesions, "lung map")
     elif ct_img is not None:
         from slice2d.lungs import extract_lungs_nifti
+        # dense lesion the air threshold leaves out still counts as diseased lung, as in predict
+        geometry = geometry_of(les_img)
         lung_map = extract_lungs_nifti(ct_img)
+        lung_map = lungs_with_lesions(lung_map, lesions_near_lungs(les, lung_map, geometry), geometry)
     elif lobes is None:
         raise InputError(f"{lesions}: give --lungs, --lobes, or --image (for the built-in lung extraction)")
     else:
@@ -223,7 +226,8 @@ def score_files(lesions: Path, lungs: Path | None, lobes: Path | None, image: Pa
     figure (.png) and a one-row CSV beside it. A cohort: ``lesions`` (and any of ``lungs``,
     ``lobes``, ``image`` given) are folders of same-named files; ``out`` is a folder that receives
     ``<case>.json``, ``<case>.png`` and ``cohort.csv``. Without a lung map, lungs come from the
-    built-in extraction on the CT ``image``.
+    built-in extraction on the CT ``image``, with the lesions that touch them added (as ``predict``
+    adds them).
     """
     if not Path(lesions).is_dir():
         if out.suffix != ".json":

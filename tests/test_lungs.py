@@ -108,3 +108,21 @@ def test_cmb_crc_full_resolution_volumes_plausible():
     # Measured: right 2479 mL, left 1986 mL.
     assert 1500 <= right <= 4000 and 1300 <= left <= 4000
     assert right > left
+
+
+def test_surface_voxels_more_tissue_than_lung_are_trimmed():
+    from slice2d.lungs import _trim_partial_volume
+
+    image = np.full((40, 40, 3), 40.0, np.float32)        # soft tissue
+    image[5:35, 5:35] = -850.0                            # lung
+    labels = np.zeros(image.shape, np.uint8)
+    labels[5:35, 5:35] = 1
+    image[5, 10:20] = -300.0    # surface voxels mostly tissue: not lung
+    image[5, 20:30] = -700.0    # surface voxels mostly lung: lung
+    image[34, 10:20] = 20.0     # a dense lesion at the pleura with depth: stays lung
+    image[33, 10:20] = 20.0
+    out = _trim_partial_volume(labels, image)
+    assert not out[5, 10:20].any()
+    assert np.all(out[5, 20:30] == 1)
+    assert np.all(out[33:35, 10:20] == 1)
+    assert np.array_equal(out[6:33], labels[6:33])        # only the surface changes

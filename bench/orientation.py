@@ -24,11 +24,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from record import machine, write_section
 
 from slice2d.orientation import ORIENTATIONS, WEIGHTS, Orientation, decide, slice_log_probs
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import machine, write_section  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VOLUMES = ("ct-samples/cmb-crc-chest-ct.nii.gz", "ct-samples/copdgene-10002K-ct-64.nii.gz",

@@ -23,8 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import ROOT, cpu_times, machine, median, steal_percent, write_section  # noqa: E402
+from record import ROOT, cpu_times, machine, median, steal_percent, write_section
 
 ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 CLI = [sys.executable, str(ROOT / "cli.py")]

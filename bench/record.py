@@ -51,7 +51,7 @@ def cpu_times() -> list[int]:
 def steal_percent(before: list[int], after: list[int]) -> float:
     """Share of CPU time the hypervisor gave to other guests between two ``cpu_times`` readings:
     on a shared virtual machine this is what makes timings noisy."""
-    delta = [b - a for a, b in zip(before, after)]
+    delta = [b - a for a, b in zip(before, after, strict=True)]
     return 100.0 * delta[7] / max(1, sum(delta[:8]))
 
 

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from record import machine, write_section
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import machine, write_section  # noqa: E402
-
-from slice2d.io import geometry_of, read_array  # noqa: E402
-from slice2d.lungs import extract_lungs_nifti  # noqa: E402
-from slice2d.predict import load_run, predict_volume, shipped_model  # noqa: E402
-from slice2d.slicing import LUNG_MARGIN_MM, lesions_near_lungs, lungs_with_lesions  # noqa: E402
+from slice2d.io import geometry_of, read_array
+from slice2d.lungs import extract_lungs_nifti
+from slice2d.predict import load_run, predict_volume, shipped_model
+from slice2d.slicing import LUNG_MARGIN_MM, lesions_near_lungs, lungs_with_lesions
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct-samples"
 OTHER_LESION_MODELS = ("lesions-128",)

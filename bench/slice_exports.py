@@ -18,10 +18,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from record import machine, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from record import machine, write_section  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "covid-semiseg" / "train"
 

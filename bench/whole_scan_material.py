@@ -46,7 +46,7 @@ def _check_figure(image: np.ndarray, lungs: np.ndarray, affine: np.ndarray, path
     geometry = Geometry(affine, image.shape, tuple(nib.aff2axcodes(affine)))
     img, lun = to_canonical(image, geometry), to_canonical(lungs, geometry)  # (P, L, S): rows anterior->posterior
     fig, axes = plt.subplots(2, 6, figsize=(18, 6.5))
-    for ax, z in zip(axes.ravel(), np.linspace(img.shape[2] - 1, 0, 12).round().astype(int)):
+    for ax, z in zip(axes.ravel(), np.linspace(img.shape[2] - 1, 0, 12).round().astype(int), strict=True):
         ax.imshow(img[:, :, z], cmap="gray", vmin=-1350, vmax=150)  # (P, L): anterior up, patient right on the left
         for value, colour in ((1, "cyan"), (2, "lime")):
             m = lun[:, :, z] == value

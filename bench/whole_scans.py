@@ -30,10 +30,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from record import machine, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from record import machine, write_section  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 NIFTIS = ("cmb-crc-chest-ct", "copdgene-10002K-ct-64", "totalseg-example-ct")

@@ -312,7 +312,8 @@ def evaluate(
     tolerance: Annotated[Optional[float], typer.Option(help="Surface-Dice tolerance in mm (default 3 mm; 1 mm suits lungs).")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """3D metrics on the original grid: Dice, IoU, sensitivity, specificity, precision, HD95, ASSD, surface Dice, volumes."""
+    """3D metrics on the original grid: Dice, IoU, sensitivity, specificity, precision, HD95, ASSD, surface Dice
+    (voxel-counted, and area-weighted as the COVID-19-CT-Seg benchmark), volumes."""
     _setup(quiet)
     from slice2d.io import list_niftis, writable_folder
     from slice2d.metrics import evaluate_folders

@@ -230,7 +230,7 @@ def atomic_path(*paths: str | Path) -> Iterator:
         make_folder(t.parent)
     try:
         yield tmps[0] if len(tmps) == 1 else tuple(tmps)
-        for tmp, target in zip(tmps, targets):
+        for tmp, target in zip(tmps, targets, strict=True):
             os.replace(tmp, target)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc):  # h5py: no errno

@@ -10,18 +10,27 @@ sizes in mm along the array axes, e.g. ``nibabel.affines.voxel_sizes(img.affine)
   ``scipy.ndimage.distance_transform_edt(~surface, sampling=spacing)``, voxel centre to voxel
   centre, in mm.
 - hd95_mm: 95th percentile of the union of both directed surface-distance sets (pred→ref and
-  ref→pred), as MONAI / medpy ``hd95``. assd_mm: mean of that union.
-- surface_dice: normalised surface Dice at ``tolerance_mm`` (Nikolov et al. 2021):
+  ref→pred), MedPy's ``hd95`` convention. (MONAI's ``compute_hausdorff_distance(percentile=95)``
+  takes the larger of the two directed 95th percentiles instead.) assd_mm: mean of that union.
+- surface_dice: normalised surface Dice at ``tolerance_mm`` (Nikolov et al. 2021), counted in
+  boundary voxels, each voxel counting once whatever its size or the surface it carries:
   (|pred surface within tol of ref surface| + |ref surface within tol of pred surface|)
   / (|pred surface| + |ref surface|), "within" meaning distance <= tol.
+- surface_dice_area: the same ratio weighted by surface area, as DeepMind's surface-distance
+  ``compute_surface_dice_at_tolerance`` (the COVID-19-CT-Seg benchmark's NSD). The surface is
+  the marching-cubes surface at level 0.5 (Lorensen's table: skimage
+  ``marching_cubes(method="lorensen")``; marching squares in 2D); each 2×2×2 cell of voxel
+  centres that it crosses carries the area of its piece in mm² at the voxel spacing (2D: the
+  length in mm), and distances run between cell centres. NaN for masks of other than 2 or 3
+  dimensions.
 - pred_ml, ref_ml: voxel count × prod(spacing) / 1000; rel_volume_error = (pred - ref) / ref.
 
 Empty-mask rule (the one rule used everywhere in slice2d):
 
-- both masks empty (a correct "nothing here"): dice = iou = surface_dice = 1.0,
+- both masks empty (a correct "nothing here"): dice = iou = surface_dice(_area) = 1.0,
   hd95_mm = assd_mm = 0.0, specificity = 1.0, sensitivity = precision = NaN,
   rel_volume_error = NaN.
-- exactly one mask empty: dice = iou = surface_dice = 0.0; hd95_mm = assd_mm = NaN (there is no
+- exactly one mask empty: dice = iou = surface_dice(_area) = 0.0; hd95_mm = assd_mm = NaN (there is no
   surface to measure a distance to); sensitivity = 0.0 if pred is empty, precision = 0.0 if ref
   is empty, the other one NaN.
 - any ratio whose denominator is zero is NaN (sensitivity with an empty ref, precision with an
@@ -35,16 +44,20 @@ values, so missing distances stay visible instead of being averaged away. JSON w
 from __future__ import annotations
 
 import csv
+import functools
+import itertools
 import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
+from skimage import measure
 
-from slice2d.io import atomic_path
+from slice2d.io import atomic_path, load_volume, read_array
 from slice2d.report import metrics_boxplot
 
 logger = logging.getLogger(__name__)
@@ -54,7 +67,7 @@ LESION_TOLERANCE_MM = 3.0  # COVID-19-CT-Seg benchmark convention for lesions
 
 METRIC_NAMES = (
     "dice", "iou", "sensitivity", "specificity", "precision", "hd95_mm", "assd_mm",
-    "surface_dice", "pred_ml", "ref_ml", "rel_volume_error",
+    "surface_dice", "surface_dice_area", "pred_ml", "ref_ml", "rel_volume_error",
 )
 
 
@@ -95,6 +108,63 @@ def _surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, 
     return dt_ref[sp], dt_pred[sr]
 
 
+def _cell_codes(mask: np.ndarray) -> np.ndarray:
+    """Neighbour code of every 2×2(×2) cell of voxel centres: bit ``b`` is set when corner ``b``
+    of the cell (corners in C order) lies in the mask. Shape: one less than ``mask`` per axis."""
+    cells = tuple(n - 1 for n in mask.shape)
+    code = np.zeros(cells, np.uint8)
+    for bit, offset in enumerate(itertools.product((0, 1), repeat=mask.ndim)):
+        corner = tuple(slice(o, o + n) for o, n in zip(offset, cells, strict=True))
+        code |= mask[corner].astype(np.uint8) << bit
+    return code
+
+
+@functools.cache
+def _surfel_vectors(ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The surface elements of every neighbour code at unit spacing, as (codes, vectors): in 3D
+    each marching-cubes triangle as its area vector (normal × area), in 2D each marching-squares
+    segment as its direction vector."""
+    n_corners = 2**ndim
+    codes, vectors = [], []
+    for code in range(1, 2**n_corners - 1):
+        cell = np.array([(code >> b) & 1 for b in range(n_corners)], float).reshape((2,) * ndim)
+        if ndim == 3:
+            verts, faces, _, _ = measure.marching_cubes(cell, 0.5, method="lorensen")
+            a, b, c = (verts[faces[:, k]].astype(float) for k in range(3))
+            vecs = np.cross(b - a, c - a) / 2
+        else:
+            vecs = np.concatenate([np.diff(line, axis=0) for line in measure.find_contours(cell, 0.5)])
+        codes += [code] * len(vecs)
+        vectors.append(vecs)
+    return np.array(codes), np.concatenate(vectors)
+
+
+def _cell_areas(ndim: int, spacing: tuple[float, ...]) -> np.ndarray:
+    """Surface area in mm² (2D: length in mm) inside a cell, for each neighbour code."""
+    codes, vectors = _surfel_vectors(ndim)
+    sp = np.asarray(spacing, float)
+    # an area vector scales by the product of the two other spacings, a segment by the spacing itself
+    scale = np.prod(sp) / sp if ndim == 3 else sp
+    return np.bincount(codes, weights=np.linalg.norm(vectors * scale, axis=1), minlength=2 ** 2**ndim)
+
+
+def _surface_dice_area(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], tolerance_mm: float) -> float:
+    """``surface_dice_area`` of the module docstring; both masks non-empty."""
+    if pred.ndim not in (2, 3):
+        return math.nan
+    idx = np.nonzero(pred | ref)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+    code_p, code_r = (_cell_codes(np.pad(m[box], 1)) for m in (pred, ref))
+    full = 2 ** 2**pred.ndim - 1
+    on_p, on_r = (code_p != 0) & (code_p != full), (code_r != 0) & (code_r != full)
+    areas = _cell_areas(pred.ndim, spacing)
+    area_p, area_r = areas[code_p[on_p]], areas[code_r[on_r]]
+    d_pr = ndimage.distance_transform_edt(~on_r, sampling=spacing)[on_p]
+    d_rp = ndimage.distance_transform_edt(~on_p, sampling=spacing)[on_r]
+    within = area_p[d_pr <= tolerance_mm].sum() + area_r[d_rp <= tolerance_mm].sum()
+    return float(within / (area_p.sum() + area_r.sum()))
+
+
 def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing, tolerance_mm: float = LESION_TOLERANCE_MM) -> dict:
     """All metrics of the module docstring for one pair of boolean masks.
 
@@ -124,9 +194,9 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing, tolerance_mm: flo
         "rel_volume_error": _ratio(n_pred - n_ref, n_ref),
     }
     if n_pred == 0 and n_ref == 0:
-        out.update(hd95_mm=0.0, assd_mm=0.0, surface_dice=1.0)
+        out.update(hd95_mm=0.0, assd_mm=0.0, surface_dice=1.0, surface_dice_area=1.0)
     elif n_pred == 0 or n_ref == 0:
-        out.update(hd95_mm=math.nan, assd_mm=math.nan, surface_dice=0.0)
+        out.update(hd95_mm=math.nan, assd_mm=math.nan, surface_dice=0.0, surface_dice_area=0.0)
     else:
         d_pr, d_rp = _surface_distances(pred, ref, sp)
         both = np.concatenate([d_pr, d_rp])
@@ -134,6 +204,7 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing, tolerance_mm: flo
         out["assd_mm"] = float(both.mean())
         within = int(np.count_nonzero(d_pr <= tolerance_mm)) + int(np.count_nonzero(d_rp <= tolerance_mm))
         out["surface_dice"] = within / both.size
+        out["surface_dice_area"] = _surface_dice_area(pred, ref, sp, tolerance_mm)
     return {k: float(out[k]) for k in METRIC_NAMES}
 
 
@@ -193,16 +264,10 @@ def _case_name(file_name: str) -> str:
     return file_name[:-7] if file_name.endswith(".nii.gz") else file_name[:-4]
 
 
-def _load_labels(path: Path):
-    import nibabel as nib
-
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj)
-    if not np.issubdtype(data.dtype, np.integer):
-        if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
-            raise ValueError(f"{path}: not a label map (non-integer values); give integer masks")
-        data = data.astype(np.int32)
-    return img, data
+def _load_labels(path: Path, kind: str):
+    """A label map read by ``slice2d.io``: a damaged file ends in a one-line ``InputError`` naming it."""
+    img = load_volume(path, kind)
+    return img, read_array(img, path, "labels")
 
 
 def _stats(values: list[float]) -> dict:
@@ -233,8 +298,9 @@ def evaluate_folders(
 ) -> Path:
     """Evaluate every prediction in ``pred_dir`` against the same-named reference in ``ref_dir``.
 
-    Files (``*.nii`` / ``*.nii.gz``) are paired by file name; each pair must share shape and
-    affine (``np.allclose(atol=1e-4)``), since metrics are computed on the original grid.
+    Files (``*.nii`` / ``*.nii.gz``) are paired by file name and read by ``slice2d.io`` (3D label
+    maps, values 0..255; an unreadable file raises ``InputError`` naming it); each pair must share
+    shape and affine (``np.allclose(atol=1e-4)``), since metrics are computed on the original grid.
     labels: as in ``evaluate_case``; None means the union of non-zero values over all references.
     tolerance_mm: as ``tolerances`` in ``evaluate_case``.
     progress: called with the case name after each case.
@@ -255,7 +321,7 @@ def evaluate_folders(
     if labels is None:
         found: set[int] = set()
         for name in names:
-            found.update(int(v) for v in np.unique(_load_labels(refs[name])[1]) if v != 0)
+            found.update(int(v) for v in np.unique(_load_labels(refs[name], "reference")[1]) if v != 0)
         labels = sorted(found)
     table = _label_table(labels)
     if not table:
@@ -263,16 +329,14 @@ def evaluate_folders(
 
     rows: list[dict] = []
     for name in names:
-        p_img, p = _load_labels(preds[name])
-        r_img, r = _load_labels(refs[name])
+        p_img, p = _load_labels(preds[name], "prediction")
+        r_img, r = _load_labels(refs[name], "reference")
         if p.shape != r.shape or not np.allclose(p_img.affine, r_img.affine, atol=1e-4):
             raise ValueError(
                 f"{name}: prediction and reference are on different grids (prediction shape "
                 f"{p.shape}, affine {p_img.affine.round(4).tolist()}; reference shape {r.shape}, "
                 f"affine {r_img.affine.round(4).tolist()}); resample the prediction onto the "
                 "reference grid first")
-        import nibabel as nib
-
         spacing = nib.affines.voxel_sizes(r_img.affine)
         for row in evaluate_case(p, r, spacing, table, tolerance_mm):
             rows.append({"case": _case_name(name), **row})

@@ -165,7 +165,7 @@ def _assess_one(lesion_run, path: Path, out_dir: Path, lung_run, lobe_run, lobes
         (lesions, probs), *rest = predict_volume([lesion_run, *others], image, geometry, batch_size, probabilities,
                                                  str(path), lung_run=lung_run, lung_slices_only=lungs_only,
                                                  only_slices=with_lung if lung_run is None and lungs_only else None)
-        maps = {id(r): labels for r, (labels, _) in zip(others, rest)}
+        maps = {id(r): labels for r, (labels, _) in zip(others, rest, strict=True)}
         if lung_run is not None:
             anatomy = scan_anatomy(img, maps[id(lung_run)], lung_source, str(path))
     except InputError as exc:  # this case's input: the cohort goes on
@@ -303,11 +303,11 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
         maps = [[labels[:, :, k] for k in range(len(slices))] for labels, _ in results]
     else:
         maps = [[predict_array(run, s[:, :, None], slice_geometry(s.shape), batch_size=1, source=str(path),
-                               kind="uint8")[0][:, :, 0] for s, path in zip(slices, files)] for run in runs]
+                               kind="uint8")[0][:, :, 0] for s, path in zip(slices, files, strict=True)] for run in runs]
     lesion_maps = maps[0]
     lung_maps = maps[1] if lung_run is not None else []
     if lungs_only and lung_maps:
-        for k, (les, lung) in enumerate(zip(lesion_maps, lung_maps)):
+        for k, (les, lung) in enumerate(zip(lesion_maps, lung_maps, strict=True)):
             geometry = slice_geometry(les.shape)
             lesion_maps[k] = lesions_near_lungs(les[:, :, None], lung[:, :, None], geometry)[:, :, 0]
             lung_maps[k] = lungs_with_lesions(lung[:, :, None], lesion_maps[k][:, :, None], geometry)[:, :, 0]

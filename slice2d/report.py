@@ -33,7 +33,7 @@ def metrics_boxplot(rows: Sequence[dict], path: str | Path, metrics: Sequence[st
     plt = _pyplot()
     names = list(dict.fromkeys(r["name"] for r in rows))
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         data = []
         for name in names:
             v = np.asarray([r[metric] for r in rows if r["name"] == name], dtype=float)
@@ -127,7 +127,7 @@ def severity_figure(
     pis = [report["regions"][n]["pi"] for n in names]
     pis = [0.0 if p is None or (isinstance(p, float) and np.isnan(p)) else p for p in pis]
     bars = ax.bar(names, pis, color="#d62728")
-    for bar, name in zip(bars, names):
+    for bar, name in zip(bars, names, strict=True):
         ax.annotate(f"score {report['regions'][name]['score']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=9, xytext=(0, 2), textcoords="offset points")
     for edge in report.get("cut_points_percent", []):

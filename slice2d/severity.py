@@ -168,7 +168,7 @@ def lung_zones(lungs: np.ndarray, affine: np.ndarray, method: str = "extent", jo
         c1, c2 = joint_cuts or cuts(per_slice[lung])
         table[:, lung] = np.where(z >= c2, first, np.where(z >= c1, first + 1, first + 2))
     zones = np.zeros_like(lungs, dtype=np.uint8)  # same memory layout: fast loops below
-    for k, (plane, out) in enumerate(zip(planes, np.moveaxis(zones, axis, 0))):
+    for k, (plane, out) in enumerate(zip(planes, np.moveaxis(zones, axis, 0), strict=True)):
         out[...] = table[k][plane]
     return zones
 

@@ -25,7 +25,7 @@ def smooth_field(rng: np.random.Generator, axes: list[np.ndarray], steps) -> tup
     Evaluating it costs a few small matrix products, at any resolution and for any sub-box, which
     is far cheaper than filtering white noise over a 512x512x300 volume.
     """
-    bases = [_basis(a, s) for a, s in zip(axes, steps)]
+    bases = [_basis(a, s) for a, s in zip(axes, steps, strict=True)]
     coef = rng.standard_normal([b.shape[1] for b in bases]).astype(np.float32)
     coef /= np.prod([np.sqrt((b**2).sum(1)).mean() for b in bases])
     return bases, coef
@@ -52,13 +52,13 @@ class Grid:
 
     def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float]):
         self.shape, self.spacing = shape, np.asarray(spacing, float)
-        self.axes = [((np.arange(n) - (n - 1) / 2) * s).astype(np.float32) for n, s in zip(shape, spacing)]
-        self.half = np.array([n * s / 2 for n, s in zip(shape, spacing)])
+        self.axes = [((np.arange(n) - (n - 1) / 2) * s).astype(np.float32) for n, s in zip(shape, spacing, strict=True)]
+        self.half = np.array([n * s / 2 for n, s in zip(shape, spacing, strict=True)])
 
     def box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice, slice] | None:
         """Index slices of the voxels whose centres lie within [lo, hi] mm (None if empty)."""
         sl = []
-        for n, s, a, b in zip(self.shape, self.spacing, lo, hi):
+        for n, s, a, b in zip(self.shape, self.spacing, lo, hi, strict=True):
             i0 = max(0, int(np.floor(a / s + (n - 1) / 2)))
             i1 = min(n, int(np.ceil(b / s + (n - 1) / 2)) + 1)
             if i1 <= i0:
@@ -67,7 +67,7 @@ class Grid:
         return tuple(sl)
 
     def coords(self, box: tuple[slice, slice, slice]) -> list[np.ndarray]:
-        return [a[b] for a, b in zip(self.axes, box)]
+        return [a[b] for a, b in zip(self.axes, box, strict=True)]
 
 
 def seg_dist(g: Grid, a: np.ndarray, b: np.ndarray, pad: float):

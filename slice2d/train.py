@@ -65,7 +65,7 @@ def latest_backup(folder: Path) -> tuple[int, Path] | None:
 def _resolve_config(files: list[SliceFile], cfg: Config) -> Config:
     """The run's config: model and training from ``cfg``, data exactly as the slices were prepared."""
     datas = [config_from_yaml(f.data_config_yaml).data for f in files]
-    for f, d in zip(files[1:], datas[1:]):
+    for f, d in zip(files[1:], datas[1:], strict=True):
         if (d.size, d.classes, d.intensity, d.task) != (datas[0].size, datas[0].classes, datas[0].intensity, datas[0].task):
             raise InputError(f"{f.path}: prepared with other data settings (size, classes, intensity or task) than "
                              f"{files[0].path}; prepare all slice files with one config")

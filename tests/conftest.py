@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny synthetic volumes in several orientations, and the real-data folder."""
+"""Shared fixtures and helpers: tiny synthetic volumes in several orientations, the real-data folder,
+and running the CLI in-process."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from slice2d.cli import app  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CT_SAMPLES = SHARED / "ct-samples"
@@ -47,7 +51,7 @@ def blob_labels(shape, rng: np.random.Generator, n_blobs: int = 6, values=(1, 2)
     for i in range(n_blobs):
         centre = [rng.uniform(0.2, 0.8) * s for s in shape]
         radius = [max(1.0, rng.uniform(0.05, 0.2) * s) for s in shape]
-        inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radius)) <= 1
+        inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radius, strict=True)) <= 1
         labels[inside] = values[i % len(values)]
     return labels
 
@@ -86,3 +90,22 @@ def need_samples() -> Path:
     if not CT_SAMPLES.is_dir():
         pytest.skip(f"real CT samples not found at {CT_SAMPLES} (../shared/data is absent outside the dev setup)")
     return CT_SAMPLES
+
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    """Run ``slice2d ARGS...`` in-process; paths may be given as ``Path``."""
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    """Exit status 1 with exactly one ``error: ...`` line on stderr holding every fragment, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    out = result.stderr.strip()
+    assert out.startswith("error: "), out
+    assert len(out.splitlines()) == 1, out
+    for fragment in fragments:
+        assert fragment in out, (fragment, out)

@@ -9,8 +9,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_affine
-from test_cli import invoke
+from conftest import invoke, make_affine
 
 from slice2d.anatomy import ScanAnatomy, keep_lesions, sanity, scan_anatomy
 from slice2d.io import InputError, geometry_of

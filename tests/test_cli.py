@@ -10,26 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_affine, write_case
-from typer.testing import CliRunner
-
-from slice2d.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    out = result.stderr.strip()
-    assert out.startswith("error: "), out
-    assert len(out.splitlines()) == 1, out
-    for fragment in fragments:
-        assert fragment in out, (fragment, out)
+from conftest import assert_user_error, invoke, make_affine, write_case
 
 
 def test_help_does_not_import_tensorflow():

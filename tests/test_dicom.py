@@ -417,7 +417,7 @@ def test_lungmask_samples_without_modality() -> None:
 def test_predict_takes_a_dicom_series_folder(tmp_path: Path) -> None:
     """`slice2d predict` on a folder holding one DICOM CT series (a phantom written slice by slice,
     LPS like a scanner's): maps named after the folder, on the series' own grid."""
-    from test_cli import invoke
+    from conftest import invoke
 
     from slice2d.synth import make_phantom
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli import assert_user_error, invoke
+from conftest import assert_user_error, invoke
 
 from slice2d.config import load_config
 from slice2d.dataset import SliceFile, prepare, split_lungs_by_side

@@ -11,14 +11,14 @@ import json
 import os
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import keras
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import need_samples
-from test_cli import invoke
+from conftest import invoke, need_samples
 
 from slice2d.config import load_config
 from slice2d.dataset import prepare
@@ -126,14 +126,14 @@ def test_cosine_schedule_decays_and_keeps_the_last_epoch(tmp_path):
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # no early stop, whatever the validation did
     rates = [float(r["learning_rate"]) for r in rows]
-    assert rates[0] < 1e-2 and all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[0] < 1e-2 and all(a > b for a, b in pairwise(rates))
     assert rates[-1] == pytest.approx(1e-4, rel=1e-3)  # the end of the cosine: min_learning_rate
     kept = keras.saving.load_model(run / "model.keras", compile=False)
     last = keras.saving.load_model(run / "model.keras", compile=False)
     last.compile(optimizer=keras.optimizers.Adam())
     last.optimizer.build(last.trainable_variables)  # the backup holds the optimiser state too
     last.load_weights(run / "backup" / "epoch-0003.weights.h5")
-    for a, b in zip(kept.get_weights(), last.get_weights()):
+    for a, b in zip(kept.get_weights(), last.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert "last epoch kept" in (run / "README.md").read_text()
 

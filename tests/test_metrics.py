@@ -7,11 +7,13 @@ import math
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import assert_user_error, invoke
 
 from slice2d.metrics import (
     LESION_TOLERANCE_MM,
     LUNG_TOLERANCE_MM,
     METRIC_NAMES,
+    _cell_areas,
     binary_metrics,
     default_tolerance,
     evaluate_case,
@@ -214,3 +216,106 @@ def test_evaluate_folders_refuses_unpaired_and_empty(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="no .nii or .nii.gz files"):
         evaluate_folders(empty, rdir, tmp_path / "out")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("garbage", "cannot be read as NIfTI"),
+    ("truncated", "voxel data cannot be read"),
+])
+def test_evaluate_cli_names_a_damaged_prediction(tmp_path, damage, message):
+    pdir, rdir = _folders(tmp_path)
+    path = pdir / "case1.nii.gz"
+    if damage == "garbage":
+        path.write_bytes(b"this is not a NIfTI file" * 40)
+    else:  # a readable header, voxel data cut short
+        noise = np.random.default_rng(0).integers(0, 3, (30, 30, 30))
+        _save(noise, path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) * 2 // 3])
+    result = invoke("evaluate", "--pred", pdir, "--ref", rdir, "--out", tmp_path / "out")
+    assert_user_error(result, f"{path}: {message}")
+    assert not (tmp_path / "out" / "metrics.csv").exists()
+
+
+def _ball(shape, spacing, centre_mm, radius_mm):
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum((g * s - c) ** 2 for g, s, c in zip(grid, spacing, centre_mm, strict=True)) <= radius_mm**2
+
+
+def _marching_cubes_box_area(n, spacing):
+    """Area (mm²) of the marching-cubes surface of a box of n0×n1×n2 voxels: flat faces spanning
+    the centres of the outer voxels, a chamfer half a voxel wide along each edge, and a triangle
+    cutting each corner."""
+    (n0, n1, n2), (s0, s1, s2) = n, spacing
+    a0, a1, a2 = (n0 - 1) * s0, (n1 - 1) * s1, (n2 - 1) * s2
+    faces = 2 * (a1 * a2 + a0 * a2 + a0 * a1)
+    edges = 2 * (a2 * math.hypot(s0, s1) + a0 * math.hypot(s1, s2) + a1 * math.hypot(s0, s2))
+    corners = math.sqrt((s1 * s2) ** 2 + (s0 * s2) ** 2 + (s0 * s1) ** 2)
+    return faces + edges + corners
+
+
+def test_cell_areas_follow_the_marching_cubes_table():
+    areas = _cell_areas(3, (1.0, 1.0, 1.0))
+    assert areas[0] == areas[255] == 0.0
+    assert areas[0b00000001] == pytest.approx(math.sqrt(3) / 8)  # one corner in: a triangle
+    assert areas[0b00000011] == pytest.approx(math.sqrt(2) / 2)  # two corners along an edge: a slanted rectangle
+    assert areas[0b00001111] == pytest.approx(1.0)  # the four corners of a face: a unit square
+    assert areas[0b10000001] == pytest.approx(2 * math.sqrt(3) / 8)  # opposite corners: two triangles
+    assert _cell_areas(3, (2.0, 1.0, 1.0))[0b00001111] == pytest.approx(1.0)  # a square across axes 1, 2
+    assert _cell_areas(3, (1.0, 2.0, 3.0))[0b01010101] == pytest.approx(1.0 * 2.0)  # across axes 0, 1
+    assert _cell_areas(2, (1.0, 2.0))[0b0011] == pytest.approx(2.0)  # 2D: a segment along axis 1
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_surface_dice_area_of_concentric_spheres(ndim):
+    # Every point of one sphere lies 3 mm from the other. Each surface cell is within half a cell
+    # diagonal (< 1 mm here) of the true sphere, so the distances stay within 3 ± 2 mm.
+    spacing = (0.8, 0.8, 1.5)[:ndim]
+    shape, centre = (60, 60, 34)[:ndim], (24.0, 24.0, 25.0)[:ndim]
+    inner, outer = _ball(shape, spacing, centre, 10.0), _ball(shape, spacing, centre, 13.0)
+    assert binary_metrics(inner, outer, spacing, tolerance_mm=0.9)["surface_dice_area"] == 0.0
+    assert binary_metrics(inner, outer, spacing, tolerance_mm=5.1)["surface_dice_area"] == 1.0
+
+
+def test_surface_dice_area_is_a_ratio_of_areas():
+    # Reference: two far-apart spheres, R = 12 and r = 6 mm; prediction: the big one alone. All
+    # surface of the big sphere matches, none of the small one: 2·4πR² / (2·4πR² + 4πr²) = 8/9.
+    # Marching cubes overestimates a sphere's area by about 8 % at any size, which cancels.
+    spacing = (0.7, 0.7, 0.7)
+    big = _ball((80, 50, 50), spacing, (17.0, 17.0, 17.0), 12.0)
+    small = _ball((80, 50, 50), spacing, (43.0, 17.0, 17.0), 6.0)
+    m = binary_metrics(big, big | small, spacing, tolerance_mm=2.0)
+    assert m["surface_dice_area"] == pytest.approx(8 / 9, abs=0.005)
+
+
+def test_surface_dice_area_of_a_shifted_cube():
+    # Cubes of side L = 20 mm, one shifted by s = 8 mm along axis 0, tolerance t = 4.2 mm. On a
+    # cube's surface (6 L²) the points within t of the other cube are, on each of the four side
+    # faces, those within s - t of its far end (L (L - s + t)), and on the face inside the other
+    # cube those within t of its rim (L² - (L - 2t)²); the leading and trailing faces lie s and
+    # L - s away. Same for the other cube. With 0.5 mm voxels the discretisation moves this by < 0.01.
+    side, shift, tol, h = 20.0, 8.0, 4.2, 0.5
+    n, k = round(side / h), round(shift / h)
+    a = np.zeros((n + k + 4, n + 4, n + 4), bool)
+    b = a.copy()
+    a[2:2 + n, 2:2 + n, 2:2 + n] = True
+    b[2 + k:2 + k + n, 2:2 + n, 2:2 + n] = True
+    expected = (4 * side * (side - shift + tol) + side**2 - (side - 2 * tol) ** 2) / (6 * side**2)
+    m = binary_metrics(a, b, (h, h, h), tolerance_mm=tol)
+    assert m["surface_dice_area"] == pytest.approx(expected, abs=0.01)
+
+
+def test_surface_dice_area_and_voxel_counted_surface_dice_differ_on_anisotropic_voxels():
+    # Voxels of 1 × 1 × 4 mm. P: an axial plate, 40 × 40 voxels, one slice; Q: a sagittal plate,
+    # 40 voxels × 10 slices, one voxel thick: both 40 × 40 mm, but P has 1600 boundary voxels per
+    # face and Q 400. Reference P + Q, prediction P: the voxel-counted surface Dice weighs P's
+    # surface four times more than its area does.
+    spacing = (1.0, 1.0, 4.0)
+    p, q = np.zeros((100, 50, 14), bool), np.zeros((100, 50, 14), bool)
+    p[3:43, 3:43, 2] = True
+    q[70, 3:43, 2:12] = True
+    m = binary_metrics(p, p | q, spacing, tolerance_mm=2.0)
+    assert m["surface_dice"] == pytest.approx(2 * 1600 / (2 * 1600 + 400))
+    area_p, area_q = _marching_cubes_box_area((40, 40, 1), spacing), _marching_cubes_box_area((1, 40, 10), spacing)
+    assert m["surface_dice_area"] == pytest.approx(2 * area_p / (2 * area_p + area_q), rel=1e-9)
+    assert m["surface_dice_area"] < m["surface_dice"] - 0.15

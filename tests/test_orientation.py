@@ -8,9 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import SHARED
+from conftest import SHARED, invoke
 from PIL import Image
-from test_cli import invoke
 
 from slice2d.images import read_label_slice, read_slice
 from slice2d.io import InputError, geometry_of, to_canonical

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_cli import assert_user_error, invoke
+from conftest import assert_user_error, invoke
 
 from slice2d.severity import region_score
 from slice2d.synth import write_phantoms

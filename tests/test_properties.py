@@ -61,7 +61,7 @@ spacings = st.tuples(*[st.floats(0.5, 4.0)] * 3)
 @given(masks, spacings)
 def test_metrics_of_a_mask_with_itself(mask, spacing):
     m = binary_metrics(mask, mask, spacing, 1.0)
-    assert m["dice"] == 1.0 and m["iou"] == 1.0 and m["surface_dice"] == 1.0
+    assert m["dice"] == 1.0 and m["iou"] == 1.0 and m["surface_dice"] == 1.0 and m["surface_dice_area"] == 1.0
     assert m["hd95_mm"] == 0.0 and m["assd_mm"] == 0.0
     assert m["pred_ml"] == m["ref_ml"]
 
@@ -73,14 +73,14 @@ def test_metrics_are_bounded_and_symmetric(data, spacing):
     a = data.draw(arrays(bool, shape))
     b = data.draw(arrays(bool, shape))
     ab, ba = binary_metrics(a, b, spacing, 2.0), binary_metrics(b, a, spacing, 2.0)
-    for key in ("dice", "iou", "surface_dice", "hd95_mm", "assd_mm"):
+    for key in ("dice", "iou", "surface_dice", "surface_dice_area", "hd95_mm", "assd_mm"):
         assert np.isnan(ab[key]) and np.isnan(ba[key]) or np.isclose(ab[key], ba[key]), key
     assert 0.0 <= ab["dice"] <= 1.0 and 0.0 <= ab["iou"] <= ab["dice"] + 1e-12
     if a.any() or b.any():
         assert np.isclose(ab["iou"], ab["dice"] / (2 - ab["dice"]))
     if a.any() and b.any():
         assert ab["hd95_mm"] >= 0 and ab["assd_mm"] >= 0
-        diagonal = float(np.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
+        diagonal = float(np.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=True))))
         assert ab["hd95_mm"] <= diagonal + 1e-6
 
 

@@ -21,9 +21,8 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_affine, write_case
+from conftest import assert_user_error, invoke, make_affine, write_case
 from PIL import Image
-from test_cli import assert_user_error, invoke
 
 from slice2d.predict import SHIPPED
 from slice2d.synth import write_phantoms

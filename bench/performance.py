@@ -208,7 +208,7 @@ def part_train(work: Path, repeats: int) -> None:
 
     md = f"""## Training throughput
 
-`python bench/performance.py train` on {machine()}.
+`python bench/performance.py train`, {time.strftime('%Y-%m-%d')}, on {machine()}.
 Training slices/s at 128x128, batch 16 (`configs/lesions.yaml` with the model named in the row:
 focal + Dice loss, per-class Dice/IoU metrics, albumentations augmentation in the input pipeline),
 measured over the training part of epochs 2-5 of a real `slice2d.train.train` run (epoch 1
@@ -234,7 +234,7 @@ def part_memory(work: Path, repeats: int) -> None:
     r2, r3 = rows["2d"][0], rows["3d"][0]
     md = f"""## Memory: 2D slices against a 3D U-Net
 
-`python bench/performance.py memory` on {machine()}.
+`python bench/performance.py memory`, {time.strftime('%Y-%m-%d')}, on {machine()}.
 One training step (Adam, focal + Dice loss, no XLA for either; TensorFlow's oneDNN CPU kernels
 {"on" if r2["onednn"] else "off"}) of the default 2D U-Net and of a 3D
 U-Net in the configuration of the covid19.MIScnn study (160x160x80 patches, batch 2, depth 4), with
@@ -276,7 +276,7 @@ def part_prepare(work: Path, repeats: int) -> None:
                       "runs": runs}
     md = f"""## Prepare: one 512x512x300 volume
 
-`python bench/performance.py prepare` on {machine()}.
+`python bench/performance.py prepare`, {time.strftime('%Y-%m-%d')}, on {machine()}.
 `slice2d prepare` (whole process, start-up included) of a synthetic 512x512x300 chest CT
 (0.7x0.7x1.0 mm, `slice2d synth`) with its lesion map, `configs/lesions.yaml` (128x128); median of
 {repeats} runs. Cases are streamed one at a time, so three copies of the volume need no more memory
@@ -291,7 +291,7 @@ than one.
 
 
 def part_predict(work: Path, repeats: int) -> None:
-    from slice2d.predict import shipped_model
+    from slice2d.runs import shipped_model
 
     big = big_volume(work)
     volume = big / "images" / "phantom_000.nii.gz"
@@ -310,7 +310,7 @@ def part_predict(work: Path, repeats: int) -> None:
     first = {jit: median([r["first_call_s"] for r in v]) for jit, v in model.items()}
     md = f"""## Predict: one 512x512x300 volume
 
-`python bench/performance.py predict` on {machine()}.
+`python bench/performance.py predict`, {time.strftime('%Y-%m-%d')}, on {machine()}.
 `slice2d predict VOLUME --out OUT` with the defaults (the built-in lung extraction first, then the
 shipped lesion model on the slices with lung, six lung zones, Chung severity report and figure)
 on a synthetic 512x512x300 chest CT: the whole

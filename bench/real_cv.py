@@ -27,7 +27,7 @@ in the results only, not in the run's config.yaml.
 
 With --with-lungs TEMPLATE (a lesion CV; e.g. `runs/real/lungs-128-fold{fold}`: lung runs of the
 same folds, so the same test patients) each test lesion map is first cut to the lung map of that
-fold's lung model, as `slice2d predict` does (``slicing.lesions_near_lungs``: in-plane lesion
+fold's lung model, as `slice2d predict` does (``anatomy.lesions_near_lungs``: in-plane lesion
 pieces with no pixel within 5 pixels of the lungs dropped): the pipeline's accuracy, not the bare
 model's (`...-with-lungs.json`).
 """
@@ -50,7 +50,7 @@ from slice2d.images import read_label_slice, read_patients, read_slice, slice_ge
 from slice2d.io import atomic_path
 from slice2d.orientation import Orientation
 from slice2d.predict import load_run, predict_array, with_options
-from slice2d.slicing import lesions_near_lungs
+from slice2d.anatomy import lesions_near_lungs
 from slice2d.train import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -213,6 +213,9 @@ def main() -> None:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="a run folder of the same network to start from (fine-tuning; its cases keep their side)")
     parser.add_argument("--learning-rate", type=float, default=None, help="train.learning_rate (default: the config's)")
+    parser.add_argument("--dice", choices=["batch", "sample"], default=None, help="train.dice (default: the config's)")
+    parser.add_argument("--augment", nargs="*", default=[], metavar="NAME=P",
+                        help="train.augment probabilities, e.g. horizontal_flip=0.5 gamma=0.3 (default: the config's)")
     parser.add_argument("--name", default=None, help="run folder name prefix (default: <task>-<size>)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -235,6 +238,10 @@ def main() -> None:
                 cfg = cfg.updated(train={"schedule": args.schedule})
             if args.learning_rate:
                 cfg = cfg.updated(train={"learning_rate": args.learning_rate})
+            if args.dice:
+                cfg = cfg.updated(train={"dice": args.dice})
+            if args.augment:
+                cfg = cfg.updated(train={"augment": {k: float(v) for k, v in (a.split("=", 1) for a in args.augment)}})
             train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2,
                   init_from=args.init_from, train_only=args.extra)
         calibration = calibrate(run_dir, files, mirror=args.tta) if args.calibrate else None

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
-import keras
-
-import slice2d.losses  # noqa: F401  registers the custom objects
-from slice2d.predict import SHIPPED, load_run, load_trained_model
-from slice2d.train import write_run_stamp
+from slice2d.predict import load_run
+from slice2d.runs import SHIPPED, copy_run
 
 DATA_NOTES = {
     "covid-ct-slices": "COVID-19 CT Lung and Infection Segmentation Dataset (Ma et al., Medical Physics 2021; "
@@ -39,16 +35,6 @@ def main() -> None:
                         help="folder under checkpoints/ (default: the task, i.e. the default model of predict)")
     args = parser.parse_args()
     run = load_run(args.run)  # the run folder checks
-    trained = load_trained_model(args.run)
-    dest = SHIPPED / (args.name or args.task)
-    tmp = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    trained.save(tmp / "model.keras")  # loaded with compile=False: no optimiser state
-    for name in ("config.yaml", "splits.json", "history.csv", "curves.png"):
-        shutil.copy2(args.run / name, tmp / name)
-    write_run_stamp(tmp)
-    keras.saving.load_model(tmp / "model.keras", safe_mode=True)
     cv = json.loads(args.cv.read_text())
     rows = []
     for fold, res in sorted(cv.items()):
@@ -90,9 +76,7 @@ def main() -> None:
 The Radiopaedia images are CC BY-NC-SA: use these weights for non-commercial research only, with
 attribution to the data sets above.
 """
-    (tmp / "README.md").write_text(card)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    dest = copy_run(args.run, SHIPPED / (args.name or args.task), card)
     print(f"shipped {args.run} -> {dest} ({(dest / 'model.keras').stat().st_size / 1e6:.1f} MB)")
 
 

@@ -10,6 +10,7 @@ without COVID-19 (so every lesion voxel found there is a false positive).
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -19,7 +20,7 @@ from record import machine, write_section
 from slice2d.io import geometry_of, read_array
 from slice2d.lungs import extract_lungs_nifti
 from slice2d.predict import load_run, predict_volume, shipped_model
-from slice2d.slicing import LUNG_MARGIN_MM, lesions_near_lungs, lungs_with_lesions
+from slice2d.anatomy import LUNG_MARGIN_MM, lesions_near_lungs, lungs_with_lesions
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct-samples"
 OTHER_LESION_MODELS = ("lesions-128",)
@@ -71,7 +72,7 @@ def main() -> None:
     c, m = results["copdgene-10002K-ct-64"], results["cmb-crc-chest-ct"]
     md = f"""## Shipped models on real HU scans
 
-`python bench/shipped_on_scans.py` on {machine()}: the networks themselves, and the pipeline
+`python bench/shipped_on_scans.py`, {time.strftime('%Y-%m-%d')}, on {machine()}: the networks themselves, and the pipeline
 with the lung network as the lung source (`--lung-source model`; the default is the built-in
 extraction, see "Whole real scans"). copdgene was in no training; cmb-crc's slices were negatives
 in the lesion model's fine-tuning. Both are in HU and go through the same CLAHE convention as the

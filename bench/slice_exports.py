@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +35,16 @@ def main() -> None:
     from PIL import Image
 
     from slice2d.orientation import Orientation
-    from slice2d.pipeline import assess_slice_folder
-    from slice2d.predict import load_run, shipped_model
+    from slice2d.pipeline import PredictOptions, segment
 
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found; this benchmark needs the real slices")
-    lesion_run, lung_run = load_run(shipped_model("lesions")), load_run(shipped_model("lungs"))
     ways = {"detected (default)": None, "`--rotate 3 --mirror` (the right correction)": Orientation(3, True),
             "`--rotate 0` (as stored)": Orientation(0, False)}
     rows = []
     for label, rotate in ways.items():
         with tempfile.TemporaryDirectory() as tmp:
-            assess_slice_folder(lesion_run, DATA / "images", Path(tmp), lung_run=lung_run, rotate=rotate)
+            segment(DATA / "images", Path(tmp), options=PredictOptions(rotate=rotate))  # the shipped models
             scores = []
             for mask in sorted((DATA / "masks").glob("*.png")):
                 ref = np.asarray(Image.open(mask)) > 0
@@ -55,7 +54,7 @@ def main() -> None:
         print(rows[-1])
     write_section("slice-exports", f"""## Slice exports predicted as stored
 
-`python bench/slice_exports.py` on {machine()}: covid-semiseg's 50 slices (stored transposed)
+`python bench/slice_exports.py`, {time.strftime('%Y-%m-%d')}, on {machine()}: covid-semiseg's 50 slices (stored transposed)
 through `slice2d predict`'s slice-folder pipeline with the shipped lesion and lung models;
 written lesion masks, in the stored orientation, against the reference (mean per-slice Dice of
 infection). These slices were in the lesion model's training data: the rows compare orientations.

@@ -9,6 +9,14 @@ published cross-validation maps: per slice, Dice of mask > 127 against the infec
 per patient and overall, the mean of the per-slice Dice and the pooled Dice. Patients are the 15 of
 covid-ct-slices' ``cases.csv``, the unit its folds are split by. With ``--json PATH`` the table is
 also written as JSON.
+
+With ``--record NAME --cv RESULTS.json --command "..."`` the comparison becomes row NAME of the
+"lesions-vs-miniseg" section of BENCHMARKS.md (rows of other recipes stay; NAME's row is replaced):
+the per-slice and pooled Dice over the 1,156 slices, the patients ahead of MiniSeg, covid-semiseg's
+scores and the cross-validation's time from ``bench/real_cv.py``'s results file, and the command
+that reproduces it; the per-patient table of the best row follows. With ``--partial`` only the
+patients the folder covers whole are scored (a run on some folds: a proxy to choose a recipe by),
+MiniSeg on the same patients, into the "lesions-proxies" section.
 """
 
 from __future__ import annotations
@@ -33,11 +41,14 @@ def _mask(path: Path) -> np.ndarray:
     return a > 127
 
 
-def slice_scores(maps: Path) -> dict[str, list[tuple[float, int, int]]]:
-    """patient -> [(Dice, |P & G|, |P| + |G|) of each slice], slices in file order."""
+def slice_scores(maps: Path, patients: set[str] | None = None) -> dict[str, list[tuple[float, int, int]]]:
+    """patient -> [(Dice, |P & G|, |P| + |G|) of each slice], slices in file order; only
+    ``patients`` when given."""
     per: dict[str, list[tuple[float, int, int]]] = {}
     with open(SLICES / "cases.csv") as f:
         for row in csv.DictReader(f):
+            if patients is not None and row["case"] not in patients:
+                continue
             if not (maps / row["slice"]).is_file():
                 raise SystemExit(f"{maps / row['slice']}: missing; the folder needs a mask for every slice")
             p, g = _mask(maps / row["slice"]), _mask(SLICES / "infection" / row["slice"])
@@ -51,8 +62,21 @@ def summary(vals: list[tuple[float, int, int]]) -> dict[str, float]:
             "pooled": 2 * sum(v[1] for v in vals) / max(1, sum(v[2] for v in vals))}
 
 
-def compare(maps: Path) -> dict:
-    ours, theirs = slice_scores(maps), slice_scores(MINISEG)
+def complete_patients(maps: Path) -> set[str]:
+    """The patients of covid-ct-slices all of whose slices have a mask in ``maps``."""
+    with open(SLICES / "cases.csv") as f:
+        rows = list(csv.DictReader(f))
+    missing = {r["case"] for r in rows if not (maps / r["slice"]).is_file()}
+    return {r["case"] for r in rows} - missing
+
+
+def compare(maps: Path, partial: bool = False) -> dict:
+    """Our maps and MiniSeg's, scored alike; ``partial``: only the patients ``maps`` covers whole
+    (a cross-validation run on some folds), MiniSeg on the same patients."""
+    patients = complete_patients(maps) if partial else None
+    if patients is not None and not patients:
+        raise SystemExit(f"{maps}: no patient has a mask for every one of its slices")
+    ours, theirs = slice_scores(maps, patients), slice_scores(MINISEG, patients)
     patients = {p: {"ours": summary(ours[p]), "miniseg": summary(theirs[p])} for p in ours}
     overall = {"ours": summary([v for vals in ours.values() for v in vals]),
                "miniseg": summary([v for vals in theirs.values() for v in vals])}
@@ -70,15 +94,93 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def training_hours(cv_results: Path) -> float:
+    """Wall hours the folds of a ``bench/real_cv.py`` results file took to train: for each run
+    folder ``<name>-fold<k>`` beside it, from its split file (written first) to its model card
+    (written last)."""
+    stem = cv_results.name.split("-cv")[0]
+    runs = sorted(cv_results.parent.glob(f"{stem}-fold*"))
+    return sum((r / "README.md").stat().st_mtime - (r / "splits.json").stat().st_mtime
+               for r in runs if (r / "README.md").exists()) / 3600
+
+
+def record(name: str, result: dict, cv_results: Path, command: str, partial: bool = False) -> None:
+    """Row ``name`` of the "lesions-vs-miniseg" section of BENCHMARKS.md (see the module docstring);
+    ``partial``: of the "lesions-proxies" section (some folds only, MiniSeg on the same patients)."""
+    import time
+
+    from record import RESULTS, machine, write_section
+
+    cv = json.loads(cv_results.read_text())
+    semiseg = [f["sets"]["covid-semiseg"]["lesion"] for f in cv.values() if "covid-semiseg" in f["sets"]]
+    section = "lesions-proxies" if partial else "lesions-vs-miniseg"
+    previous = RESULTS / f"{section}.json"
+    rows = json.loads(previous.read_text())["rows"] if previous.exists() else {}
+    rows[name] = {"command": command, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "result": result,
+                  "folds": len(cv), "hours": training_hours(cv_results),
+                  "semiseg_mean": float(np.mean([m["dice_mean"] for m in semiseg])) if semiseg else None,
+                  "semiseg_pooled": float(np.mean([m["dice_pooled"] for m in semiseg])) if semiseg else None}
+    anchor = result["overall"]["miniseg"]
+    lines = ["| recipe | covid-ct-slices per-slice mean | pooled | patients ahead of MiniSeg | covid-semiseg per-slice / pooled (mean of folds) | folds, training hours (2 cores) | date |",
+             "|---|---|---|---|---|---|---|"]
+    if not partial:
+        lines.append(f"| MiniSeg (published out-of-fold maps, 512x512, 80 epochs) | {anchor['mean']:.3f} | {anchor['pooled']:.3f} "
+                     "| | | 5 | |")
+    for row_name, row in rows.items():
+        o = row["result"]["overall"]["ours"]
+        semi = (f"{row['semiseg_mean']:.3f} / {row['semiseg_pooled']:.3f}" if row["semiseg_mean"] is not None else "")
+        m = row["result"]["overall"]["miniseg"]
+        versus = f" (MiniSeg {m['mean']:.3f})" if partial else ""
+        versus_pooled = f" (MiniSeg {m['pooled']:.3f})" if partial else ""
+        lines.append(f"| {row_name} | {o['mean']:.3f}{versus} | {o['pooled']:.3f}{versus_pooled} | {row['result']['ahead_per_slice_mean']} of "
+                     f"{len(row['result']['patients'])} | {semi} | {row['folds']}, {row['hours']:.1f} | {row['date']} |")
+    best = max(rows, key=lambda r: rows[r]["result"]["overall"]["ours"]["mean"])
+    commands = "\n".join(f"- {n}: `{r['command']}`" for n, r in rows.items())
+    if partial:
+        title, scope = "## Lesion recipes on a few folds (proxies)", (
+            "Cheap proxies to choose a recipe by: the first folds of the 5-fold split by patient only, "
+            "scored on the patients those folds test (all their slices), MiniSeg's maps on the same "
+            "patients in brackets (`python bench/versus_miniseg.py MAPS --partial`). Not the result to "
+            "report: the full protocol is the \"Lesions beside MiniSeg\" section.")
+    else:
+        title, scope = "## Lesions beside MiniSeg, like for like", (
+            "Out-of-fold lesion maps on all 1,156 slices of covid-ct-slices, 5 folds by patient (the 15 "
+            "patients of its `cases.csv`; each slice predicted by the fold model that never trained on its "
+            "patient), scored exactly as `../shared/data/anchors/miniseg-p20/score.py` scores MiniSeg's "
+            "published out-of-fold maps (`python bench/versus_miniseg.py MAPS`).")
+    write_section(section, f"""{title}
+
+{scope} Machine: {rows[best]['machine']}.
+
+{chr(10).join(lines)}
+
+Commands:
+{commands}
+
+Per patient, {best}, beside MiniSeg:
+
+{table(rows[best]['result'])}
+""", {"rows": rows})
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("maps", type=Path, help="folder of NNNN.png out-of-fold masks")
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    parser.add_argument("--record", metavar="NAME", default=None, help="write row NAME into BENCHMARKS.md")
+    parser.add_argument("--cv", type=Path, default=None, help="bench/real_cv.py's results file of these maps")
+    parser.add_argument("--command", default=None, help="the command that reproduces the maps")
+    parser.add_argument("--partial", action="store_true",
+                        help="score only the patients the folder covers whole (some folds), MiniSeg on the same")
     args = parser.parse_args(argv)
-    result = compare(args.maps)
+    result = compare(args.maps, args.partial)
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
+    if args.record:
+        if not (args.cv and args.command):
+            parser.error("--record needs --cv and --command")
+        record(args.record, result, args.cv, args.command, args.partial)
     return result
 
 

@@ -155,7 +155,7 @@ def main() -> None:
         before += f"\n{old['label']}, the same scans and measures ({old['seconds']:.0f} s):\n\n{table(old['results'])}"
     write_section("whole-scans", f"""## Whole real scans
 
-`python bench/whole_scans.py` on {machine()}: `slice2d predict` with the shipped models on six
+`python bench/whole_scans.py`, {time.strftime('%Y-%m-%d')}, on {machine()}: `slice2d predict` with the shipped models on six
 whole real scans ({seconds:.0f} s for all six, one run). Lung Dice against copdgene-10002K's
 reference mask and the lungs of the TotalSegmentator example's five lobes; only RICORD 000082
 has COVID-19, so lesion volume written on the others is false positive. Body and airways are

@@ -31,16 +31,70 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from slice2d.io import Geometry, InputError, from_canonical, geometry_of, to_canonical
-from slice2d.slicing import lesions_near_lungs, lungs_with_lesions, margin_disc
 
 LUNG_SOURCES = ("combined", "builtin", "model")
 REACH_MM = 20.0  # how far (in-plane) from the extracted lungs the lung network may add dense lung
 DENSE_HU = -500.0  # halfway between air and soft tissue: a voxel above it is more tissue than air
 MIN_INSIDE_FRACTION = 0.5  # a lesion piece with less of itself inside the lungs is cut to them (HU volumes)
 EDGE_AREA_FRACTION = 0.05  # a lung cut by the scan's first or last slice: more than 5 % of its largest section there
+LUNG_MARGIN_MM = 5.0  # lesions this close to the lung map (in-plane) are kept: a lung map may miss a pleural rim
+
+
+def margin_disc(geometry: Geometry, margin_mm: float = LUNG_MARGIN_MM) -> np.ndarray:
+    """The in-plane disc (an OpenCV structuring element) that reaches ``margin_mm`` on the
+    canonical slices of ``geometry``, whose pixels may be non-square."""
+    rows_mm, cols_mm, _ = geometry.canonical_spacing
+    half = (max(0, round(margin_mm / cols_mm)), max(0, round(margin_mm / rows_mm)))  # (x, y) as OpenCV counts
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * half[0] + 1, 2 * half[1] + 1))
+
+
+def lesions_near_lungs(lesions: np.ndarray, lungs: np.ndarray, geometry: Geometry,
+                       margin_mm: float = LUNG_MARGIN_MM) -> np.ndarray:
+    """``lesions`` without the lesions that lie wholly outside the lungs (a new array).
+
+    Within each axial slice, a connected lesion (any foreground class, 8-connected) is kept whole
+    when any of its pixels is within ``margin_mm`` of the lung map, and dropped otherwise. Whole
+    pieces, not pixels: a lung model may leave dense peripheral consolidation out of its map
+    (it did on the MedSeg slices, where a pixel-wise cut dropped half of the true lesion), and such
+    lesion still touches the lung. lesions, lungs: label maps on the input grid.
+    """
+    kept = np.array(to_canonical(lesions, geometry))  # canonical (rows, cols, Z), a copy
+    lungs = to_canonical(lungs, geometry)
+    disc = margin_disc(geometry, margin_mm)
+    for k in np.flatnonzero(kept.any(axis=(0, 1))):  # only slices with lesions need the lung margin
+        near = cv2.dilate((lungs[:, :, k] > 0).astype(np.uint8), disc) > 0
+        n, pieces = cv2.connectedComponents((kept[:, :, k] > 0).astype(np.uint8), connectivity=8)
+        touching = np.zeros(n, bool)
+        touching[pieces[near]] = True
+        touching[0] = False
+        kept[:, :, k][~touching[pieces]] = 0
+    return from_canonical(kept, geometry)
+
+
+def lungs_with_lesions(lungs: np.ndarray, lesions: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The lung map with the lesion pixels outside it added (a new array), each given the label of
+    the nearest lung pixel in its axial slice (right or left lung; pixels taken as square, as CT's
+    in-plane pixels are), so that lesion the lung model left out still counts as diseased lung in
+    the severity report. Use on ``lesions_near_lungs``' output, whose lesions all touch the lungs;
+    slices without lung gain nothing."""
+    out = np.array(to_canonical(lungs, geometry))
+    extra = to_canonical(lesions, geometry) > 0
+    extra &= out == 0
+    for k in np.flatnonzero(extra.any(axis=(0, 1)) & out.any(axis=(0, 1))):
+        rows, cols = np.nonzero((out[:, :, k] > 0) | extra[:, :, k])  # the box holds every lung pixel
+        box = np.s_[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        lung, where = out[:, :, k][box], extra[:, :, k][box]
+        # every pixel gets the index of its nearest lung pixel (each lung pixel its own index)
+        _, nearest = cv2.distanceTransformWithLabels((lung == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5,
+                                                     labelType=cv2.DIST_LABEL_PIXEL)
+        side = np.zeros(int(nearest.max()) + 1, out.dtype)
+        side[nearest[lung > 0]] = lung[lung > 0]
+        lung[where] = side[nearest[where]]  # a view: writes into ``out``
+    return from_canonical(out, geometry)
 
 
 @dataclass(frozen=True)
@@ -112,8 +166,8 @@ def _add_dense_lung(lungs: np.ndarray, model_lungs: np.ndarray, body: np.ndarray
 def keep_lesions(lesions: np.ndarray, anatomy: ScanAnatomy, geometry: Geometry,
                  image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(lesions, lungs) as written: lesion pieces outside the body or away from the lungs
-    dropped (``slicing.lesions_near_lungs``, whole in-plane pieces), and the lung map with the
-    kept lesion it had left out added (``slicing.lungs_with_lesions``).
+    dropped (``lesions_near_lungs``, whole in-plane pieces), and the lung map with the
+    kept lesion it had left out added (``lungs_with_lesions``).
 
     image: the CT in HU; lesion pixels outside the lung map that are air-like (below ``AIR_HU``)
     are dropped first: lesion the lungs missed is dense (consolidation), while air next to a lung
@@ -140,8 +194,6 @@ def _trim_pieces_outside(lesions: np.ndarray, lungs: np.ndarray, geometry: Geome
     but lies mostly outside it. Consolidation the extraction left out is a piece mostly inside
     the lungs (the extraction's 15 mm closing takes in subpleural bites), and stays whole.
     """
-    import cv2
-
     out = np.array(to_canonical(lesions, geometry))
     lung = to_canonical(lungs, geometry) > 0
     disc = margin_disc(geometry)

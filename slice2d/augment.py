@@ -1,7 +1,7 @@
 """Training-time augmentation with albumentations, on normalised slices in [0, 1].
 
-No horizontal flip: it would swap the patient's right and left, and right/left lung or lobe labels
-depend on the side.
+A horizontal flip swaps the patient's right and left, so it is off by default and refused for
+right/left lung or lobe labels (the config says so).
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ def build_augmentation(cfg: AugmentConfig, seed: int) -> A.Compose:
     """The augmentation pipeline; each transform fires with its configured probability."""
     transforms = [
         A.VerticalFlip(p=cfg.vertical_flip),
+        A.HorizontalFlip(p=cfg.horizontal_flip),
         A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-15, 15),
                  border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=cfg.shift_scale_rotate),
         A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=cfg.brightness_contrast),
         A.GridDistortion(num_steps=5, distort_limit=0.2, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0,
                          p=cfg.grid_distortion),
+        A.RandomGamma(gamma_limit=(80, 125), p=cfg.gamma),
+        A.GaussNoise(std_range=(0.01, 0.04), p=cfg.noise),
+        A.GaussianBlur(blur_limit=(3, 5), p=cfg.blur),
     ]
     return A.Compose([t for t in transforms if t.p > 0], seed=seed)
 

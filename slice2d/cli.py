@@ -16,6 +16,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from slice2d.severity import LobeLabels, Scheme, SeverityOptions, Zones
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,33 +26,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 log = logging.getLogger("slice2d")
 _state = {"debug": False, "quiet": False}
 
-class Scheme(str, Enum):
-    chung = "chung"
-    pan = "pan"
-    zones6 = "zones6"
 
-
-class LobeLabels(str, Enum):
-    slice2d = "slice2d"
-    lungmask = "lungmask"
-    totalsegmentator = "totalsegmentator"
-    csc = "csc"
-
-
-class LungSource(str, Enum):  # anatomy.LUNG_SOURCES
+class LungSource(str, Enum):  # anatomy.LUNG_SOURCES (anatomy is not imported here: keeps --help instant)
     combined = "combined"
     builtin = "builtin"
     model = "model"
 
-
-class Zones(str, Enum):
-    extent = "extent"
-    volume = "volume"
-    volume_joint = "volume-joint"
-
-
-# zone option -> (severity.lung_zones method, joint)
-_ZONES = {"extent": ("extent", False), "volume": ("volume", False), "volume-joint": ("volume", True)}
 
 SchemeOption = Annotated[Scheme, typer.Option(help="Severity scheme.")]
 LobeLabelsOption = Annotated[LobeLabels, typer.Option(help="Label convention of the lobe maps.")]
@@ -92,13 +73,18 @@ def _slice_orientation(rotate: str, mirror: Optional[bool]) -> Optional[int]:
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn library errors into one line on stderr and exit code 1 (a traceback only with --debug)."""
+    """Turn the errors of the user's input into one line on stderr and exit code 1 (a traceback
+    only with --debug): ``InputError`` and ``ConfigError`` (messages that name the file), a config
+    override that fails validation, and what the system refuses (a full disk, no permission).
+    Anything else is a bug and shows its traceback."""
+    from pydantic import ValidationError
+
     from slice2d.config import ConfigError
     from slice2d.io import InputError
 
     try:
         yield
-    except (InputError, ConfigError, ValueError, OSError) as exc:
+    except (InputError, ConfigError, ValidationError, OSError) as exc:
         if _state["debug"]:
             raise
         message = str(exc) if isinstance(exc, (InputError, ConfigError)) else f"{exc.__class__.__name__}: {exc}"
@@ -254,53 +240,17 @@ def predict(
     model), the folder as a NIfTI stack in OUT/stack/ and its severity report.
     """
     _setup(quiet)
-    from slice2d.images import is_image
-    from slice2d.pipeline import SeverityOptions, assess_files, assess_slice_folder
-    from slice2d.io import writable_folder
-    from slice2d.predict import (SHIPPED, input_files, load_run, predict_files, run_config, shipped_model,
-                                 with_options)
+    from slice2d.pipeline import Models, PredictOptions, segment
 
     orientation = _slice_orientation(rotate, mirror)
+    if lobes is not None and lobes_model is not None:
+        raise typer.BadParameter("give --lobes or --lobes-model, not both")
+    models = Models(main=model, lungs=lungs_model, lobes=lobes_model, threshold=threshold, mirror=tta)
+    options = PredictOptions(severity=severity, lungs_only=lungs_only, lung_source=lung_source.value, lobes_dir=lobes,
+                             scoring=SeverityOptions(scheme, lobe_labels, zones), batch_size=batch_size,
+                             probabilities=probabilities, rotate=orientation, series_uid=series)
     with _user_errors():
-        if lobes is not None and lobes_model is not None:
-            raise typer.BadParameter("give --lobes or --lobes-model, not both")
-        model = model or shipped_model("lesions")
-        shipped_lesions = model.resolve().parent == SHIPPED and run_config(model).data.task == "lesions"
-        if lungs_model is None and shipped_lesions:
-            lungs_model = shipped_model("lungs", required=False)
-        options = SeverityOptions(scheme.value, lobe_labels.value, *_ZONES[zones.value])
-        if input.is_dir() and any(is_image(p) for p in input.iterdir()) and not list(input.glob("*.nii*")):
-            run = with_options(load_run(model, background=True), threshold, tta)
-            lung_run = (with_options(load_run(lungs_model, background=True), mirror=tta)
-                        if lungs_model and severity else None)
-            writable_folder(out)
-            n = sum(1 for p in input.iterdir() if is_image(p))
-            with _progress(n, "predict") as step:
-                assess_slice_folder(run, input, out, lung_run=lung_run, options=options, rotate=orientation,
-                                    lungs_only=lungs_only, progress=step)
-            log.info("wrote slice label maps to %s (lungs/, stack/, severity/ where made)", out)
-            return
-        files = input_files(input)
-        # models load in the background while the first input is read and sliced; the lung model
-        # first, because it runs first (the lesion model then only sees slices with lung)
-        assess = severity and run_config(model).data.task == "lesions"
-        lung_run = (with_options(load_run(lungs_model, background=True, warm_up=batch_size), mirror=tta)
-                    if lungs_model and assess and lung_source != LungSource.builtin else None)
-        run = with_options(load_run(model, background=True, warm_up=batch_size), threshold, tta)
-        lobe_run = (with_options(load_run(lobes_model, background=True, warm_up=batch_size), mirror=tta)
-                    if lobes_model and assess else None)
-        writable_folder(out)
-        with _progress(len(files), "predict") as step:
-            if assess:
-                assess_files(run, files, out, lung_run=lung_run, lobe_run=lobe_run, lobes_dir=lobes,
-                             options=options, batch_size=batch_size, probabilities=probabilities,
-                             lungs_only=lungs_only, lung_source=lung_source.value, series_uid=series,
-                             progress=step)
-                log.info("wrote lesion maps to %s, lung maps to %s, severity reports to %s",
-                         out, out / "lungs", out / "severity")
-            else:
-                predict_files(run, files, out, batch_size=batch_size, probabilities=probabilities, progress=step)
-                log.info("wrote %d label maps to %s", len(files), out)
+        segment(input, out, models, options, progress=_progress)
 
 
 @app.command()
@@ -341,11 +291,10 @@ def severity_cmd(
 ) -> None:
     """Per-lobe (or per-zone) percentage of infection and the total severity score."""
     _setup(quiet)
-    from slice2d.pipeline import SeverityOptions, score_files
+    from slice2d.scoring import score_files
 
     with _user_errors():
-        options = SeverityOptions(scheme.value, lobe_labels.value, *_ZONES[zones.value])
-        reports = score_files(lesions, lungs, lobes, image, options, out)
+        reports = score_files(lesions, lungs, lobes, image, SeverityOptions(scheme, lobe_labels, zones), out)
     for report in reports:
         category = f" ({report['category']})" if report.get("category") else ""
         log.info("%s: %s TSS %d/%d%s, total PI %.1f %%", report["case"], report["scheme"], report["tss"],

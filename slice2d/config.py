@@ -103,9 +103,14 @@ class AugmentConfig(_Frozen):
     """Probability of each albumentations transform (0 disables it)."""
 
     vertical_flip: float = Field(0.5, ge=0, le=1)
+    # left-right flips swap the patient's sides: only for labels without a side (lesions)
+    horizontal_flip: float = Field(0.0, ge=0, le=1)
     shift_scale_rotate: float = Field(0.5, ge=0, le=1)
     brightness_contrast: float = Field(0.3, ge=0, le=1)
     grid_distortion: float = Field(0.2, ge=0, le=1)
+    gamma: float = Field(0.0, ge=0, le=1)   # intensity curve (gamma 0.8-1.25): windows and exports differ
+    noise: float = Field(0.0, ge=0, le=1)   # Gaussian noise (sd 1-4 % of the range): dose and kernel
+    blur: float = Field(0.0, ge=0, le=1)    # Gaussian blur (3-5 px): reconstruction kernel, thick slices
 
 
 class TrainConfig(_Frozen):
@@ -124,6 +129,9 @@ class TrainConfig(_Frozen):
     focal_weight: float = Field(1.0, ge=0)
     focal_gamma: float = Field(2.0, ge=0)
     dice_weight: float = Field(1.0, ge=0)
+    # batch: soft Dice pooled over the batch (nnU-Net's batch Dice); sample: each slice's own Dice,
+    # averaged (what per-slice benchmarks report; small lesions weigh as much as large ones)
+    dice: Literal["batch", "sample"] = "batch"
     val_fraction: float = Field(0.2, gt=0, lt=1)
     folds: int = Field(1, ge=1)
     fold: int = Field(0, ge=0)
@@ -183,6 +191,13 @@ class Config(_Frozen):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @model_validator(mode="after")
+    def _flips_keep_sides(self) -> Config:
+        if self.train.augment.horizontal_flip and (self.data.task in ("lungs", "lobes") or self.data.split_lungs):
+            raise ValueError("train.augment.horizontal_flip: a left-right flip swaps right and left lung or lobe "
+                             "labels; use it for lesions only")
+        return self
 
 
 class ConfigError(ValueError):

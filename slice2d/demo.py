@@ -49,7 +49,7 @@ def run_demo(out: str | Path, cases: int = 10, test_cases: int = 3, epochs: int 
     """
     from slice2d.dataset import prepare
     from slice2d.metrics import evaluate_folders
-    from slice2d.pipeline import assess_files
+    from slice2d.pipeline import PredictOptions, segment_files
     from slice2d.predict import load_run
     from slice2d.severity import severity_report
     from slice2d.synth import write_phantoms
@@ -72,7 +72,8 @@ def run_demo(out: str | Path, cases: int = 10, test_cases: int = 3, epochs: int 
     run_dir = train(out / "slices.h5", out / "run", cfg, verbose=verbose)
     announce("predicting the test phantoms: lesions, built-in lung extraction, per-lobe severity")
     test_images = sorted((out / "test" / "images").glob("*.nii.gz"))
-    reports = assess_files(load_run(run_dir), test_images, out / "predictions", lobes_dir=out / "test" / "lobes")
+    reports = segment_files(load_run(run_dir), test_images, out / "predictions",
+                            options=PredictOptions(lobes_dir=out / "test" / "lobes"))
     announce("evaluating against the phantoms' truth")
     _binary_references(out / "test" / "lesions", out / "test" / "infection")
     evaluate_folders(out / "predictions", out / "test" / "infection", out / "evaluation", labels={1: "infection"})

@@ -29,7 +29,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.misc import is_dicom
 from pydicom.pixels.decoders.base import get_decoder
 
-from .io import NIFTI_SUFFIXES, InputError
+from slice2d.io import NIFTI_SUFFIXES, InputError, load_volume
 
 logger = logging.getLogger(__name__)
 
@@ -344,3 +344,12 @@ def load_series(folder: str | Path, series_uid: str | None = None) -> nib.Nifti1
     img.header.set_xyzt_units("mm")
     logger.info("%s: %d slices, %d files skipped", where, len(series), sum(skipped.values()))
     return img
+
+
+def load_image(path: str | Path, series_uid: str | None = None) -> nib.Nifti1Image:
+    """An image input: a folder holding a DICOM CT series (``load_series``; ``series_uid`` picks
+    one of several), else a NIfTI file (``io.load_volume``)."""
+    path = Path(path)
+    if path.is_dir() and is_dicom_series(path):
+        return load_series(path, series_uid)
+    return load_volume(path, "image")

@@ -96,20 +96,15 @@ def list_niftis(folder: Path, what: str = "images") -> list[Path]:
     return files
 
 
-def load_volume(path: str | Path, kind: str = "image", series_uid: str | None = None) -> nib.Nifti1Image:
-    """Load a 3D NIfTI (or, for an image, a folder holding one DICOM CT series: ``slice2d.dicom``)
-    and check it is usable; the data are read lazily by the caller.
+def load_volume(path: str | Path, kind: str = "image") -> nib.Nifti1Image:
+    """Load a 3D NIfTI and check it is usable; the data are read lazily by the caller. (An image
+    that may also be a folder holding a DICOM series: ``dicom.load_image``.)
 
     A trailing singleton 4th axis (X, Y, Z, 1) is accepted and dropped.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: {kind} file not found; check the path")
-    if path.is_dir() and kind == "image":
-        from slice2d.dicom import is_dicom_series, load_series
-
-        if is_dicom_series(path):
-            return load_series(path, series_uid)
     if not path.is_file():
         raise InputError(f"{path}: is a folder, expected a .nii or .nii.gz {kind} file")
     if not path.name.endswith(NIFTI_SUFFIXES):
@@ -185,6 +180,14 @@ def check_same_grid(img: nib.Nifti1Image, other: nib.Nifti1Image, img_path: Path
                          f"(max difference {np.abs(img.affine - other.affine).max():.4g} mm)")
 
 
+def read_labels_on_grid(path: Path, img: nib.Nifti1Image, img_path: Path, kind: str) -> np.ndarray:
+    """The label map at ``path`` (``kind``: e.g. "lobe map"), checked to lie on the grid of the
+    image ``img`` read from ``img_path``."""
+    other = load_volume(path, kind)
+    check_same_grid(img, other, img_path, path)
+    return read_array(other, path, "label")
+
+
 def geometry_of(img: nib.Nifti1Image) -> Geometry:
     return Geometry(affine=np.asarray(img.affine, dtype=np.float64), shape=tuple(int(s) for s in img.shape[:3]),
                     axcodes=tuple(nib.aff2axcodes(img.affine)))
@@ -240,6 +243,14 @@ def atomic_path(*paths: str | Path) -> Iterator:
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (``atomic_path``). Returns ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
 
 
 @contextmanager

@@ -1,9 +1,12 @@
 """Focal + Dice loss and per-class overlap metrics, as keras.ops functions with thin registered classes.
 
 Labels arrive as class indices (B, H, W); predictions as softmax probabilities (B, H, W, C).
-Dice is computed per class, pooling the pixels of the whole batch (the "batch Dice" of nnU-Net):
-slices without a class then do not produce undefined per-slice ratios, and background is left out
-so that it cannot dominate.
+Dice is computed per foreground class (background is left out so that it cannot dominate), either
+pooling the pixels of the whole batch (the "batch Dice" of nnU-Net: a slice without a class then
+gives no undefined ratio) or per sample (each slice's own Dice, the quantity that per-slice
+benchmarks average; a slice without the class scores near 1 when nothing is predicted there).
+The loss returns one value per sample, so Keras averages it over the global batch correctly under
+a distribution strategy.
 """
 
 from __future__ import annotations
@@ -22,12 +25,27 @@ def _one_hot(y_true, y_pred):
     return ops.one_hot(y_true, y_pred.shape[-1])
 
 
-def focal_loss(y_true, y_pred, gamma: float = 2.0):
-    """Mean categorical focal cross-entropy (Lin et al. 2017) over pixels."""
+def focal_loss_per_sample(y_true, y_pred, gamma: float = 2.0):
+    """Categorical focal cross-entropy (Lin et al. 2017), the mean over each sample's pixels: (B,)."""
     y_onehot = _one_hot(y_true, y_pred)
     p = ops.clip(ops.cast(y_pred, "float32"), EPS, 1.0 - EPS)
     per_pixel = -ops.sum(y_onehot * ops.power(1.0 - p, gamma) * ops.log(p), axis=-1)
-    return ops.mean(per_pixel)
+    return ops.mean(per_pixel, axis=tuple(range(1, len(per_pixel.shape))))
+
+
+def focal_loss(y_true, y_pred, gamma: float = 2.0):
+    """Mean categorical focal cross-entropy over all pixels of the batch."""
+    return ops.mean(focal_loss_per_sample(y_true, y_pred, gamma))
+
+
+def soft_dice_loss_per_sample(y_true, y_pred, smooth: float = 1.0):
+    """1 - each sample's soft Dice, averaged over the foreground classes: (B,)."""
+    y_onehot = _one_hot(y_true, y_pred)[..., 1:]
+    p = ops.cast(y_pred, "float32")[..., 1:]
+    axes = tuple(range(1, len(y_pred.shape) - 1))  # the spatial axes
+    intersection = ops.sum(y_onehot * p, axis=axes)
+    denominator = ops.sum(y_onehot, axis=axes) + ops.sum(p, axis=axes)
+    return 1.0 - ops.mean((2.0 * intersection + smooth) / (denominator + smooth), axis=-1)
 
 
 def soft_dice_loss(y_true, y_pred, smooth: float = 1.0):
@@ -42,22 +60,31 @@ def soft_dice_loss(y_true, y_pred, smooth: float = 1.0):
 
 @keras.saving.register_keras_serializable(package="slice2d")
 class FocalDiceLoss(keras.losses.Loss):
-    """``focal_weight * focal(gamma) + dice_weight * soft Dice`` for softmax segmentation."""
+    """``focal_weight * focal(gamma) + dice_weight * soft Dice`` for softmax segmentation, one value
+    per sample (B,). ``dice``: "batch" (pooled over the batch; each sample carries the batch's value)
+    or "sample" (each sample's own Dice)."""
 
     def __init__(self, focal_weight: float = 1.0, dice_weight: float = 1.0, gamma: float = 2.0,
-                 name: str = "focal_dice", **kwargs):
+                 dice: str = "batch", name: str = "focal_dice", **kwargs):
+        if dice not in ("batch", "sample"):
+            raise ValueError(f"dice must be 'batch' or 'sample', got {dice!r}")
         super().__init__(name=name, **kwargs)
         self.focal_weight = focal_weight
         self.dice_weight = dice_weight
         self.gamma = gamma
+        self.dice = dice
 
     def call(self, y_true, y_pred):
-        return (self.focal_weight * focal_loss(y_true, y_pred, self.gamma)
-                + self.dice_weight * soft_dice_loss(y_true, y_pred))
+        focal = focal_loss_per_sample(y_true, y_pred, self.gamma)
+        if self.dice == "sample":
+            dice = soft_dice_loss_per_sample(y_true, y_pred)
+        else:
+            dice = soft_dice_loss(y_true, y_pred) * ops.ones_like(focal)
+        return self.focal_weight * focal + self.dice_weight * dice
 
     def get_config(self) -> dict:
         return {**super().get_config(), "focal_weight": self.focal_weight, "dice_weight": self.dice_weight,
-                "gamma": self.gamma}
+                "gamma": self.gamma, "dice": self.dice}
 
 
 @keras.saving.register_keras_serializable(package="slice2d")

@@ -57,7 +57,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure
 
-from slice2d.io import atomic_path, load_volume, read_array
+from slice2d.io import InputError, atomic_path, load_volume, read_array
 from slice2d.report import metrics_boxplot
 
 logger = logging.getLogger(__name__)
@@ -252,11 +252,11 @@ def evaluate_case(
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
-        raise ValueError(f"{folder}: not a folder; give the folder holding the .nii / .nii.gz files")
+        raise InputError(f"{folder}: not a folder; give the folder holding the .nii / .nii.gz files")
     files = {p.name: p for p in sorted(folder.iterdir())
              if p.is_file() and (p.name.endswith(".nii") or p.name.endswith(".nii.gz"))}
     if not files:
-        raise ValueError(f"{folder}: no .nii or .nii.gz files found; is this the right folder?")
+        raise InputError(f"{folder}: no .nii or .nii.gz files found; is this the right folder?")
     return files
 
 
@@ -313,7 +313,7 @@ def evaluate_folders(
     preds, refs = _nifti_files(pred_dir), _nifti_files(ref_dir)
     only_pred, only_ref = sorted(set(preds) - set(refs)), sorted(set(refs) - set(preds))
     if only_pred or only_ref:
-        raise ValueError(
+        raise InputError(
             f"predictions and references do not pair up by file name: only in {pred_dir}: "
             f"{only_pred or 'none'}; only in {ref_dir}: {only_ref or 'none'}; "
             "name each prediction like its reference")
@@ -325,15 +325,15 @@ def evaluate_folders(
         labels = sorted(found)
     table = _label_table(labels)
     if not table:
-        raise ValueError(f"{ref_dir}: all references are empty; pass the labels to evaluate explicitly")
+        raise InputError(f"{ref_dir}: all references are empty; pass the labels to evaluate explicitly")
 
     rows: list[dict] = []
     for name in names:
         p_img, p = _load_labels(preds[name], "prediction")
         r_img, r = _load_labels(refs[name], "reference")
         if p.shape != r.shape or not np.allclose(p_img.affine, r_img.affine, atol=1e-4):
-            raise ValueError(
-                f"{name}: prediction and reference are on different grids (prediction shape "
+            raise InputError(
+                f"{preds[name]}: prediction and reference are on different grids (prediction shape "
                 f"{p.shape}, affine {p_img.affine.round(4).tolist()}; reference shape {r.shape}, "
                 f"affine {r_img.affine.round(4).tolist()}); resample the prediction onto the "
                 "reference grid first")

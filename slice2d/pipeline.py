@@ -1,74 +1,166 @@
-"""From a CT to a severity report: lesion model, lung map, regions, PI% and scores, per input.
+"""One path from an input to maps and reports: what ``slice2d predict`` runs.
 
-``assess_files`` is what ``slice2d predict`` runs for a lesion model: it writes the lesion map,
-the lung map (from a lung model, or the built-in training-free extraction), optionally a lobe map,
-and per case a JSON report and a one-page PNG, plus one cohort CSV.
+``segment`` takes what the user gave (a NIfTI file, a folder of them, a folder holding a DICOM
+series, or a folder of 8-bit slice images) and the run folders, decides which models pair with
+which, and writes per input the map of the main model; with a lesion model also the lung map
+(from a lung model, or the built-in training-free extraction), optionally a lobe map, and per
+case a JSON report and a one-page PNG, plus one cohort CSV.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from slice2d.anatomy import keep_lesions, lesions_near_lungs, lungs_with_lesions, sanity, scan_anatomy
+from slice2d.dicom import is_dicom_series, load_image
+from slice2d.images import is_image, list_images, read_slice, slice_geometry
 from slice2d.io import (
     InputError,
     atomic_path,
     case_name,
-    check_same_grid,
     geometry_of,
+    is_nifti,
     list_niftis,
     load_volume,
     output_name,
     read_array,
+    read_labels_on_grid,
     save_like,
     to_canonical,
+    writable_folder,
 )
 from slice2d.orientation import Orientation, detect_orientation
-from slice2d.predict import PREDICT_BATCH
-from slice2d.report import severity_figure
-from slice2d.severity import severity_report, write_cohort_csv, write_report
-from slice2d.slicing import lesions_near_lungs, lungs_with_lesions
+from slice2d.predict import PREDICT_BATCH, Run, load_run, predict_array, predict_volume, with_options
+from slice2d.report import score_case, write_cohort_csv
+from slice2d.runs import is_shipped, run_config, shipped_model
+from slice2d.severity import LobeLabels, MapError, SeverityOptions
 
 log = logging.getLogger(__name__)
 
+Progress = Callable[[int, str], AbstractContextManager[Callable[[Path], None]]]
+
 
 @dataclass(frozen=True)
-class SeverityOptions:
-    """scheme: chung | pan | zones6; lobe_labels: preset of the lobe maps; zone_method / zone_joint: see
-    ``severity.lung_zones``."""
+class Models:
+    """The run folders ``segment`` predicts with.
 
-    scheme: str = "chung"
-    lobe_labels: str = "slice2d"
-    zone_method: str = "extent"
-    zone_joint: bool = False
+    main: the model whose map is written for each input (None: the shipped lesion model);
+    lungs: a lung model (None: with a shipped lesion model, the shipped lung model if there is
+    one); lobes: a lobe model. threshold: the main model's foreground threshold (None: its
+    config's). mirror: test-time mirroring of every model (None: each model's config).
+    """
+
+    main: Path | None = None
+    lungs: Path | None = None
+    lobes: Path | None = None
+    threshold: float | None = None
+    mirror: bool | None = None
 
 
-def _load_labels_on_grid(path: Path, img: nib.Nifti1Image, img_path: Path, kind: str) -> np.ndarray:
-    other = load_volume(path, kind)
-    check_same_grid(img, other, img_path, path)
-    return read_array(other, path, "label")
+@dataclass(frozen=True)
+class PredictOptions:
+    """What ``segment`` writes, and how.
+
+    severity: with a lesion model, lungs, regions and a severity report per input (``scoring``
+    says how it is scored). lungs_only: lesions outside the body or wholly away from the lungs are
+    dropped, and kept lesion the lung map missed is added to it (``anatomy.keep_lesions``).
+    lung_source: ``anatomy.LUNG_SOURCES``. lobes_dir: folder of lobe maps named like the inputs,
+    instead of a lobe model. batch_size: slices per network call. probabilities: also write the
+    class probabilities. rotate: slice images only, how they are stored (an ``Orientation`` or its
+    code), None to detect it. series_uid: a DICOM folder holding several series: the one to take.
+    """
+
+    severity: bool = True
+    lungs_only: bool = True
+    lung_source: str = "builtin"
+    lobes_dir: Path | None = None
+    scoring: SeverityOptions = SeverityOptions()
+    batch_size: int = PREDICT_BATCH
+    probabilities: bool = False
+    rotate: int | Orientation | None = None
+    series_uid: str | None = None
 
 
-def score_case(image: np.ndarray | None, lesions: np.ndarray, lungs: np.ndarray, lobes: np.ndarray | None,
-               affine: np.ndarray, case: str, options: SeverityOptions, json_path: Path,
-               checks: dict | None = None) -> dict:
-    """Write the report to ``json_path`` and its figure beside it (same name, ``.png``); returns the
-    report. checks: the sanity block (``anatomy.sanity``), stored under ``"sanity"``."""
-    report = severity_report(lesions, lungs, affine, lobes=lobes, scheme=options.scheme,
-                             lobe_labels=options.lobe_labels, case=case, zone_method=options.zone_method,
-                             zone_joint=options.zone_joint)
-    if checks is not None:
-        report["sanity"] = checks
-    write_report(report, json_path)
-    background = image if image is not None else np.full(lesions.shape, -1000.0, np.float32)
-    severity_figure(background, lungs if lungs is not None else (lobes > 0).astype(np.uint8), lesions, affine,
-                    report, json_path.with_suffix(".png"), regions_map=lobes)
-    return report
+def _no_progress(total: int, description: str) -> AbstractContextManager[Callable[[Path], None]]:
+    return contextlib.nullcontext(lambda *_: None)
+
+
+def segment(source: Path, out: Path, models: Models = Models(), options: PredictOptions = PredictOptions(),
+            progress: Progress | None = None) -> list[dict]:
+    """``slice2d predict``: segment ``source`` into the folder ``out``; see the module docstring.
+
+    progress: called as ``progress(total, "predict")`` for a context manager that yields a callable,
+    called with each input as it is done (e.g. a progress bar).
+    Models load in the background while the first input is read and sliced. Returns the severity
+    reports (none without them); logs where everything went.
+    """
+    progress = progress or _no_progress
+    main = models.main or shipped_model("lesions")
+    shipped_lesions = is_shipped(main) and run_config(main).data.task == "lesions"
+    lungs = models.lungs
+    if lungs is None and shipped_lesions:
+        lungs = shipped_model("lungs", required=False)
+    if _is_slice_folder(source):
+        run = with_options(load_run(main, background=True), models.threshold, models.mirror)
+        lung_run = (with_options(load_run(lungs, background=True), mirror=models.mirror)
+                    if lungs and options.severity else None)
+        writable_folder(out)
+        with progress(sum(1 for p in source.iterdir() if is_image(p)), "predict") as step:
+            report = assess_slice_folder(run, source, out, lung_run=lung_run, options=options.scoring,
+                                         rotate=options.rotate, lungs_only=options.lungs_only, progress=step)
+        log.info("wrote slice label maps to %s (lungs/, stack/, severity/ where made)", out)
+        return [report] if report else []
+    files = input_files(source)
+    # the lung model loads first, because it runs first (the lesion model then only sees slices with lung)
+    assess = options.severity and run_config(main).data.task == "lesions"
+    warm_up = options.batch_size
+    lung_run = (with_options(load_run(lungs, background=True, warm_up=warm_up), mirror=models.mirror)
+                if lungs and assess and options.lung_source != "builtin" else None)
+    run = with_options(load_run(main, background=True, warm_up=warm_up), models.threshold, models.mirror)
+    lobe_run = (with_options(load_run(models.lobes, background=True, warm_up=warm_up), mirror=models.mirror)
+                if models.lobes and assess else None)
+    writable_folder(out)
+    with progress(len(files), "predict") as step:
+        reports = segment_files(run, files, out, lung_run, lobe_run, options, step)
+        if assess:
+            log.info("wrote lesion maps to %s, lung maps to %s, severity reports to %s",
+                     out, out / "lungs", out / "severity")
+        else:
+            log.info("wrote %d label maps to %s", len(files), out)
+    return reports
+
+
+def _is_slice_folder(source: Path) -> bool:
+    return source.is_dir() and any(is_image(p) for p in source.iterdir()) and not list(source.glob("*.nii*"))
+
+
+def input_files(source: str | Path) -> list[Path]:
+    """A NIfTI file, the NIfTI files of a folder, or a folder holding one DICOM series (itself)."""
+    source = Path(source)
+    if source.is_dir():
+        if not any(is_nifti(p) for p in source.iterdir()) and is_dicom_series(source):
+            return [source]
+        return list_niftis(source, "input")
+    load_volume(source)  # one clear error for a missing or foreign file
+    if not is_nifti(source):
+        raise InputError(f"{source}: not a .nii or .nii.gz file")
+    return [source]
+
+
+def refuse_overwrite(inputs: list[Path], out_dir: Path) -> None:
+    """Raise if writing ``out_dir/<input name>`` would replace an input file."""
+    for path in inputs:
+        if (out_dir / output_name(path)).resolve() == path.resolve():
+            raise InputError(f"{path}: --out would overwrite the input; choose another output folder")
 
 
 class CohortFailures(InputError):
@@ -89,44 +181,41 @@ def _write_failures(failures: list[tuple[str, str]], path: Path) -> None:
         writer.writerows(failures)
 
 
-def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=None, lobe_run=None,
-                 lobes_dir: Path | None = None, options: SeverityOptions = SeverityOptions(),
-                 batch_size: int = PREDICT_BATCH, probabilities: bool = False, lungs_only: bool = True,
-                 lung_source: str = "builtin", series_uid: str | None = None,
-                 progress: Callable[[Path], None] | None = None) -> list[dict]:
-    """Segment lesions, find the lungs (and lobes), and score each input NIfTI.
+def segment_files(run: Run, inputs: list[Path], out_dir: str | Path, lung_run: Run | None = None,
+                  lobe_run: Run | None = None, options: PredictOptions = PredictOptions(),
+                  progress: Callable[[Path], None] | None = None) -> list[dict]:
+    """Segment each input volume with ``run`` and write ``out_dir/<name>`` (uint8 labels, the
+    input's grid); with ``options.probabilities`` also ``out_dir/probabilities/<name>`` (float32
+    (X, Y, Z, C-1), the probability of each foreground class).
 
-    lesion_run, lung_run, lobe_run: loaded runs (``predict.load_run``); without a lobe source the
-    lungs are cut into six zones.
-    lung_source: how the lungs are found (``anatomy.LUNG_SOURCES``): ``builtin`` (the built-in
-    extraction, the most accurate on whole scans), ``combined`` (the extraction plus the dense lung
-    the lung model sees near it), or ``model``; without ``lung_run`` the built-in extraction. A lung model's map loses pieces smaller than 1 % of its
-    largest piece (``slicing.drop_small_components``).
-    lungs_only: lesions outside the body or wholly away from the lungs (no pixel of an in-plane
-    piece within ``LUNG_MARGIN_MM`` of them) are dropped from the written lesion map, and the
-    lesions kept are added to the lung map where it left them out (``anatomy.keep_lesions``); with
-    a lung model, the lesion model only segments the slices where the lung model sees lung.
-    lobes_dir: folder of lobe maps named like the inputs (labelled as ``options.lobe_labels``).
-    Writes ``out_dir/<name>`` (lesions), ``out_dir/lungs/<name>``, ``out_dir/lobes/<name>`` (with a
-    lobe model), ``out_dir/severity/<case>.json|png`` and ``out_dir/severity/cohort.csv``.
-    series_uid: for an input folder holding several DICOM series, the one to take.
-    A case that fails (unreadable, or no lungs found) is recorded in
-    ``out_dir/severity/failures.csv`` and the others go on; ``CohortFailures`` is raised at the end.
+    With a lesion model and ``options.severity``, each input is also assessed: its lungs are
+    found (``options.lung_source``, ``anatomy.LUNG_SOURCES``: ``builtin``, the built-in
+    extraction, the most accurate on whole scans; ``combined``, the extraction plus the dense lung
+    the lung model sees near it; or ``model``; without ``lung_run`` the built-in extraction; a
+    lung model's map loses pieces smaller than 1 % of its largest, ``slicing.drop_small_components``),
+    its lesions kept to them (``options.lungs_only``; with a lung model, the lesion model then only
+    segments the slices where the lung model sees lung), its regions are lobes (``lobe_run``, or
+    ``options.lobes_dir``) or six lung zones, and it is scored. That writes also
+    ``out_dir/lungs/<name>``, ``out_dir/lobes/<name>`` (with a lobe model),
+    ``out_dir/severity/<case>.json|png`` and ``out_dir/severity/cohort.csv``; a case that fails
+    (unreadable, or no lungs found) is recorded in ``out_dir/severity/failures.csv``, the others go
+    on, and ``CohortFailures`` is raised at the end. Returns the reports.
     """
-    from slice2d.predict import refuse_overwrite
-
     out_dir = Path(out_dir)
     refuse_overwrite(inputs, out_dir)
+    assess = options.severity and run.cfg.data.task == "lesions"
+    lobes_dir = options.lobes_dir if assess else None
     for path in inputs:
         if lobes_dir is not None and not (lobes_dir / output_name(path)).is_file():
             raise InputError(f"{lobes_dir}: no lobe map named {output_name(path)}; lobe maps need the image's file name")
     reports, failures = [], []
     for path in inputs:
         try:
-            reports.append(_assess_one(lesion_run, path, out_dir, lung_run, lobe_run, lobes_dir, options,
-                                       batch_size, probabilities, lungs_only, lung_source, series_uid))
+            report = _segment_one(run, path, out_dir, lung_run, lobe_run, options, assess)
+            if report is not None:
+                reports.append(report)
         except CaseError as exc:
-            if len(inputs) == 1:
+            if len(inputs) == 1 or not assess:
                 raise
             log.error("%s", exc)
             failures.append((case_name(path), str(exc)))
@@ -141,44 +230,49 @@ def assess_files(lesion_run, inputs: list[Path], out_dir: str | Path, lung_run=N
     return reports
 
 
-def _assess_one(lesion_run, path: Path, out_dir: Path, lung_run, lobe_run, lobes_dir: Path | None,
-                options: SeverityOptions, batch_size: int, probabilities: bool, lungs_only: bool,
-                lung_source: str, series_uid: str | None = None) -> dict:
-    """One case of ``assess_files``: everything read and computed before anything is written."""
-    from slice2d.anatomy import keep_lesions, sanity, scan_anatomy
-    from slice2d.predict import predict_volume
-
+def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe_run: Run | None,
+                 options: PredictOptions, assess: bool) -> dict | None:
+    """One input of ``segment_files``: everything read and computed before anything is written."""
     try:
-        img = load_volume(path, "image", series_uid)
+        img = load_image(path, options.series_uid)
         image = read_array(img, path, keep_integers=True)
         geometry = geometry_of(img)
-    except InputError as exc:  # this case's input: the cohort goes on
+    except InputError as exc:  # this case's input: a cohort goes on
         raise CaseError(str(exc)) from None
-    for run in (lesion_run, lung_run, lobe_run):  # loaded in the background: a model that cannot be
-        if run is not None:                       # loaded stops the whole run, whatever this case holds
-            _ = run.model
+    for r in (run, lung_run, lobe_run):  # loaded in the background: a model that cannot be
+        if r is not None:                # loaded stops the whole run, whatever this case holds
+            _ = r.model
+    name = output_name(path)
+    if not assess:
+        (labels, probs), = predict_volume([run], image, geometry, options.batch_size, options.probabilities, str(path))
+        save_like(labels, img, out_dir / name)
+        if probs is not None:
+            save_like(probs[..., 1:], img, out_dir / "probabilities" / name, dtype=np.float32)
+        return None
     try:
         if lung_run is None:  # the built-in extraction first: the networks then only see slices with lung
             anatomy = scan_anatomy(img, None, "builtin", str(path))
             with_lung = np.flatnonzero(to_canonical(anatomy.lungs, geometry).any(axis=(0, 1)))
         others = [r for r in (lung_run, lobe_run) if r is not None]
-        (lesions, probs), *rest = predict_volume([lesion_run, *others], image, geometry, batch_size, probabilities,
-                                                 str(path), lung_run=lung_run, lung_slices_only=lungs_only,
-                                                 only_slices=with_lung if lung_run is None and lungs_only else None)
+        (lesions, probs), *rest = predict_volume([run, *others], image, geometry, options.batch_size,
+                                                 options.probabilities, str(path), lung_run=lung_run,
+                                                 lung_slices_only=options.lungs_only,
+                                                 only_slices=with_lung if lung_run is None and options.lungs_only else None)
         maps = {id(r): labels for r, (labels, _) in zip(others, rest, strict=True)}
         if lung_run is not None:
-            anatomy = scan_anatomy(img, maps[id(lung_run)], lung_source, str(path))
-    except InputError as exc:  # this case's input: the cohort goes on
+            anatomy = scan_anatomy(img, maps[id(lung_run)], options.lung_source, str(path))
+    except InputError as exc:  # this case's input: a cohort goes on
         raise CaseError(str(exc)) from None
-    lobes, preset = None, options.lobe_labels
+    scoring, lobes_path = options.scoring, None
+    lobes = None
     if lobe_run is not None:
         lobes = maps[id(lobe_run)]
-        preset = "slice2d"
-    elif lobes_dir is not None:
-        lobes = _load_labels_on_grid(lobes_dir / output_name(path), img, path, "lobe map")
+        scoring = dataclasses.replace(scoring, lobe_labels=LobeLabels.slice2d)
+    elif options.lobes_dir is not None:
+        lobes_path = options.lobes_dir / name
+        lobes = read_labels_on_grid(lobes_path, img, path, "lobe map")
     lungs = anatomy.lungs
-    name = output_name(path)
-    if lungs_only:
+    if options.lungs_only:
         lesions, lungs = keep_lesions(lesions, anatomy, geometry, image if anatomy.body is not None else None)
     if lobe_run is not None:
         save_like(lobes, img, out_dir / "lobes" / name)
@@ -186,73 +280,13 @@ def _assess_one(lesion_run, path: Path, out_dir: Path, lung_run, lobe_run, lobes
     save_like(lungs, img, out_dir / "lungs" / name)
     if probs is not None:
         save_like(probs[..., 1:], img, out_dir / "probabilities" / name, dtype=np.float32)
-    opts = SeverityOptions(options.scheme, preset, options.zone_method, options.zone_joint)
     case = case_name(path)
     checks = sanity(anatomy, lungs, img.affine, image)
-    return score_case(image, lesions, lungs, lobes, img.affine, case, opts, out_dir / "severity" / f"{case}.json",
-                      checks=checks)
-
-
-def _score_one(lesions: Path, lungs: Path | None, lobes: Path | None, image: Path | None,
-               options: SeverityOptions, json_path: Path) -> dict:
-    les_img = load_volume(lesions, "lesion map")
-    les = read_array(les_img, lesions, "label")
-    ct = ct_img = None
-    if image is not None:
-        ct_img = load_volume(image, "image")
-        check_same_grid(les_img, ct_img, lesions, image)
-        ct = read_array(ct_img, image)
-    if lungs is not None:
-        lung_map = _load_labels_on_grid(lungs, les_img, lesions, "lung map")
-    elif ct_img is not None:
-        from slice2d.lungs import extract_lungs_nifti
-        # dense lesion the air threshold leaves out still counts as diseased lung, as in predict
-        geometry = geometry_of(les_img)
-        lung_map = extract_lungs_nifti(ct_img)
-        lung_map = lungs_with_lesions(lung_map, lesions_near_lungs(les, lung_map, geometry), geometry)
-    elif lobes is None:
-        raise InputError(f"{lesions}: give --lungs, --lobes, or --image (for the built-in lung extraction)")
-    else:
-        lung_map = None
-    lobe_map = _load_labels_on_grid(lobes, les_img, lesions, "lobe map") if lobes is not None else None
-    return score_case(ct, les, lung_map, lobe_map, les_img.affine, case_name(lesions), options, json_path)
-
-
-def score_files(lesions: Path, lungs: Path | None, lobes: Path | None, image: Path | None,
-                options: SeverityOptions, out: Path, progress: Callable[[Path], None] | None = None) -> list[dict]:
-    """``slice2d severity``: reports from existing maps, for one case or a cohort.
-
-    One case: ``lesions`` and the others are files; the report goes to ``out`` (.json), with the
-    figure (.png) and a one-row CSV beside it. A cohort: ``lesions`` (and any of ``lungs``,
-    ``lobes``, ``image`` given) are folders of same-named files; ``out`` is a folder that receives
-    ``<case>.json``, ``<case>.png`` and ``cohort.csv``. Without a lung map, lungs come from the
-    built-in extraction on the CT ``image``, with the lesions that touch them added (as ``predict``
-    adds them).
-    """
-    if not Path(lesions).is_dir():
-        if out.suffix != ".json":
-            raise InputError(f"{out}: --out must name a .json file (the .png and .csv are written beside it)")
-        report = _score_one(lesions, lungs, lobes, image, options, out)
-        write_cohort_csv([report], out.with_suffix(".csv"))
-        return [report]
-    if out.suffix:
-        raise InputError(f"{out}: with a folder of lesion maps, --out must be a folder")
-    files = list_niftis(lesions, "lesion maps")
-    for folder in (lungs, lobes, image):
-        if folder is not None and not Path(folder).is_dir():
-            raise InputError(f"{folder}: with a folder of lesion maps, give folders of same-named files")
-        if folder is not None:
-            absent = [p.name for p in files if not (Path(folder) / p.name).is_file()]
-            if absent:
-                raise InputError(f"{folder}: no file named {absent[0]}; maps are paired by file name")
-    reports = []
-    for path in files:
-        paired = [Path(f) / path.name if f is not None else None for f in (lungs, lobes, image)]
-        reports.append(_score_one(path, *paired, options, out / f"{case_name(path)}.json"))
-        if progress:
-            progress(path)
-    write_cohort_csv(reports, out / "cohort.csv")
-    return reports
+    try:
+        return score_case(image, lesions, lungs, lobes, img.affine, case, scoring,
+                          out_dir / "severity" / f"{case}.json", checks=checks)
+    except MapError as exc:
+        raise InputError(f"{lobes_path if exc.which == 'lobes' and lobes_path else path}: {exc}") from None
 
 
 def _write_png(labels: np.ndarray, path: Path) -> None:
@@ -262,8 +296,8 @@ def _write_png(labels: np.ndarray, path: Path) -> None:
         Image.fromarray(labels.astype(np.uint8)).save(tmp, format="PNG")
 
 
-def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=None,
-                        options: SeverityOptions = SeverityOptions(), rotate: int | Orientation | None = 0,
+def assess_slice_folder(lesion_run: Run, folder: Path, out_dir: str | Path, lung_run: Run | None = None,
+                        options: SeverityOptions | None = None, rotate: int | Orientation | None = 0,
                         lungs_only: bool = True, progress: Callable[[Path], None] | None = None) -> dict | None:
     """Segment a folder of 8-bit slice images (one axial slice per file, natural file-name order).
 
@@ -272,16 +306,14 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
     also written as a stack, ``out_dir/stack/{image,lesions,lungs}.nii.gz`` (1 mm pixels and slice
     distance assumed, the first file taken as the most superior slice), and scored: the report
     ``out_dir/severity/<folder>.json`` uses the six zones (PI% does not depend on the unknown
-    spacing; its mL figures assume 1 mm voxels). Returns the report, or None when it was not made.
+    spacing; its mL figures assume 1 mm voxels), scored as ``options`` say (None: the defaults).
+    Returns the report, or None when it was not made.
     lungs_only: with a lung model, lesions wholly outside its lung map are dropped and the kept
-    ones added to the lung map, as in ``assess_files`` (pixels count as 1 mm).
+    ones added to the lung map, as in ``segment_files`` (pixels count as 1 mm).
     rotate: how the slices are stored (an ``Orientation`` or its code, see ``images.read_slice``), or
     None to detect it from the slices (``orientation.detect_orientation``, logged). The written maps
     are turned back to the stored orientation, so they overlay their images.
     """
-    from slice2d.images import list_images, read_slice, slice_geometry
-    from slice2d.predict import predict_array, predict_volume
-
     out_dir = Path(out_dir)
     files = list_images(folder, "slice images")
     if out_dir.resolve() == Path(folder).resolve():
@@ -334,7 +366,10 @@ def assess_slice_folder(lesion_run, folder: Path, out_dir: str | Path, lung_run=
     lungs = np.stack(lung_maps, axis=2)
     save_like(lungs, stack, out_dir / "stack" / "lungs.nii.gz")
     image_hu = volume.astype(np.float32) * (1400.0 / 255.0) - 1000.0  # for display only
-    report = score_case(image_hu, np.stack(lesion_maps, axis=2), lungs, None, affine, Path(folder).name,
-                        options, out_dir / "severity" / f"{Path(folder).name}.json")
+    try:
+        report = score_case(image_hu, np.stack(lesion_maps, axis=2), lungs, None, affine, Path(folder).name,
+                            options or SeverityOptions(), out_dir / "severity" / f"{Path(folder).name}.json")
+    except MapError as exc:
+        raise InputError(f"{folder}: {exc}") from None
     write_cohort_csv([report], out_dir / "severity" / "cohort.csv")
     return report

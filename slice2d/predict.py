@@ -1,35 +1,24 @@
-"""predict(volume, run) -> label volume on the input's own grid.
+"""Network inference: a run folder loaded for prediction, and a volume's label map on its own grid.
 
-A run folder (see ``slice2d.train``) carries everything prediction needs: the model, the intensity
+A run folder (see ``slice2d.runs``) carries everything prediction needs: the model, the intensity
 convention and the slice size. The volume goes through the same steps as in ``prepare``
 (canonical orientation, normalisation, resize keeping the aspect, padding); the network's class
 probabilities are cropped, resized back to each slice's own pixel grid, and the argmax is put back
-in the input's orientation. The written mask carries the input's affine, checked before writing.
+in the input's orientation (``pipeline`` writes it with the input's affine, checked before writing).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from slice2d.config import Config, ConfigError, load_config
-from slice2d.io import (
-    Geometry,
-    InputError,
-    from_canonical,
-    geometry_of,
-    is_nifti,
-    list_niftis,
-    load_volume,
-    output_name,
-    read_array,
-    save_like,
-)
+from slice2d.config import Config
+from slice2d.io import Geometry, InputError, from_canonical
+from slice2d.runs import load_trained_model, run_config
 from slice2d.slicing import drop_small_components, probabilities_to_labels, probabilities_to_slice, volume_to_network
 
 
@@ -39,7 +28,7 @@ class Run:
 
     ``loaded`` is the model made ready for inference (batch norms folded, see ``_load_model``), or
     a Future of it while it loads in the background (``load_run(..., background=True)``); ``model``
-    waits for it. The model as trained: ``load_trained_model(path)``.
+    waits for it. The model as trained: ``runs.load_trained_model(path)``.
     """
 
     path: Path
@@ -51,37 +40,8 @@ class Run:
         return self.loaded.result() if isinstance(self.loaded, Future) else self.loaded
 
 
-SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
 PREDICT_BATCH = 16  # slices per network call: the fastest on a 2-core CPU (bench/performance.py predict)
-
-
-def shipped_model(task: str, required: bool = True) -> Path | None:
-    """The run folder of a model shipped in the repository's checkpoints/ (``lesions`` or ``lungs``)."""
-    path = SHIPPED / task
-    if (path / "model.keras").is_file():
-        return path
-    if required:
-        raise InputError(f"no --model given and no shipped {task} model in {SHIPPED}; pass --model checkpoints/<run>")
-    return None
-
-
 _LOADER: ThreadPoolExecutor | None = None  # every model loads on this one thread, in the order asked
-
-
-def run_config(path: str | Path) -> Config:
-    """The config of a run folder, after checking that the folder is complete and of this version."""
-    path = Path(path)
-    if not path.is_dir():
-        raise InputError(f"{path}: model run folder not found; train one with `slice2d train` or check --model")
-    missing = [f for f in ("model.keras", "config.yaml") if not (path / f).is_file()]
-    if missing:
-        raise InputError(f"{path}: run folder lacks {', '.join(missing)}; is training finished?")
-    from slice2d.train import check_run_stamp
-    check_run_stamp(path)
-    try:
-        return load_config(path / "config.yaml")
-    except ConfigError as exc:
-        raise InputError(f"{exc}; the run folder may come from an incompatible slice2d version") from None
 
 
 def load_run(path: str | Path, background: bool = False, warm_up: int | None = None) -> Run:
@@ -114,19 +74,6 @@ def mirror_axes(cfg: Config) -> tuple[int, ...]:
     """Axes of a (N, rows, columns) slice batch whose mirror image the model's labels do not change
     under: rows (up-down) if it was trained with vertical flips, columns (left-right) for lesions."""
     return tuple(axis for axis, ok in ((1, cfg.train.augment.vertical_flip > 0), (2, cfg.data.task == "lesions")) if ok)
-
-
-def load_trained_model(path: Path):
-    """The keras.Model saved in a run folder, as trained (safe mode: no code from the file runs)."""
-    import keras
-
-    import slice2d.losses  # noqa: F401  registers the custom objects
-
-    try:
-        return keras.saving.load_model(path / "model.keras", compile=False, safe_mode=True)
-    except Exception as exc:
-        raise InputError(f"{path / 'model.keras'}: cannot be loaded ({exc.__class__.__name__}); "
-                         "the file is damaged or from an incompatible version") from None
 
 
 def _load_model(path: Path, cfg: Config, warm_up: int | None = None):
@@ -236,48 +183,3 @@ def predict_array(run: Run, image: np.ndarray, geometry: Geometry, batch_size: i
     probabilities (X, Y, Z, C) float32 (else None).
     """
     return predict_volume([run], image, geometry, batch_size, probabilities, source, kind)[0]
-
-
-def input_files(source: str | Path) -> list[Path]:
-    """A NIfTI file, the NIfTI files of a folder, or a folder holding one DICOM series (itself)."""
-    source = Path(source)
-    if source.is_dir():
-        if not any(is_nifti(p) for p in source.iterdir()):
-            from slice2d.dicom import is_dicom_series
-
-            if is_dicom_series(source):
-                return [source]
-        return list_niftis(source, "input")
-    load_volume(source)  # one clear error for a missing or foreign file
-    if not is_nifti(source):
-        raise InputError(f"{source}: not a .nii or .nii.gz file")
-    return [source]
-
-
-def refuse_overwrite(inputs: list[Path], out_dir: Path) -> None:
-    """Raise if writing ``out_dir/<input name>`` would replace an input file."""
-    for path in inputs:
-        if (out_dir / output_name(path)).resolve() == path.resolve():
-            raise InputError(f"{path}: --out would overwrite the input; choose another output folder")
-
-
-def predict_files(run: Run, inputs: list[Path], out_dir: str | Path, batch_size: int = PREDICT_BATCH,
-                  probabilities: bool = False, progress: Callable[[Path], None] | None = None) -> list[Path]:
-    """Segment each input NIfTI and write ``out_dir/<same file name>`` (uint8 labels, the input's grid).
-
-    With ``probabilities``, also ``out_dir/probabilities/<name>``: float32 (X, Y, Z, C-1), the
-    probability of each foreground class.
-    """
-    out_dir = Path(out_dir)
-    refuse_overwrite(inputs, out_dir)
-    written = []
-    for path in inputs:
-        img = load_volume(path, "image")
-        labels, probs = predict_array(run, read_array(img, path), geometry_of(img), batch_size, probabilities, str(path))
-        written.append(save_like(labels, img, out_dir / output_name(path)))
-        if probs is not None:
-            save_like(probs[..., 1:], img, out_dir / "probabilities" / output_name(path), dtype=np.float32)
-        if progress:
-            progress(path)
-    return written
-

@@ -1,16 +1,21 @@
-"""Figures for evaluation and severity (matplotlib, Agg backend), written atomically.
+"""Reports on disk, written atomically: severity reports (JSON per case, one cohort CSV) and the
+figures of evaluation and severity (matplotlib, Agg backend).
 
 matplotlib is imported inside the figure functions so that importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from slice2d.io import atomic_path
+from slice2d.severity import SeverityOptions, severity_report
 
 BOX_METRICS = ("dice", "iou", "hd95_mm", "surface_dice")
 
@@ -148,3 +153,72 @@ def severity_figure(
         fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return Path(path)
+
+
+def _json_ready(obj):
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return None if math.isnan(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_report(report: dict, path: str | Path) -> Path:
+    """Write one severity report as JSON (NaN as null), atomically. Returns ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_json_ready(report), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def write_cohort_csv(reports: Sequence[dict], path: str | Path) -> Path:
+    """One row per case: case, scheme, total_pi, tss, tss_max, category, lung_ml, lesion_ml, then
+    ``<region>_pi`` and ``<region>_score`` for every region met (in order of first appearance),
+    then the sanity block's entries (``anatomy.sanity``) where reports have one.
+    Empty cells for NaN/None and for regions a case does not have. Written atomically."""
+    path = Path(path)
+    head = ["case", "scheme", "total_pi", "tss", "tss_max", "category", "lung_ml", "lesion_ml"]
+    region_names = list(dict.fromkeys(name for r in reports for name in r["regions"]))
+    fields = head + [f"{n}_{k}" for n in region_names for k in ("pi", "score")]
+    checks = list(dict.fromkeys(k for r in reports for k in r.get("sanity", {})))  # the sanity block's keys
+    fields += checks
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return repr(float(v)) if isinstance(v, (float, np.floating)) else str(v)
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(fields)
+            for r in reports:
+                row = [cell(r.get(k)) for k in head]
+                for n in region_names:
+                    reg = r["regions"].get(n, {})
+                    row += [cell(reg.get("pi")), cell(reg.get("score"))]
+                row += [cell(r.get("sanity", {}).get(k)) for k in checks]
+                w.writerow(row)
+    return path
+
+
+def score_case(image: np.ndarray | None, lesions: np.ndarray, lungs: np.ndarray | None, lobes: np.ndarray | None,
+               affine: np.ndarray, case: str, options: SeverityOptions, json_path: Path,
+               checks: dict | None = None) -> dict:
+    """Score one case (``severity.severity_report``), write the report to ``json_path`` and its
+    figure beside it (same name, ``.png``); returns the report. checks: the sanity block
+    (``anatomy.sanity``), stored under ``"sanity"``."""
+    report = severity_report(lesions, lungs, affine, lobes=lobes, scheme=str(options.scheme),
+                             lobe_labels=str(options.lobe_labels), case=case, zone_method=options.zones.method,
+                             zone_joint=options.zones.joint)
+    if checks is not None:
+        report["sanity"] = checks
+    write_report(report, json_path)
+    background = image if image is not None else np.full(lesions.shape, -1000.0, np.float32)
+    severity_figure(background, lungs if lungs is not None else (lobes > 0).astype(np.uint8), lesions, affine,
+                    report, json_path.with_suffix(".png"), regions_map=lobes)
+    return report

@@ -1,7 +1,7 @@
 """Percentage of involvement (PI%) per lung region and CT severity scores.
 
 Regions are the five lobes (from a lobe map) or six lung zones (each lung cut into thirds
-craniocaudally, ``lung_zones``). For a region, p = lesion voxels in the region / region voxels
+craniocaudally, ``zones.lung_zones``). For a region, p = lesion voxels in the region / region voxels
 × 100; lesion voxels outside the lungs are not counted (they are reported separately).
 
 Schemes, with exact integer arithmetic at the cut points (``lesion * 100`` against
@@ -30,18 +30,16 @@ reports add ggo/consolidation volumes and PI.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
-from slice2d.io import atomic_path
+from slice2d.zones import ZONE_NAMES, lung_zones
 
 LOBE_NAMES = ("RUL", "RML", "RLL", "LUL", "LLL")
-ZONE_NAMES = {1: "R_upper", 2: "R_middle", 3: "R_lower", 4: "L_upper", 5: "L_middle", 6: "L_lower"}
 RIGHT_LOBES = ("RUL", "RML", "RLL")
 
 LOBE_PRESETS: dict[str, dict[int, str]] = {
@@ -59,7 +57,47 @@ SCHEME_EDGES: dict[str, tuple[int, ...]] = {
     "zones6": (25, 50, 75),
 }
 PAN_CATEGORIES = ((0, "normal"), (7, "mild"), (17, "moderate"), (25, "severe"))  # upper bounds
-ZONE_METHODS = ("extent", "volume")
+
+# The choices (of the command line too): one member per entry of the tables above, valued by its name
+Scheme = StrEnum("Scheme", [(name, name) for name in SCHEME_EDGES], module=__name__)
+LobeLabels = StrEnum("LobeLabels", [(name, name) for name in LOBE_PRESETS], module=__name__)
+
+
+class Zones(StrEnum):
+    """How lungs are cut into thirds without a lobe map: ``zones.lung_zones`` method, per lung or
+    (``-joint``) with the cut levels of both lungs together."""
+
+    extent = "extent"
+    volume = "volume"
+    volume_joint = "volume-joint"
+
+    @property
+    def method(self) -> str:
+        return self.value.removesuffix("-joint")
+
+    @property
+    def joint(self) -> bool:
+        return self.value.endswith("-joint")
+
+
+@dataclass(frozen=True)
+class SeverityOptions:
+    """How a case is scored: ``scheme``, the label convention of its lobe maps (``lobe_labels``)
+    and, without a lobe map, how the lungs are cut into zones (``zone_method``, ``zone_joint``: see
+    ``zones.lung_zones``)."""
+
+    scheme: Scheme = Scheme.chung
+    lobe_labels: LobeLabels = LobeLabels.slice2d
+    zones: Zones = Zones.extent
+
+
+class MapError(ValueError):
+    """A label map that cannot be scored (its values, its shape, no lungs); ``which`` names it:
+    "lesions", "lungs" or "lobes"."""
+
+    def __init__(self, message: str, which: str):
+        super().__init__(message)
+        self.which = which
 
 
 def region_score(lesion_voxels: int, region_voxels: int, scheme: str) -> int:
@@ -82,112 +120,6 @@ def pan_category(tss: int) -> str:
     raise ValueError(f"pan TSS {tss} is above the maximum 25")
 
 
-def _world_z(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    idx = np.nonzero(mask)
-    a = np.asarray(affine, dtype=float)
-    return a[2, 0] * idx[0] + a[2, 1] * idx[1] + a[2, 2] * idx[2] + a[2, 3]
-
-
-def _thirds(z: np.ndarray, method: str) -> tuple[float, float]:
-    """Cut levels (c1, c2) in world z of voxels ``z``: lower is z < c1, middle c1 <= z < c2, upper z >= c2."""
-    if method == "extent":
-        return _thirds_of_levels(np.array([z.min(), z.max()]), np.ones(2), method)
-    levels, counts = np.unique(np.round(z, 3), return_counts=True)
-    return _thirds_of_levels(levels, counts, method)
-
-
-def _thirds_of_levels(levels: np.ndarray, counts: np.ndarray, method: str) -> tuple[float, float]:
-    """Cut levels from the world z levels that hold lung (ascending) and the voxel count at each.
-
-    "extent" cuts the span between the first and last level in thirds; "volume" cuts between the
-    levels (rounded to 0.001 mm) whose cumulative count is closest to 1/3 and 2/3 of the total.
-    """
-    if method == "extent":
-        lo, hi = float(levels[0]), float(levels[-1])
-        return lo + (hi - lo) / 3.0, lo + 2.0 * (hi - lo) / 3.0
-    levels = np.round(levels, 3)
-    cum = np.cumsum(counts)
-    total = int(cum[-1])
-    cuts = []
-    for k in (1, 2):
-        # The level boundary whose cumulative volume is closest to k/3 (ties: the lower one).
-        i = int(np.argmin(np.abs(3 * cum - k * total)))
-        cuts.append(0.5 * float(levels[i] + levels[i + 1]) if i + 1 < levels.size else math.inf)
-    return cuts[0], cuts[1]
-
-
-def _axial_axis(affine: np.ndarray) -> int | None:
-    """The array axis along which world z changes when it is the only one (axial slices), else None."""
-    row = np.asarray(affine, dtype=float)[2, :3]
-    moving = [i for i in range(3) if row[i] != 0.0]
-    return moving[0] if len(moving) == 1 else None
-
-
-def lung_zones(lungs: np.ndarray, affine: np.ndarray, method: str = "extent", joint: bool = False) -> np.ndarray:
-    """Six lung zones: each lung cut into upper, middle and lower thirds along world z.
-
-    lungs: uint8 label map (any orientation), 1 right lung, 2 left lung.
-    affine: voxel to RAS+ mm; superior = larger world z (works for oblique affines too: every
-        voxel centre is placed by its own world z).
-    method: "extent" (default): thirds of the craniocaudal extent between the first and last voxel
-        centre of that lung, cut at zmin + h/3 and zmin + 2h/3 (a voxel exactly on a cut goes to
-        the zone above it). "volume": thirds of the lung's volume, cut between whole slices at the
-        boundary whose cumulative voxel count from the bottom is closest to 1/3 and 2/3.
-    joint: compute the cut levels over both lungs together and apply them to each lung. With
-        method="volume" this is the Chest Imaging Platform convention (COPDGene zone maps).
-    Returns uint8 of the same shape: 1 R_upper, 2 R_middle, 3 R_lower, 4 L_upper, 5 L_middle,
-    6 L_lower, 0 elsewhere.
-    """
-    if method not in ZONE_METHODS:
-        raise ValueError(f"unknown zone method {method!r}; use one of {ZONE_METHODS}")
-    lungs = np.asarray(lungs)
-    axis = _axial_axis(affine)
-    if axis is None:
-        return _lung_zones_voxelwise(lungs, affine, method, joint)
-    # World z depends on one array axis only (the usual axial series): each slice index gets a
-    # lookup table {lung label -> zone}, which gives exactly the voxelwise result in two passes.
-    a = np.asarray(affine, dtype=float)
-    z = a[2, axis] * np.arange(lungs.shape[axis]) + a[2, 3]   # world z of each slice index
-    planes = np.moveaxis(lungs, axis, 0)
-    labels = np.zeros((len(planes), 256), np.int64)           # voxels of each label value per slice
-    for k, plane in enumerate(planes):
-        labels[k] = np.bincount(plane.ravel(), minlength=256)
-    per_slice = {lung: labels[:, lung] for lung in (1, 2)}
-
-    def cuts(counts: np.ndarray) -> tuple[float, float]:
-        present = counts > 0
-        order = np.argsort(z[present])
-        return _thirds_of_levels(z[present][order], counts[present][order], method)
-
-    both = per_slice[1] + per_slice[2]
-    joint_cuts = cuts(both) if joint and both.any() else None
-    table = np.zeros((len(planes), 256), np.uint8)            # slice index, lung label -> zone
-    for lung, first in ((1, 1), (2, 4)):
-        if not per_slice[lung].any():
-            continue
-        c1, c2 = joint_cuts or cuts(per_slice[lung])
-        table[:, lung] = np.where(z >= c2, first, np.where(z >= c1, first + 1, first + 2))
-    zones = np.zeros_like(lungs, dtype=np.uint8)  # same memory layout: fast loops below
-    for k, (plane, out) in enumerate(zip(planes, np.moveaxis(zones, axis, 0), strict=True)):
-        out[...] = table[k][plane]
-    return zones
-
-
-def _lung_zones_voxelwise(lungs: np.ndarray, affine: np.ndarray, method: str, joint: bool) -> np.ndarray:
-    """``lung_zones`` for oblique affines: every lung voxel placed by its own world z."""
-    zones = np.zeros_like(lungs, dtype=np.uint8)
-    joint_cuts = _thirds(_world_z(lungs > 0, affine), method) if joint and (lungs > 0).any() else None
-    for lung, first in ((1, 1), (2, 4)):
-        m = lungs == lung
-        if not m.any():
-            continue
-        z = _world_z(m, affine)
-        c1, c2 = joint_cuts or _thirds(z, method)
-        zone = np.where(z >= c2, first, np.where(z >= c1, first + 1, first + 2))
-        zones[np.nonzero(m)] = zone.astype(np.uint8)
-    return zones
-
-
 def _lobe_table(lobe_labels: str | Mapping[int, str]) -> tuple[dict[int, str], bool, str]:
     if isinstance(lobe_labels, str):
         if lobe_labels not in LOBE_PRESETS:
@@ -205,8 +137,8 @@ def _lesion_classes(lesions: np.ndarray) -> int:
     not_integral = lesions.dtype.kind not in "ub" and (lesions.min() < 0 or np.any(lesions != np.round(lesions)))
     if not_integral or top > 2:
         bad = sorted(set(np.unique(lesions).tolist()) - {0, 1, 2})
-        raise ValueError(f"lesion map has values {bad}; expected 0/1 (infection) or 0/1/2 (1 ground-glass, "
-                         "2 consolidation)")
+        raise MapError(f"lesion map has values {bad}; expected 0/1 (infection) or 0/1/2 (1 ground-glass, "
+                       "2 consolidation)", "lesions")
     return 2 if top == 2 else 1
 
 
@@ -282,8 +214,9 @@ def severity_report(
     scheme: "chung", "pan" or "zones6" (see the module docstring).
     lobe_labels: a preset name from ``LOBE_PRESETS`` or {label value: lobe name}.
     case: case id written into the report.
-    zone_method, zone_joint: how zones are cut, as ``lung_zones`` method / joint.
-    Returns a JSON-ready dict (NaN only where a region is empty; ``write_report`` writes null).
+    zone_method, zone_joint: how zones are cut, as ``zones.lung_zones`` method / joint.
+    Returns a JSON-ready dict (NaN only where a region is empty; ``report.write_report`` writes null).
+    Raises ``MapError`` for maps that cannot be scored.
     """
     if scheme not in SCHEME_EDGES:
         raise ValueError(f"unknown scheme {scheme!r}; use one of {sorted(SCHEME_EDGES)}")
@@ -291,8 +224,8 @@ def severity_report(
     arrays = {"lesions": lesions, "lungs": lungs, "lobes": lobes}
     for name, arr in arrays.items():
         if arr is not None and np.shape(arr) != lesions.shape:
-            raise ValueError(f"{name} map shape {np.shape(arr)} differs from lesion map shape {lesions.shape}; "
-                             "all maps must be on the same grid")
+            raise MapError(f"{name} map shape {np.shape(arr)} differs from lesion map shape {lesions.shape}; "
+                           "all maps must be on the same grid", name)
     if lungs is None and lobes is None:
         raise ValueError("give a lung mask, a lobe map, or both")
     lungs, lobes = _layout_of(lungs, lesions), _layout_of(lobes, lesions)
@@ -307,9 +240,9 @@ def severity_report(
         present = set(int(v) for v in np.unique(lobes)) - {0}
         unknown = sorted(present - set(table))
         if unknown and not ignore_other:
-            raise ValueError(
+            raise MapError(
                 f"lobe map has label values {unknown} that the {preset!r} preset {table} does not know; "
-                "pick the preset of the tool that made the map (--lobe-labels)")
+                "pick the preset of the tool that made the map (--lobe-labels)", "lobes")
         lobe_masks = {name: lobes == value for value, name in table.items()}
         lung_region = np.zeros_like(lesions, dtype=bool)
         for m in lobe_masks.values():
@@ -323,7 +256,8 @@ def severity_report(
         lung_region = lungs > 0
     if not lung_region.any():
         source = "lobe map" if lobes is not None else "lung mask"
-        raise ValueError(f"lung mask is empty: the {source} has no lung voxels; check the file and its labels")
+        raise MapError(f"lung mask is empty: the {source} has no lung voxels; check the file and its labels",
+                       "lobes" if lobes is not None else "lungs")
 
     if scheme == "zones6" or lobes is None:
         zones = lung_zones(lungs, affine, zone_method, zone_joint)
@@ -396,54 +330,3 @@ def severity_report(
         report.update(ggo_ml=n_ggo * voxel_ml, consolidation_ml=n_con * voxel_ml,
                       ggo_pi=_pi(n_ggo, n_lung), consolidation_pi=_pi(n_con, n_lung))
     return report
-
-
-def _json_ready(obj):
-    if isinstance(obj, dict):
-        return {k: _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return None if math.isnan(obj) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
-def write_report(report: dict, path: str | Path) -> Path:
-    """Write one severity report as JSON (NaN as null), atomically. Returns ``path``."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_json_ready(report), indent=2, allow_nan=False) + "\n")
-    return path
-
-
-def write_cohort_csv(reports: Sequence[dict], path: str | Path) -> Path:
-    """One row per case: case, scheme, total_pi, tss, tss_max, category, lung_ml, lesion_ml, then
-    ``<region>_pi`` and ``<region>_score`` for every region met (in order of first appearance),
-    then the sanity block's entries (``anatomy.sanity``) where reports have one.
-    Empty cells for NaN/None and for regions a case does not have. Written atomically."""
-    path = Path(path)
-    head = ["case", "scheme", "total_pi", "tss", "tss_max", "category", "lung_ml", "lesion_ml"]
-    region_names = list(dict.fromkeys(name for r in reports for name in r["regions"]))
-    fields = head + [f"{n}_{k}" for n in region_names for k in ("pi", "score")]
-    checks = list(dict.fromkeys(k for r in reports for k in r.get("sanity", {})))  # the sanity block's keys
-    fields += checks
-
-    def cell(v):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        return repr(float(v)) if isinstance(v, (float, np.floating)) else str(v)
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(fields)
-            for r in reports:
-                row = [cell(r.get(k)) for k in head]
-                for n in region_names:
-                    reg = r["regions"].get(n, {})
-                    row += [cell(reg.get("pi")), cell(reg.get("score"))]
-                row += [cell(r.get("sanity", {}).get(k)) for k in checks]
-                w.writerow(row)
-    return path

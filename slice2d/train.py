@@ -1,13 +1,8 @@
-"""train(slices, out, cfg) -> a self-describing run folder.
+"""train(slices, out, cfg) -> a self-describing run folder (its format: ``slice2d.runs``).
 
-The run folder holds ``run.json`` (the format stamp), ``model.keras`` (best epoch by validation
-mean foreground Dice; the last epoch with the cosine schedule), ``backup/`` (the last finished epoch: weights and optimiser state in
-``epoch-NNNN.weights.h5``), ``config.yaml``
-(the exact configuration, including the data section the slices were prepared with),
-``splits.json`` (case ids for training and validation), ``history.csv``, ``curves.png`` and a short
-model card ``README.md``. An interrupted run continues with ``resume=True``: the same splits, the
-weights and optimiser of the last finished epoch, and the history appended. Every file is written
-under a temporary name and renamed when complete, so a run killed at any moment can be resumed.
+An interrupted run continues with ``resume=True``: the same splits, the weights and optimiser of
+the last finished epoch (``backup/``), and the history appended. Every file is written under a
+temporary name and renamed when complete, so a run killed at any moment can be resumed.
 """
 
 from __future__ import annotations
@@ -19,41 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from slice2d import __version__
 from slice2d.config import Config, config_from_yaml, load_config
 from slice2d.dataset import SliceFile, Split, split_cases
-from slice2d.io import InputError, atomic_path, writable_folder
+from slice2d.io import InputError, atomic_path, writable_folder, write_text
+from slice2d.runs import MONITOR, check_run_stamp, load_trained_model, write_model_card, write_run_stamp
 
 log = logging.getLogger(__name__)
 
-MONITOR = "val_dice_mean"
-RUN_FORMAT = "slice2d-run"
-RUN_FORMAT_VERSION = 1  # bump when a run folder written before can no longer be read
 BACKUP_NAME = re.compile(r"epoch-(\d{4})\.weights\.h5")
-
-
-def write_run_stamp(out: Path) -> None:
-    """``run.json``: which format (and slice2d version) wrote this run folder."""
-    stamp = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "slice2d": __version__}
-    _write_text(out / "run.json", json.dumps(stamp, indent=1))
-
-
-def check_run_stamp(run: Path) -> None:
-    """Refuse a run folder written by another tool or by an incompatible slice2d version."""
-    path = run / "run.json"
-    try:
-        stamp = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{run}: run folder lacks run.json; it was not written by this slice2d (or is "
-                         "incomplete); train it again") from None
-    except (ValueError, UnicodeDecodeError):
-        raise InputError(f"{path}: damaged (not JSON); train the run again") from None
-    if not isinstance(stamp, dict) or stamp.get("format") != RUN_FORMAT:
-        raise InputError(f"{path}: not a slice2d run folder")
-    if stamp.get("format_version") != RUN_FORMAT_VERSION:
-        raise InputError(f"{run}: written by slice2d {stamp.get('slice2d')} in run format "
-                         f"{stamp.get('format_version')}; this slice2d ({__version__}) reads format "
-                         f"{RUN_FORMAT_VERSION}; use that version or train again")
 
 
 def latest_backup(folder: Path) -> tuple[int, Path] | None:
@@ -102,7 +70,7 @@ def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(text, fieldnames=["epoch"] + [k for k in keys if k != "epoch"], lineterminator="\n")
     writer.writeheader()
     writer.writerows({**r, "epoch": int(r["epoch"])} for r in rows)
-    _write_text(path, text.getvalue())
+    write_text(path, text.getvalue())
 
 
 def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Config, start_epoch: int = 0):
@@ -194,39 +162,6 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def _model_card(out: Path, cfg: Config, slices_paths: list[Path], split: Split, history: list[dict[str, float]]) -> str:
-    last = cfg.train.schedule == "cosine"
-    best = (history[-1] if last else max(history, key=lambda r: r.get(MONITOR, -1.0))) if history else {}
-    kept = "last" if last else "best"
-    metrics = "\n".join(f"| {k[4:]} | {v:.4f} |" for k, v in sorted(best.items()) if k.startswith("val_")
-                        and ("dice" in k or "iou" in k))
-    return f"""# slice2d model: {out.name}
-
-- slice2d {__version__}; U-Net depth {cfg.model.depth}, base filters {cfg.model.base_filters},
-  {'residual blocks, ' if cfg.model.residual else ''}classes {list(cfg.data.classes)}
-- Input: {cfg.data.size}x{cfg.data.size} axial slices in the canonical display orientation;
-  intensity: NIfTI in HU windowed to {list(cfg.data.intensity.window)} HU, 8-bit slices / 255, then
-  `{cfg.data.intensity.mode}`{' (per-slice min-max + CLAHE)' if cfg.data.intensity.mode == 'clahe' else ''}.
-- Data: {', '.join(f'`{p}`' for p in slices_paths)}; {len(split.train)} training cases, {len(split.val)} validation cases
-  ({'reporting only: cosine learning-rate schedule, last epoch kept' if last else 'best epoch, early stopping'}){f', {len(split.test)} test cases (fold {cfg.train.fold} of {cfg.train.folds}, unseen)' if split.test else ''} (`splits.json`).
-- Kept epoch ({kept}): {int(best.get('epoch', -1)) + 1} of {len(history)}.
-
-## Validation metrics at the {kept} epoch (pixels pooled over the validation slices)
-
-| metric | value |
-|---|---|
-{metrics}
-
-## Licence
-Weights trained by slice2d; the licence and attribution of the training data apply.
-"""
 
 
 def onednn_enabled() -> bool:
@@ -332,8 +267,8 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
 
     writable_folder(out, "run folder")
     write_run_stamp(out)
-    _write_text(out / "config.yaml", cfg.to_yaml())
-    _write_text(out / "splits.json", json.dumps(split.as_dict(), indent=1))
+    write_text(out / "config.yaml", cfg.to_yaml())
+    write_text(out / "splits.json", json.dumps(split.as_dict(), indent=1))
     log.info("training on %d slices (%d cases), validating on %d slices (%d cases); %d test cases held out",
              len(train_x), len(split.train), len(val_x), len(split.val), len(split.test))
 
@@ -352,11 +287,11 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
     keras.mixed_precision.set_global_policy(policy)
     try:
         model = build_unet(size, len(cfg.data.classes), cfg.model)
+    except ValueError as exc:  # the slices' size does not suit the network's depth
+        raise InputError(f"{paths[0]}: {exc}") from None
     finally:
         keras.mixed_precision.set_global_policy("float32")  # layers keep the policy they were built with
     if init_from is not None and not resume:
-        from slice2d.predict import load_trained_model
-
         try:
             model.set_weights(load_trained_model(Path(init_from)).get_weights())
         except ValueError:
@@ -374,7 +309,7 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
             alpha=min(1.0, cfg.train.min_learning_rate / learning_rate))
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=FocalDiceLoss(cfg.train.focal_weight, cfg.train.dice_weight, cfg.train.focal_gamma),
+        loss=FocalDiceLoss(cfg.train.focal_weight, cfg.train.dice_weight, cfg.train.focal_gamma, cfg.train.dice),
         metrics=overlap_metrics(cfg.data.classes),
         jit_compile=xla,
     )
@@ -407,5 +342,5 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
             model.save(tmp)
     history = _read_history(history_path)
     plot_history(history, out / "curves.png")
-    _write_text(out / "README.md", _model_card(out, cfg, paths + extra_paths, split, history))
+    write_model_card(out, cfg, paths + extra_paths, split, history)
     return out

@@ -1,9 +1,11 @@
 """Shared fixtures and helpers: tiny synthetic volumes in several orientations, the real-data folder,
-and running the CLI in-process."""
+running the CLI in-process, and the good inputs, slice file and run folder that tests damage."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -15,6 +17,7 @@ import pytest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from slice2d.cli import app  # noqa: E402
+from slice2d.runs import SHIPPED  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CT_SAMPLES = SHARED / "ct-samples"
@@ -109,3 +112,39 @@ def assert_user_error(result, *fragments: str) -> None:
     assert len(out.splitlines()) == 1, out
     for fragment in fragments:
         assert fragment in out, (fragment, out)
+
+
+def no_output(folder: Path) -> bool:
+    """True when ``folder`` holds no files at all (missing or empty, hidden partial files included)."""
+    return not folder.exists() or not any(p.is_file() for p in folder.rglob("*"))
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    """Three small cases (LPS, RAS, LPS): good/images and good/labels."""
+    for i, kind in enumerate(("LPS", "RAS", "LPS")):
+        write_case(tmp_path / "good", f"case{i}", (24, 26, 8), make_affine(kind), seed=i)
+    return tmp_path / "good"
+
+
+@pytest.fixture
+def slices(good: Path, tmp_path: Path) -> Path:
+    """``good`` prepared into a slice file with the demo config."""
+    out = tmp_path / "s.h5"
+    result = invoke("prepare", "--images", good / "images", "--labels", good / "labels", "--out", out,
+                    "--config", "demo", "-q")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture
+def run_copy(tmp_path: Path) -> Path:
+    """A copy of the shipped lesion run folder, to damage."""
+    dst = tmp_path / "run"
+    shutil.copytree(SHIPPED / "lesions", dst)
+    return dst

@@ -187,3 +187,65 @@ def test_a_lesion_piece_mostly_outside_the_lungs_keeps_only_its_part_near_them()
     near = ndimage.binary_dilation(lung) & ~lung & (ph.image[:, :, k] >= -320)  # 4 mm out, dense
     assert near[rim].sum() > 20 and kept[:, :, k][near & rim].all(), "the part near the lungs stays"
     assert not kept[:, :, k][body & ~ndimage.binary_dilation(lung, iterations=2)].any(), "the rest goes"
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1)])
+def test_lesions_far_from_the_lungs_are_dropped(order):
+    from slice2d.anatomy import LUNG_MARGIN_MM, lesions_near_lungs
+
+    lungs = np.zeros((40, 40, 6), np.uint8)
+    lungs[10:30, 10:20, 1:5] = 1
+    lungs[10:30, 22:30, 1:5] = 2
+    lesions = np.zeros_like(lungs)
+    lesions[15, 12, 2] = 2  # inside the lungs
+    lesions[15, 20 + int(LUNG_MARGIN_MM) // 2, 3] = 1  # just outside, within the margin (1 mm pixels)
+    lesions[15, 35, 3] = 1  # 6 mm beyond the lungs' edge in its slice: dropped
+    lesions[15, 12, 5] = 1  # a slice without lungs: dropped
+    lesions[2:12, 25, 2] = 1  # a strip from the lungs' edge to 8 mm beyond it: kept whole
+    lesions[34:38, 34:38, 2] = 2  # a piece wholly beyond the margin: dropped
+    expected = lesions.copy()
+    expected[15, 35, 3] = expected[15, 12, 5] = 0
+    expected[34:38, 34:38, 2] = 0
+    # the same scene stored with its axes in another order: the margin still runs within axial slices
+    lungs_in, lesions_in, geometry = _reordered(lungs, lesions, (1.0, 1.0, 3.0), order)
+    before = lesions_in.copy()
+    kept = lesions_near_lungs(lesions_in, lungs_in, geometry)
+    np.testing.assert_array_equal(kept, np.transpose(expected, order))
+    assert kept.dtype == lesions_in.dtype
+    np.testing.assert_array_equal(lesions_in, before)  # the input is left alone
+
+
+def _reordered(lungs: np.ndarray, lesions: np.ndarray, spacing: tuple[float, float, float], order: tuple[int, ...]):
+    """Both maps stored with their axes in ``order``, and the geometry of that storage."""
+    affine = np.zeros((4, 4))
+    affine[3, 3] = 1
+    for axis, src in enumerate(order):
+        affine[src, axis] = spacing[src]
+    lungs_in = np.transpose(lungs, order)
+    return lungs_in, np.transpose(lesions, order), geometry_of(nib.Nifti1Image(lungs_in, affine))
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (1, 2, 0)])
+def test_lesions_outside_the_lung_map_join_the_nearest_lung(order):
+    """Lesion the lung model left out (dense consolidation at the lung's edge) becomes lung of the
+    side it touches; lung pixels, background and slices without lung stay as they were."""
+    from slice2d.anatomy import lungs_with_lesions
+
+    lungs = np.zeros((30, 40, 4), np.uint8)
+    lungs[5:25, 5:15, 0:3] = 1
+    lungs[5:25, 25:35, 0:3] = 2
+    lesions = np.zeros_like(lungs)
+    lesions[10:20, 2:8, 1] = 1     # overlaps the right lung's outer edge
+    lesions[10:12, 35:39, 1] = 2   # beyond the left lung
+    lesions[10:12, 16:18, 2] = 1   # between the lungs, nearer the right (1 mm from it, 7 mm from the left)
+    lesions[10:12, 10:12, 3] = 1   # a slice without lungs
+    expected = lungs.copy()
+    expected[10:20, 2:5, 1] = 1
+    expected[10:12, 35:39, 1] = 2
+    expected[10:12, 16:18, 2] = 1
+    lungs_in, lesions_in, geometry = _reordered(lungs, lesions, (0.8, 0.8, 2.5), order)
+    before = lungs_in.copy()
+    out = lungs_with_lesions(lungs_in, lesions_in, geometry)
+    np.testing.assert_array_equal(out, np.transpose(expected, order))
+    assert out.dtype == lungs_in.dtype
+    np.testing.assert_array_equal(lungs_in, before)

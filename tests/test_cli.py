@@ -21,6 +21,14 @@ def test_help_does_not_import_tensorflow():
     assert out.stdout.strip() == "False False"
 
 
+def test_lung_source_choices_are_anatomy_s():
+    """The CLI spells out --lung-source's choices (anatomy is not imported for --help): no drift."""
+    from slice2d.anatomy import LUNG_SOURCES
+    from slice2d.cli import LungSource
+
+    assert [source.value for source in LungSource] == list(LUNG_SOURCES)
+
+
 def test_entry_point_keeps_exit_status_and_output(tmp_path):
     """``cli.run`` ends the process without the interpreter's teardown: status and output must survive."""
     cli = Path(__file__).resolve().parent.parent / "cli.py"

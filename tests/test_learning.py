@@ -176,7 +176,7 @@ def test_fine_tuning_starts_from_the_run_and_keeps_its_sides(tmp_path):
     before, after = json.loads((first / "splits.json").read_text()), json.loads((tuned / "splits.json").read_text())
     assert set(before["val"]) <= set(after["val"]) and set(before["train"]) <= set(after["train"])
     assert {"extra_000", "extra_001"} <= set(after["train"]) and not {"extra_000", "extra_001"} & set(after["val"])
-    from slice2d.predict import load_trained_model
+    from slice2d.runs import load_trained_model
 
     def kernels(run_dir):  # the trainable weights (batch-norm statistics move even without learning)
         return [np.asarray(w) for w in load_trained_model(run_dir).trainable_weights]
@@ -185,3 +185,14 @@ def test_fine_tuning_starts_from_the_run_and_keeps_its_sides(tmp_path):
     assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(old, kernels(tuned), strict=True))
     fresh = train(tmp_path / "s.h5", tmp_path / "fresh", tuned_cfg, verbose=0)  # without init_from: other weights
     assert not all(np.allclose(a, b, atol=1e-6) for a, b in zip(old, kernels(fresh), strict=True))
+
+
+def test_training_uses_the_configured_dice(tmp_path):
+    write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
+    cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
+                                       train={"epochs": 1, "jit_compile": False, "dice": "sample"})
+    prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    run = train(tmp_path / "s.h5", tmp_path / "run", cfg, verbose=0)
+    model = keras.saving.load_model(run / "model.keras")  # compiled: the loss it trained with
+    assert model.loss.dice == "sample"
+    assert "dice: sample" in (run / "config.yaml").read_text()

@@ -87,3 +87,35 @@ def test_unet_shapes_and_size_check():
     assert model.output_shape == (None, 64, 64, 2)
     with pytest.raises(ValueError, match="not divisible"):
         build_unet(100, 2, ModelConfig(depth=3))
+
+
+def _two_slices():
+    """Slice 0: 2 foreground pixels, 1 predicted; slice 1: 4 foreground pixels, all predicted."""
+    y = np.array([[[1, 1], [0, 0]], [[1, 1], [1, 1]]], np.int32)
+    p = np.zeros((2, 2, 2, 2), np.float32)
+    p[..., 0] = 1.0
+    p[0, 0, 0] = [0.0, 1.0]
+    p[1] = [0.0, 1.0]
+    return y, p
+
+
+def test_loss_is_one_value_per_sample_and_batch_dice_unchanged():
+    y, p = _two_slices()
+    loss = FocalDiceLoss(focal_weight=1.0, dice_weight=1.0, gamma=2.0)
+    per_sample = np.asarray(loss.call(y, p))
+    assert per_sample.shape == (2,)
+    # the batch value is the old scalar: mean focal over all pixels + pooled Dice of the batch
+    assert float(loss(y, p)) == pytest.approx(float(focal_loss(y, p)) + float(soft_dice_loss(y, p)), rel=1e-5)
+    assert float(soft_dice_loss(y, p)) == pytest.approx(1 - (2 * 5 + 1) / (6 + 5 + 1), rel=1e-6)
+
+
+def test_sample_dice_scores_each_slice():
+    y, p = _two_slices()
+    loss = FocalDiceLoss(focal_weight=0.0, dice_weight=1.0, dice="sample")
+    per_sample = np.asarray(loss.call(y, p))
+    assert per_sample == pytest.approx([1 - 3 / 4, 1 - 9 / 9], abs=1e-6)   # (2*1+1)/(2+1+1), (2*4+1)/(4+4+1)
+    assert float(loss(y, p)) == pytest.approx(np.mean([1 / 4, 0.0]), rel=1e-5)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert again.dice == "sample"
+    with pytest.raises(ValueError, match="batch' or 'sample"):
+        FocalDiceLoss(dice="pixel")

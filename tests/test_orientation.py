@@ -124,7 +124,7 @@ def _turned_ct_folder(tmp_path: Path, stored_as: Orientation, n: int = 3) -> tup
 
 
 def test_predict_detects_turned_slices_and_writes_masks_as_stored(tmp_path):
-    from slice2d.predict import shipped_model
+    from slice2d.runs import shipped_model
 
     stored_as = Orientation(3)  # stored turned a quarter turn clockwise
     folder, names = _turned_ct_folder(tmp_path, stored_as)

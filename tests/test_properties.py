@@ -91,7 +91,7 @@ def test_per_slice_zones_equal_voxelwise_zones(seed, kind, method, joint):
     """The fast per-slice zone cut gives exactly the voxel-by-voxel result on axial series."""
     from conftest import make_affine
 
-    from slice2d.severity import _lung_zones_voxelwise, lung_zones
+    from slice2d.zones import _lung_zones_voxelwise, lung_zones
 
     rng = np.random.default_rng(seed)
     lungs = rng.choice(np.array([0, 1, 2], np.uint8), size=(9, 11, 13), p=[0.5, 0.25, 0.25])

@@ -9,18 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from slice2d.report import severity_figure
-from slice2d.severity import (
-    LOBE_NAMES,
-    LOBE_PRESETS,
-    ZONE_NAMES,
-    lung_zones,
-    pan_category,
-    region_score,
-    severity_report,
-    write_cohort_csv,
-    write_report,
-)
+from slice2d.report import severity_figure, write_cohort_csv, write_report
+from slice2d.severity import LOBE_NAMES, LOBE_PRESETS, pan_category, region_score, severity_report
+from slice2d.zones import ZONE_NAMES, lung_zones
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ct-samples"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data folder {DATA} is absent")

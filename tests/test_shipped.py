@@ -14,7 +14,8 @@ from conftest import SHARED, invoke, need_samples
 from slice2d.config import load_config
 from slice2d.dataset import remap_labels, split_lungs_by_side
 from slice2d.images import read_label_slice, read_slice, slice_geometry
-from slice2d.predict import load_run, predict_array, run_config, shipped_model
+from slice2d.predict import load_run, predict_array
+from slice2d.runs import run_config, shipped_model
 
 # floors below what the shipped models scored here (measured, mean per-slice Dice on 24-25 slices
 # of their validation patients at their threshold 0.1: lesions (256x256) 0.645, lesions-128 0.62)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slice2d.io import atomic_path
+from slice2d.io import Geometry, atomic_path, to_canonical
 from slice2d.severity import SeverityOptions, severity_report
 
 BOX_METRICS = ("dice", "iou", "hd95_mm", "surface_dice")
@@ -55,17 +55,6 @@ def metrics_boxplot(rows: Sequence[dict], path: str | Path, metrics: Sequence[st
     return Path(path)
 
 
-def _canonical(arr: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    from nibabel.orientations import apply_orientation, io_orientation
-
-    return apply_orientation(np.asarray(arr), io_orientation(affine))
-
-
-def _radiological(slice_xy: np.ndarray) -> np.ndarray:
-    """Canonical RAS+ axial slice (X, Y) to display rows/cols: anterior at top, patient right on the left."""
-    return slice_xy.T[::-1, ::-1]
-
-
 def severity_figure(
     image_hu: np.ndarray,
     lungs: np.ndarray,
@@ -90,12 +79,14 @@ def severity_figure(
     plt = _pyplot()
     from matplotlib.colors import ListedColormap
 
-    img = _canonical(image_hu, affine)  # views (flips, transposes): only the shown slices are read
-    lun = _canonical(lungs, affine)
-    les = _canonical(lesions, affine)
-    reg = None if regions_map is None else _canonical(regions_map, affine)
-    ornt_axes = np.argsort(nib.orientations.io_orientation(affine)[:, 0])
-    sp = nib.affines.voxel_sizes(affine)[ornt_axes]
+    geometry = Geometry(affine=np.asarray(affine, dtype=np.float64), shape=tuple(int(s) for s in lungs.shape[:3]),
+                        axcodes=tuple(nib.aff2axcodes(affine)))
+    # the canonical (P, L, S) grid is the radiological display: anterior at the top, the patient's
+    # right on the image's left; views (flips, transposes), so only the shown slices are read
+    img, lun, les = (to_canonical(np.asarray(a), geometry) for a in (image_hu, lungs, lesions))
+    reg = None if regions_map is None else to_canonical(np.asarray(regions_map), geometry)
+    rows_mm, cols_mm, _ = geometry.canonical_spacing
+    aspect = rows_mm / cols_mm
     zs = np.nonzero([lun[:, :, z].any() for z in range(lun.shape[2])])[0]
     if zs.size == 0:
         zs = np.arange(img.shape[2])
@@ -109,20 +100,20 @@ def severity_figure(
     tint = ListedColormap(["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b"])
     for k, z in enumerate(picks):
         ax = fig.add_subplot(grid[0, k])
-        ax.imshow(_radiological(img[:, :, z].astype(np.float32)), cmap="gray", vmin=-1350, vmax=150, aspect=sp[1] / sp[0])
+        ax.imshow(img[:, :, z].astype(np.float32), cmap="gray", vmin=-1350, vmax=150, aspect=aspect)
         if reg is not None:
-            r = _radiological(reg[:, :, z]).astype(float)
+            r = reg[:, :, z].astype(float)
             ax.imshow(np.ma.masked_equal(r, 0), cmap=tint, vmin=1, vmax=6, alpha=0.25,
-                      aspect=sp[1] / sp[0], interpolation="nearest")
+                      aspect=aspect, interpolation="nearest")
         for value, colour in ((1, "#00e5ff"), (2, "#00ff6a")):
-            m = _radiological(lun[:, :, z] == value)
+            m = lun[:, :, z] == value
             if m.any() and not m.all():
                 ax.contour(m, levels=[0.5], colors=colour, linewidths=0.8)
-        l2 = _radiological(les[:, :, z])
+        l2 = les[:, :, z]
         overlay = np.zeros(l2.shape + (4,))
         overlay[l2 == 1] = (1.0, 0.85, 0.0, 0.55) if report.get("lesion_classes") == 2 else (1.0, 0.1, 0.1, 0.55)
         overlay[l2 == 2] = (1.0, 0.1, 0.1, 0.6)
-        ax.imshow(overlay, aspect=sp[1] / sp[0], interpolation="nearest")
+        ax.imshow(overlay, aspect=aspect, interpolation="nearest")
         where = " (top of scan)" if z == img.shape[2] - 1 else " (bottom of scan)" if z == 0 else ""
         ax.set_title(f"axial slice {z}{where}", fontsize=9)
         ax.axis("off")

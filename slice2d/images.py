@@ -111,6 +111,17 @@ def slice_geometry(shape: tuple[int, int], depth: int = 1) -> Geometry:
     return Geometry(affine=DISPLAY_AFFINE.copy(), shape=(shape[0], shape[1], depth), axcodes=("P", "L", "S"))
 
 
+# A folder of slice files as a volume: display rows and columns in-plane, the third axis from the
+# first file (taken as the most superior, as exports are usually numbered) downward.
+STACK_AFFINE = np.array([[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def stack_geometry(shape: tuple[int, int], depth: int) -> Geometry:
+    """Geometry of a folder's ``depth`` slices of ``shape`` stacked in file order (``STACK_AFFINE``):
+    the grid they are predicted on and written with."""
+    return Geometry(affine=STACK_AFFINE.copy(), shape=(shape[0], shape[1], depth), axcodes=("P", "L", "I"))
+
+
 def read_patients(csv_path: str | Path) -> dict[str, str]:
     """Slice -> patient id from a CSV with a file-name column and a patient column (first two columns).
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from slice2d.anatomy import keep_lesions, lesions_near_lungs, lungs_with_lesions, sanity, scan_anatomy
 from slice2d.dicom import is_dicom_series, load_image
-from slice2d.images import is_image, list_images, read_slice, slice_geometry
+from slice2d.images import is_image, list_images, read_slice, slice_geometry, stack_geometry
 from slice2d.io import (
     InputError,
     atomic_path,
@@ -330,7 +330,7 @@ def assess_slice_folder(lesion_run: Run, folder: Path, out_dir: str | Path, lung
     runs = [r for r in (lesion_run, lung_run) if r is not None]
     if len({s.shape for s in slices}) == 1:  # one batched pass over the stack, sliced once for both models
         stack = np.stack(slices, axis=2)
-        results = predict_volume(runs, stack, slice_geometry(slices[0].shape, len(slices)), source=str(folder),
+        results = predict_volume(runs, stack, stack_geometry(slices[0].shape, len(slices)), source=str(folder),
                                  kind="uint8")
         maps = [[labels[:, :, k] for k in range(len(slices))] for labels, _ in results]
     else:
@@ -352,8 +352,7 @@ def assess_slice_folder(lesion_run: Run, folder: Path, out_dir: str | Path, lung
     if len({s.shape for s in slices}) != 1:
         log.warning("slices differ in size: no stack and no severity report (per-slice maps were written)")
         return None
-    # canonical (P, L) in-plane; the stack's third axis runs from the first file (superior) down
-    affine = np.array([[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    affine = stack_geometry(slices[0].shape, len(slices)).affine  # the grid the stack was predicted on
     volume = np.stack(slices, axis=2)
     stack = nib.Nifti1Image(volume, affine)
     stack.header.set_xyzt_units("mm")

@@ -150,7 +150,8 @@ def record(name: str, result: dict, cv_results: Path, command: str, partial: boo
             "published out-of-fold maps (`python bench/versus_miniseg.py MAPS`).")
     write_section(section, f"""{title}
 
-{scope} Machine: {rows[best]['machine']}.
+{scope} Training hours: wall time from the first to the last file of each fold's run folder,
+whatever else the machine ran meanwhile. Machine: {rows[best]['machine']}.
 
 {chr(10).join(lines)}
 

@@ -140,8 +140,9 @@ def record(name: str, result: dict, cv_results: Path, command: str, partial: boo
         title, scope = "## Lesion recipes on a few folds (proxies)", (
             "Cheap proxies to choose a recipe by: the first folds of the 5-fold split by patient only, "
             "scored on the patients those folds test (all their slices), MiniSeg's maps on the same "
-            "patients in brackets (`python bench/versus_miniseg.py MAPS --partial`). Not the result to "
-            "report: the full protocol is the \"Lesions beside MiniSeg\" section.")
+            "patients in brackets (`python bench/versus_miniseg.py MAPS --partial`). Not a result to "
+            "report: that takes all five folds (`bench/real_cv.py` without `--only`, then "
+            "`bench/versus_miniseg.py MAPS --record NAME`), in the \"Lesions beside MiniSeg\" section.")
     else:
         title, scope = "## Lesions beside MiniSeg, like for like", (
             "Out-of-fold lesion maps on all 1,156 slices of covid-ct-slices, 5 folds by patient (the 15 "

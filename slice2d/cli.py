@@ -326,7 +326,7 @@ def run() -> None:
 
     Once the command is over (its outputs written and closed, its exit status known), the process
     ends at once, without the interpreter's teardown: after TensorFlow was used, that teardown alone
-    took 1.1-1.3 s of the ~20 s of ``slice2d predict`` on a 512x512x300 volume (BENCHMARKS.md).
+    took 1.1-1.3 s of a 20 s run of ``slice2d predict`` on a 512x512x300 volume (BENCHMARKS.md).
     Tests call ``app`` through Typer's runner, which this does not touch.
     """
     try:

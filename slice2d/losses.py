@@ -38,24 +38,25 @@ def focal_loss(y_true, y_pred, gamma: float = 2.0):
     return ops.mean(focal_loss_per_sample(y_true, y_pred, gamma))
 
 
-def soft_dice_loss_per_sample(y_true, y_pred, smooth: float = 1.0):
-    """1 - each sample's soft Dice, averaged over the foreground classes: (B,)."""
+def _soft_dice(y_true, y_pred, axes: tuple[int, ...], smooth: float):
+    """Soft Dice of each foreground class, its sums taken over ``axes``."""
     y_onehot = _one_hot(y_true, y_pred)[..., 1:]
     p = ops.cast(y_pred, "float32")[..., 1:]
-    axes = tuple(range(1, len(y_pred.shape) - 1))  # the spatial axes
     intersection = ops.sum(y_onehot * p, axis=axes)
     denominator = ops.sum(y_onehot, axis=axes) + ops.sum(p, axis=axes)
-    return 1.0 - ops.mean((2.0 * intersection + smooth) / (denominator + smooth), axis=-1)
+    return (2.0 * intersection + smooth) / (denominator + smooth)
+
+
+def soft_dice_loss_per_sample(y_true, y_pred, smooth: float = 1.0):
+    """1 - each sample's soft Dice, averaged over the foreground classes: (B,)."""
+    spatial = tuple(range(1, len(y_pred.shape) - 1))
+    return 1.0 - ops.mean(_soft_dice(y_true, y_pred, spatial, smooth), axis=-1)
 
 
 def soft_dice_loss(y_true, y_pred, smooth: float = 1.0):
     """1 - mean soft Dice over the foreground classes, each pooled over batch and pixels."""
-    y_onehot = _one_hot(y_true, y_pred)[..., 1:]
-    p = ops.cast(y_pred, "float32")[..., 1:]
-    axes = tuple(range(len(y_pred.shape) - 1))  # batch and all spatial axes
-    intersection = ops.sum(y_onehot * p, axis=axes)
-    denominator = ops.sum(y_onehot, axis=axes) + ops.sum(p, axis=axes)
-    return 1.0 - ops.mean((2.0 * intersection + smooth) / (denominator + smooth))
+    batch_and_spatial = tuple(range(len(y_pred.shape) - 1))
+    return 1.0 - ops.mean(_soft_dice(y_true, y_pred, batch_and_spatial, smooth))
 
 
 @keras.saving.register_keras_serializable(package="slice2d")

@@ -2,7 +2,7 @@
 cannot be written, a full disk, interrupted and killed runs lose nothing.
 
 Bad NIfTI inputs to `prepare` are in test_cli.py, damaged run folders in test_runs.py and damaged
-slice files in test_dataset.py; this module covers the rest of issue 6.
+slice files in test_dataset.py; this module covers the rest.
 """
 
 from __future__ import annotations

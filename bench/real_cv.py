@@ -47,7 +47,7 @@ import versus_miniseg
 from slice2d.config import PredictConfig, load_config
 from slice2d.dataset import SliceFile, prepare, remap_labels, split_lungs_by_side
 from slice2d.images import read_label_slice, read_patients, read_slice, slice_geometry
-from slice2d.io import atomic_path
+from slice2d.io import write_text
 from slice2d.orientation import Orientation
 from slice2d.predict import load_run, predict_array, with_options
 from slice2d.anatomy import lesions_near_lungs
@@ -181,8 +181,7 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> di
     best = max(THRESHOLDS, key=lambda t: (round(mean[t], 6), -abs(t - 0.5)))
     if not mirror:
         cfg = run.cfg.updated(predict={"foreground_threshold": best})
-        with atomic_path(run_dir / "config.yaml") as tmp:
-            tmp.write_text(cfg.to_yaml())
+        write_text(run_dir / "config.yaml", cfg.to_yaml())
     return {"threshold": best, "val_dice_by_threshold": {str(t): m for t, m in mean.items()}}
 
 

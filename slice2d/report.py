@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slice2d.io import Geometry, atomic_path, to_canonical
+from slice2d.io import Geometry, atomic_path, to_canonical, write_text
 from slice2d.severity import SeverityOptions, severity_report
 
 BOX_METRICS = ("dice", "iou", "hd95_mm", "surface_dice")
@@ -160,10 +160,7 @@ def _json_ready(obj):
 
 def write_report(report: dict, path: str | Path) -> Path:
     """Write one severity report as JSON (NaN as null), atomically. Returns ``path``."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_json_ready(report), indent=2, allow_nan=False) + "\n")
-    return path
+    return write_text(path, json.dumps(_json_ready(report), indent=2, allow_nan=False) + "\n")
 
 
 def write_cohort_csv(reports: Sequence[dict], path: str | Path) -> Path:

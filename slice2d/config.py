@@ -187,7 +187,10 @@ class Config(_Frozen):
     def updated(self, **sections: dict) -> Config:
         """A copy with some fields replaced, e.g. ``cfg.updated(train={"epochs": 2})``."""
         merged = _deep_merge(self.model_dump(), sections)
-        return Config.model_validate(merged)
+        try:
+            return Config.model_validate(merged)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc)) from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -247,6 +250,13 @@ def load_config(path: str | Path | None = None) -> Config:
     try:
         return Config.model_validate(_deep_merge(Config().model_dump(), raw))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"{p}: {where}: {err['msg']} (got {err.get('input')!r})") from None
+        raise ConfigError(f"{p}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    """The first validation error as one line: the field, what is wrong, the value given (a check
+    across fields names its fields in its message and has no single value to show)."""
+    err = exc.errors()[0]
+    if isinstance(err.get("input"), dict):
+        return err["msg"].removeprefix("Value error, ")
+    return f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']} (got {err.get('input')!r})"

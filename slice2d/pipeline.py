@@ -105,8 +105,8 @@ def segment(source: Path, out: Path, models: Models = Models(), options: Predict
     """
     progress = progress or _no_progress
     main = models.main or shipped_model("lesions")
-    lesion_model = run_config(main).data.task == "lesions"
-    shipped_lesions = is_shipped(main) and lesion_model
+    # a user's run folder is checked after the inputs (run_config), so a missing input is named first
+    shipped_lesions = is_shipped(main) and run_config(main).data.task == "lesions"
     lungs = models.lungs
     if lungs is None and shipped_lesions:
         lungs = shipped_model("lungs", required=False)
@@ -122,7 +122,7 @@ def segment(source: Path, out: Path, models: Models = Models(), options: Predict
         return [report] if report else []
     files = input_files(source)
     # the lung model loads first, because it runs first (the lesion model then only sees slices with lung)
-    assess = options.severity and lesion_model
+    assess = options.severity and run_config(main).data.task == "lesions"
     warm_up = options.batch_size
     lung_run = (with_options(load_run(lungs, background=True, warm_up=warm_up), mirror=models.mirror)
                 if lungs and assess and options.lung_source != "builtin" else None)

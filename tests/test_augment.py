@@ -48,3 +48,15 @@ def test_left_right_flips_refused_for_sided_labels(preset):
     with pytest.raises(ValueError, match="swaps right and left"):
         load_config(preset).updated(train={"augment": {"horizontal_flip": 0.5}})
     assert load_config("real-lesions").updated(train={"augment": {"horizontal_flip": 0.5}}).train.augment.horizontal_flip == 0.5
+
+
+def test_a_refused_flip_in_a_config_file_is_one_short_line(tmp_path):
+    from slice2d.config import ConfigError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: {task: lungs, split_lungs: true}\ntrain: {augment: {horizontal_flip: 0.5}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: train.augment.horizontal_flip: a left-right flip swaps")
+    assert "\n" not in message and "{" not in message  # no dump of the whole config

@@ -108,11 +108,13 @@ class ScanAnatomy:
     source: str
 
 
-def scan_anatomy(img, model_lungs: np.ndarray | None, source: str = "combined", name: str = "image") -> ScanAnatomy:
+def scan_anatomy(img, model_lungs: np.ndarray | None, source: str = "combined", name: str = "image",
+                 image: np.ndarray | None = None) -> ScanAnatomy:
     """The lungs of a CT volume in HU (a nibabel image) from ``source`` (``LUNG_SOURCES``).
 
     model_lungs: the lung network's map on the image's grid (needed for ``combined`` and
-    ``model``; ``combined`` without it is ``builtin``). Raises ``InputError`` (one line, naming
+    ``model``; ``combined`` without it is ``builtin``). image: the image's voxels where the caller
+    has read them already (else they are read here). Raises ``InputError`` (one line, naming
     ``name``) when no lungs are found.
     """
     if source not in LUNG_SOURCES:
@@ -124,11 +126,12 @@ def scan_anatomy(img, model_lungs: np.ndarray | None, source: str = "combined", 
     from slice2d.lungs import extract_anatomy_nifti  # scipy.ndimage: imported only when used
 
     try:
-        lungs, body, airways = extract_anatomy_nifti(img)
+        lungs, body, airways = extract_anatomy_nifti(img, image)
     except ValueError as exc:
         raise InputError(f"{name}: no lungs found: {exc}") from None
     if source == "combined" and model_lungs is not None:
-        lungs = _add_dense_lung(lungs, model_lungs, body, airways, np.asanyarray(img.dataobj), geometry_of(img))
+        image = np.asanyarray(img.dataobj) if image is None else image
+        lungs = _add_dense_lung(lungs, model_lungs, body, airways, image, geometry_of(img))
         return ScanAnatomy(_require_lungs(lungs, name), body, airways, "combined")
     return ScanAnatomy(_require_lungs(lungs, name), body, airways, "builtin")
 
@@ -173,13 +176,18 @@ def keep_lesions(lesions: np.ndarray, anatomy: ScanAnatomy, geometry: Geometry,
     are dropped first: lesion the lungs missed is dense (consolidation), while air next to a lung
     outside its map is gas, airway or the air around the patient.
     """
+    lesions = np.array(lesions)  # a copy, cleared in place (one mask at a time: a long scan's masks are large)
     if anatomy.body is not None:
-        lesions = np.where(anatomy.body, lesions, 0).astype(lesions.dtype)
+        lesions[~anatomy.body] = 0
     if image is not None:
         from slice2d.lungs import AIR_HU
 
-        lesions = np.where((anatomy.lungs == 0) & (np.asarray(image) < AIR_HU), 0, lesions).astype(lesions.dtype)
+        air_outside = np.asarray(image) < AIR_HU
+        air_outside &= anatomy.lungs == 0
+        lesions[air_outside] = 0
+        del air_outside
     kept = lesions_near_lungs(lesions, anatomy.lungs, geometry)
+    del lesions
     if anatomy.body is not None:  # HU volume: the lungs are the built-in extraction's (or combined)
         kept = _trim_pieces_outside(kept, anatomy.lungs, geometry)
     return kept, lungs_with_lesions(anatomy.lungs, kept, geometry)
@@ -226,10 +234,19 @@ def sanity(anatomy: ScanAnatomy, lungs: np.ndarray, affine: np.ndarray, image: n
     block.update(_coverage(lungs, affine))
     block["intensity"] = convention
     if image is not None and anatomy.body is not None and convention == "HU":
-        outside = np.asarray(image)[~anatomy.body]
-        outside = outside[outside < -500]  # the air around the patient, not the table
+        outside = _air_outside_body(np.asarray(image), anatomy.body)
         block["air_outside_body_hu"] = round(float(np.median(outside)), 0) if outside.size else None
     return block
+
+
+def _air_outside_body(image: np.ndarray, body: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """The values below -500 outside ``body``: the air around the patient, not the table.
+    Gathered a block of the last axis at a time, so that no mask of the whole scan is made."""
+    parts = []
+    for start in range(0, image.shape[-1], chunk):
+        values = image[..., start:start + chunk][~body[..., start:start + chunk]]
+        parts.append(values[values < -500])
+    return np.concatenate(parts)
 
 
 def _coverage(lungs: np.ndarray, affine: np.ndarray) -> dict:

@@ -27,6 +27,12 @@ log = logging.getLogger("slice2d")
 _state = {"debug": False, "quiet": False}
 
 
+class Strategy(str, Enum):  # distributed.STRATEGIES (not imported here: keeps --help instant)
+    none = "none"
+    mirrored = "mirrored"
+    multi_worker = "multi-worker"
+
+
 class LungSource(str, Enum):  # anatomy.LUNG_SOURCES (anatomy is not imported here: keeps --help instant)
     combined = "combined"
     builtin = "builtin"
@@ -108,12 +114,37 @@ def _progress(total: int, description: str) -> Iterator[callable]:
     if _state["quiet"]:
         yield lambda *_: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=False, console=None) as bar:
+    with Progress(*_progress_columns(), transient=False, console=None) as bar:
         task = bar.add_task(description, total=total)
         yield lambda *_: bar.advance(task)
+
+
+def _progress_columns() -> list:
+    """The progress bar's columns: what, the bar, done of total, time so far, the rate and the
+    time left. Rate and time left are the averages since the start (the first item included), so
+    that they show after the first item even when each takes minutes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            if not task.completed or not task.elapsed:
+                return Text("")
+            per_item = task.elapsed / task.completed
+            return Text(f"{per_item:.1f} s each" if per_item >= 1 else f"{1 / per_item:.1f}/s")
+
+    class TimeLeft(ProgressColumn):
+        def render(self, task) -> Text:
+            if not task.completed or not task.elapsed or task.total is None:
+                return Text("")
+            left = max(0.0, task.total - task.completed) * task.elapsed / task.completed
+            minutes, seconds = divmod(round(left), 60)
+            return Text(f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d} left")
+
+    return [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), Rate(),
+            TimeLeft()]
 
 
 @app.command()
@@ -156,9 +187,9 @@ def synth(
 
 @app.command()
 def prepare(
-    images: Annotated[Path, typer.Option(help="Folder of image volumes (.nii/.nii.gz, HU) or of slice images (PNG/JPG, 8-bit).")],
-    labels: Annotated[Path, typer.Option(help="Folder of label maps / label images with the same file names.")],
+    images: Annotated[Path, typer.Option(help="Folder of image volumes (.nii/.nii.gz/.nrrd/.mha/.mhd, HU; or subfolders each holding one DICOM CT series, the case named by the subfolder) or of slice images (PNG/JPG, 8-bit); or an nnU-Net raw / Decathlon data set root (imagesTr/, labelsTr/, dataset.json).")],
     out: Annotated[Path, typer.Option(help="HDF5 file to write.")],
+    labels: Annotated[Optional[Path], typer.Option(help="Folder of label maps / label images with the same case names (default for a data set root: its labelsTr/).")] = None,
     config: Annotated[Optional[str], typer.Option(help="YAML config or preset (lesions, lesions3, lungs, lobes, demo).")] = None,
     patients: Annotated[Optional[Path], typer.Option(help="CSV 'file,patient' so that splits never cut a patient.")] = None,
     rotate: RotateOption = "auto",
@@ -193,6 +224,8 @@ def train(
     folds: Annotated[Optional[int], typer.Option(min=1, help="Cross-validation folds (split by patient).")] = None,
     fold: Annotated[Optional[int], typer.Option(min=0, help="Which fold validates (0-based).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
+    strategy: Annotated[Strategy, typer.Option(help="Devices to train on: none (one device), mirrored (every local GPU), multi-worker (several machines, configured by TF_CONFIG; run the same command on each; docs/distributed.md).")] = Strategy.none,
+    tensorboard: Annotated[bool, typer.Option(help="Also write the training curves for TensorBoard to OUT/tensorboard (needs pip install 'slice2d[tensorboard]').")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Train a U-Net (focal + Dice loss, augmentation) and write a self-describing run folder."""
@@ -206,7 +239,8 @@ def train(
             cfg = cfg.updated(train=overrides)
         from slice2d.train import train as train_run
 
-        run = train_run(slices, out, cfg, resume=resume, verbose=0 if quiet else 2)
+        run = train_run(slices, out, cfg, resume=resume, verbose=0 if quiet else 2, strategy=strategy.value,
+                        tensorboard=tensorboard)
     log.info("run folder: %s (model.keras, config.yaml, splits.json, history.csv, curves.png, README.md)", run)
 
 
@@ -229,8 +263,11 @@ def predict(
     threshold: Annotated[Optional[float], typer.Option(min=0.01, max=0.99, help="Foreground threshold of the lesion model (default: the one in its config.yaml; the shipped model's was chosen on its validation split). Lower finds more lesion, and more false positives.")] = None,
     tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Test-time augmentation: average each model over mirror images of the slices (lesions: up-down and left-right, 4 passes; lungs: up-down, 2). Slower; in 5-fold CV +0.01 lesion Dice (BENCHMARKS.md). Default: each model's predict.mirror (off in the shipped models).")] = None,
     lungs_only: Annotated[bool, typer.Option("--lungs-only/--anywhere", help="Drop lesions outside the body or wholly away from the lungs (no pixel of an in-plane piece within 5 mm of them) from the written lesion map, and add the kept lesion the lungs missed to the lung map; --anywhere keeps the model's raw map.")] = True,
-    series: Annotated[Optional[str], typer.Option(help="DICOM input holding several CT series: the SeriesInstanceUID to take (the error for such a folder lists them).")] = None,
+    series: Annotated[Optional[list[str]], typer.Option(help="DICOM input: the SeriesInstanceUID to read where a study has several axial CT series (the error lists them); repeat for several studies. A folder tree of several studies is a cohort: one case per study's axial CT series, OUT/cases.csv maps each case to its series.")] = None,
     lung_source: Annotated[LungSource, typer.Option(help="HU volumes: lungs from the built-in extraction (builtin; the most accurate on whole scans, BENCHMARKS.md), the extraction plus the dense lung the lung model sees next to it (combined), or the lung model alone (model). Slice images always use the lung model.")] = LungSource.builtin,
+    dicom_seg: Annotated[bool, typer.Option("--dicom-seg", help="DICOM series input only: also write OUT/dicom-seg/<case>.dcm, the lesion, lung and lobe maps as one DICOM Segmentation object referencing the series (needs the dicom-seg extra).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip the cases whose outputs in OUT are complete (every file the case writes). Refused if OUT was written with other models or options (OUT/predict.json records them).")] = False,
+    shard: Annotated[Optional[str], typer.Option(metavar="I/N", help="Segment part I of N of the cohort (the cases sorted by file name, every N-th from the I-th), e.g. one array job on a cluster; all parts may write into one OUT at once, and the tables cover them all (docs/cluster.md).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Segment CT volumes; each mask has exactly the input's shape and affine.
@@ -240,6 +277,7 @@ def predict(
     model), the folder as a NIfTI stack in OUT/stack/ and its severity report.
     """
     _setup(quiet)
+    from slice2d.cohort import Shard
     from slice2d.pipeline import Models, PredictOptions, segment
 
     orientation = _slice_orientation(rotate, mirror)
@@ -248,15 +286,17 @@ def predict(
     models = Models(main=model, lungs=lungs_model, lobes=lobes_model, threshold=threshold, mirror=tta)
     options = PredictOptions(severity=severity, lungs_only=lungs_only, lung_source=lung_source.value, lobes_dir=lobes,
                              scoring=SeverityOptions(scheme, lobe_labels, zones), batch_size=batch_size,
-                             probabilities=probabilities, rotate=orientation, series_uid=series)
+                             probabilities=probabilities, rotate=orientation, series=tuple(series or ()),
+                             dicom_seg=dicom_seg)
     with _user_errors():
-        segment(input, out, models, options, progress=_progress)
+        part = Shard.parse(shard) if shard is not None else None
+        segment(input, out, models, options, progress=_progress, resume=resume, shard=part)
 
 
 @app.command()
 def evaluate(
     pred: Annotated[Path, typer.Option(help="Folder of predicted label maps.")],
-    ref: Annotated[Path, typer.Option(help="Folder of reference label maps with the same file names.")],
+    ref: Annotated[Path, typer.Option(help="Folder of reference label maps with the same case names (.nii/.nii.gz/.nrrd/.mha/.mhd), or an nnU-Net raw / Decathlon data set root (its labelsTr/, and the label names of its dataset.json).")],
     out: Annotated[Path, typer.Option(help="Output folder for metrics.csv, summary.json, metrics.png.")],
     labels: Annotated[Optional[list[int]], typer.Option("--labels", help="Label values to score (repeat); default: all in the references.")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Surface-Dice tolerance in mm (default 3 mm; 1 mm suits lungs).")] = None,
@@ -265,12 +305,12 @@ def evaluate(
     """3D metrics on the original grid: Dice, IoU, sensitivity, specificity, precision, HD95, ASSD, surface Dice
     (voxel-counted, and area-weighted as the COVID-19-CT-Seg benchmark), volumes."""
     _setup(quiet)
-    from slice2d.io import list_niftis, writable_folder
-    from slice2d.metrics import evaluate_folders
+    from slice2d.io import writable_folder
+    from slice2d.metrics import evaluate_folders, label_files
 
     with _user_errors():
-        n = len(list_niftis(pred, "prediction"))
-        list_niftis(ref, "reference")
+        n = len(label_files(pred, "prediction"))
+        label_files(ref, "reference")
         writable_folder(out)
         with _progress(n, "evaluate") as step:
             evaluate_folders(pred, ref, out, labels=labels or None, tolerance_mm=tolerance, progress=step)
@@ -283,7 +323,8 @@ def severity_cmd(
     out: Annotated[Path, typer.Option(help="Report .json (a .png and a one-row .csv beside it); a folder for a folder of maps.")],
     lungs: Annotated[Optional[Path], typer.Option(help="Lung map (1 right, 2 left), or a folder of same-named maps.")] = None,
     lobes: Annotated[Optional[Path], typer.Option(help="Lobe map (convention: --lobe-labels), or a folder.")] = None,
-    image: Annotated[Optional[Path], typer.Option(help="The CT (HU), or a folder: figure background; lungs are extracted from it when --lungs is absent.")] = None,
+    image: Annotated[Optional[Path], typer.Option(help="The CT (HU; a volume file or a folder holding a DICOM series), or for a folder of maps a folder of same-named CTs (files, or DICOM series folders named like the cases): figure background; lungs are extracted from it when --lungs is absent.")] = None,
+    series: Annotated[Optional[str], typer.Option(help="--image is a DICOM folder holding several CT series: the SeriesInstanceUID to read.")] = None,
     scheme: SchemeOption = Scheme.chung,
     lobe_labels: LobeLabelsOption = LobeLabels.slice2d,
     zones: ZonesOption = Zones.extent,
@@ -294,7 +335,7 @@ def severity_cmd(
     from slice2d.scoring import score_files
 
     with _user_errors():
-        reports = score_files(lesions, lungs, lobes, image, SeverityOptions(scheme, lobe_labels, zones), out)
+        reports = score_files(lesions, lungs, lobes, image, SeverityOptions(scheme, lobe_labels, zones), out, series=series)
     for report in reports:
         category = f" ({report['category']})" if report.get("category") else ""
         log.info("%s: %s TSS %d/%d%s, total PI %.1f %%", report["case"], report["scheme"], report["tss"],
@@ -319,6 +360,42 @@ def demo(
     typer.echo(f"Chung TSS (0-20) predicted {summary['tss']}, from the phantoms' truth {summary['truth_tss']}")
     for key in ("run", "predictions", "evaluation", "severity"):
         typer.echo(f"  {key:<12} {summary[key]}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps the app to this machine (0.0.0.0: every network, with no login).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    model: Annotated[Optional[Path], typer.Option(help="Lesion model run folder (default: the shipped checkpoints/lesions), as in predict.")] = None,
+    lungs_model: Annotated[Optional[Path], typer.Option(help="Lung model run folder (default: the shipped checkpoints/lungs), as in predict.")] = None,
+    lobes_model: Annotated[Optional[Path], typer.Option(help="Lobe model run folder (default: six lung zones), as in predict.")] = None,
+    max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest upload accepted (MiB); a zip may unpack to 4 times this.")] = 1024,
+    keep_minutes: Annotated[float, typer.Option(min=0.1, help="Minutes a finished job's files are kept before they are deleted.")] = 60.0,
+    quiet: Quiet = False,
+) -> None:
+    """A local web app: upload a scan (NIfTI, or a zip of a DICOM series or of PNG/JPG slices), see
+    the maps over its slices with the severity report, and download maps and reports.
+
+    The same pipeline as predict, with a JSON API beside the page (POST /api/predict); needs the web
+    extra: pip install -e '.[web]'. Uploads and results live in a private temporary folder.
+    """
+    _setup(quiet)
+    try:
+        from slice2d.web.app import serve as serve_app
+        from slice2d.web.jobs import Settings
+    except ImportError as exc:
+        typer.echo(f"error: slice2d serve needs the web extra ({exc.name} is missing): pip install -e '.[web]'", err=True)
+        raise typer.Exit(1) from None
+    from slice2d.pipeline import Models
+    from slice2d.runs import run_config
+
+    with _user_errors():
+        for path in (model, lungs_model, lobes_model):
+            if path is not None:
+                run_config(path)  # a bad run folder stops here, not at the first upload
+        settings = Settings(models=Models(main=model, lungs=lungs_model, lobes=lobes_model),
+                            max_upload_bytes=max_upload_mb * 2**20, keep_seconds=keep_minutes * 60)
+        serve_app(settings, host, port, quiet=quiet)
 
 
 def run() -> None:

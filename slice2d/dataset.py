@@ -28,8 +28,11 @@ import numpy as np
 
 from slice2d import __version__
 from slice2d.config import Config, DataConfig
+from slice2d.dicom import image_cases, load_image, on_series_grid
 from slice2d.images import is_image, list_images, read_label_slice, read_slice, slice_geometry
+from slice2d.layouts import check_single_channel, dataset_labels, is_raw_dataset, raw_dataset_folders
 from slice2d.io import (
+    CHANNEL_FOLDERS,
     Geometry,
     InputError,
     atomic_path,
@@ -37,7 +40,7 @@ from slice2d.io import (
     check_same_grid,
     from_canonical,
     geometry_of,
-    is_nifti,
+    is_volume,
     list_niftis,
     load_volume,
     read_array,
@@ -81,19 +84,48 @@ def _pair(images: dict[str, Path], labels: dict[str, Path], images_dir: Path, la
     return [(name, images[name], labels[name]) for name in sorted(images)]
 
 
-def pair_cases(images_dir: Path, labels_dir: Path) -> list[tuple[str, Path, Path]]:
+def dataset_folders(images_dir: Path, labels_dir: Path | None) -> tuple[Path, Path]:
+    """The image and label folders to pair: as given, or for the root of an nnU-Net raw / Medical
+    Segmentation Decathlon data set its ``imagesTr/`` and ``labelsTr/`` (``labels_dir`` None, or
+    the root again). An ``imagesTr`` folder is checked to hold one channel per case; its
+    ``<case>_0000`` files pair with ``<case>`` label maps (``io.case_name``)."""
+    images_dir = Path(images_dir)
+    if is_raw_dataset(images_dir) and (labels_dir is None or Path(labels_dir) == images_dir):
+        return raw_dataset_folders(images_dir)
+    if labels_dir is None:
+        raise InputError(f"{images_dir}: not a data set root (no imagesTr/ in it); give the label maps with --labels")
+    if images_dir.name in CHANNEL_FOLDERS and images_dir.is_dir():
+        check_single_channel(images_dir)
+    return images_dir, Path(labels_dir)
+
+
+def check_dataset_labels(images_dir: Path, data: DataConfig) -> None:
+    """Refuse up front a data set whose ``dataset.json`` declares label values the config has no
+    class for (without a ``data.label_map``), naming both; log the declared names otherwise."""
+    root = Path(images_dir).parent if Path(images_dir).name in CHANNEL_FOLDERS else Path(images_dir)
+    declared = dataset_labels(root)
+    if not declared:
+        return
+    if data.label_map is None and max(declared) >= len(data.classes):
+        raise InputError(f"{root / 'dataset.json'}: labels {declared} but the config's classes are "
+                         f"{list(data.classes)}; use a config with these classes or add a data.label_map")
+    log.info("%s: labels %s", root / "dataset.json", declared)
+
+
+def pair_cases(images_dir: Path, labels_dir: Path | None) -> list[tuple[str, Path, Path]]:
     """Pair image and label files by case name; every image needs a label map and vice versa.
 
-    A folder of NIfTI volumes pairs with a folder of NIfTI label maps; a folder of slice images
-    (PNG/JPG, one single-slice case each) with a folder of label images of the same stems.
+    A folder of volumes (NIfTI, NRRD, MetaImage) pairs with a folder of label maps; a folder of
+    slice images (PNG/JPG, one single-slice case each) with a folder of label images of the same
+    stems; an nnU-Net raw / Decathlon data set root (``labels_dir`` None) as ``dataset_folders``.
     """
-    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
-    if images_dir.is_dir() and not any(is_nifti(p) for p in images_dir.iterdir()) and \
+    images_dir, labels_dir = dataset_folders(images_dir, labels_dir)
+    if images_dir.is_dir() and not any(is_volume(p) for p in images_dir.iterdir()) and \
             any(is_image(p) for p in images_dir.iterdir()):
         return _pair({p.stem: p for p in list_images(images_dir)}, {p.stem: p for p in list_images(labels_dir, "labels")},
                      images_dir, labels_dir)
-    return _pair({case_name(p): p for p in list_niftis(images_dir, "images")},
-                 {case_name(p): p for p in list_niftis(labels_dir, "labels")}, images_dir, labels_dir)
+    return _pair(image_cases(images_dir), {case_name(p): p for p in list_niftis(labels_dir, "labels")},
+                 images_dir, labels_dir)
 
 
 def split_lungs_by_side(labels: np.ndarray) -> np.ndarray:
@@ -147,24 +179,28 @@ def load_pair(image_path: Path, label_path: Path, rotate: int | Orientation = 0
             raise InputError(f"{label_path}: size {labels.shape} differs from {image_path.name} {image.shape}; "
                              "are they the same slice?")
         return image[:, :, None], labels[:, :, None], slice_geometry(image.shape), "uint8"
-    img = load_volume(image_path, "image")
+    img = load_image(image_path)  # a volume file, or a folder holding a DICOM series
     lab = load_volume(label_path, "label map")
+    if image_path.is_dir():  # a DICOM series: labels drawn on a conversion with its axes in another order
+        lab = on_series_grid(lab, img)
     check_same_grid(img, lab, image_path, label_path)
     return read_array(img, image_path, "image"), read_array(lab, label_path, "label"), geometry_of(img), "hu"
 
 
-def prepare(images_dir: str | Path, labels_dir: str | Path, out: str | Path, cfg: Config,
+def prepare(images_dir: str | Path, labels_dir: str | Path | None, out: str | Path, cfg: Config,
             patients: dict[str, str] | None = None, rotate: int | Orientation | None = 0,
             progress: Callable[[str], None] | None = None) -> Path:
     """Slice every (image, label map) pair into an HDF5 file, one case at a time (memory stays flat).
 
+    labels_dir: None when ``images_dir`` is an nnU-Net raw / Decathlon data set root (``dataset_folders``).
     patients: optional case -> patient id, so splits never separate scans of one patient.
     rotate: how slice images are stored (an ``Orientation`` or its code, see ``images.read_slice``),
     or None to detect it from all the images (one export, one orientation; logged); ignored for
     NIfTI. Each case records the code it was read with as its ``rotate`` attribute.
     The file is written under a temporary name and renamed when complete.
     """
-    pairs = pair_cases(Path(images_dir), Path(labels_dir))
+    pairs = pair_cases(Path(images_dir), labels_dir)
+    check_dataset_labels(dataset_folders(images_dir, labels_dir)[0], cfg.data)
     slice_images = [image_path for _, image_path, _ in pairs if is_image(image_path)]
     if rotate is None and slice_images:
         decision = detect_orientation(read_slice(path) for path in slice_images)

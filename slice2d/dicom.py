@@ -12,12 +12,22 @@ Array layout of the result: voxel (i, j, k) = (image column, image row, sorted s
 affine's columns are the DICOM row cosine x column spacing, the column cosine x row spacing and
 the slice normal x slice distance. Messages name series by UID, description and slice count only:
 no patient identifiers.
+
+A folder tree of several studies is a cohort (``find_cases``): per study, its one axial CT series
+(or the series chosen with ``--series``) is a case, named from its SeriesNumber and a hash of its
+SeriesInstanceUID (``case_label``), never from patient attributes; ``write_cases_table`` maps each
+case back to its folder, study and series.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import hashlib
+import io
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +39,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.misc import is_dicom
 from pydicom.pixels.decoders.base import get_decoder
 
-from slice2d.io import NIFTI_SUFFIXES, InputError, load_volume
+from slice2d.io import NIFTI_SUFFIXES, InputError, case_name, is_volume, list_niftis, load_volume, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +68,9 @@ class SeriesInfo:
     n_slices: int
     plane: str  # "axial", "coronal", "sagittal" (the axis the slice normal is closest to)
     transfer_syntax: str
+    study_uid: str = ""
+    number: int | None = None  # SeriesNumber
+    folder: Path = Path()  # the deepest folder holding all its files
 
     def __str__(self) -> str:
         return f"{self.uid} '{self.description}' ({self.n_slices} {self.plane} slices)"
@@ -145,7 +158,11 @@ def _slices_of(ds: Dataset, path: Path) -> list[_Slice]:
     return out
 
 
-def _scan(folder: Path) -> tuple[dict[str, list[_Slice]], dict[str, SeriesInfo], Counter]:
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _scan(paths: Iterable[Path]) -> tuple[dict[str, list[_Slice]], dict[str, SeriesInfo], Counter]:
     """Read every file's header; keep CT image slices grouped by SeriesInstanceUID.
 
     Returns the slices and a description per series, and a count of what was skipped and why
@@ -153,7 +170,7 @@ def _scan(folder: Path) -> tuple[dict[str, list[_Slice]], dict[str, SeriesInfo],
     slices: dict[str, list[_Slice]] = defaultdict(list)
     first: dict[str, Dataset] = {}
     skipped: Counter = Counter()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in paths:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError, EOFError):
@@ -175,25 +192,59 @@ def _scan(folder: Path) -> tuple[dict[str, list[_Slice]], dict[str, SeriesInfo],
                 continue
             slices[ds.SeriesInstanceUID].extend(new)
             first.setdefault(ds.SeriesInstanceUID, ds)
-    infos = {uid: SeriesInfo(uid=uid, description=str(ds.get("SeriesDescription", "")).strip(),
-                             modality=str(ds.get("Modality", "CT")), n_slices=len(slices[uid]),
-                             plane=_plane(slices[uid][0].orientation), transfer_syntax=slices[uid][0].transfer_syntax)
-             for uid, ds in first.items()}
+    infos = {uid: _describe(ds, slices[uid]) for uid, ds in first.items()}
     return dict(slices), infos, skipped
+
+
+def _describe(ds: Dataset, slices: list[_Slice]) -> SeriesInfo:
+    folders = {s.path.parent for s in slices}
+    number = str(ds.get("SeriesNumber", "")).strip()
+    return SeriesInfo(uid=ds.SeriesInstanceUID, description=str(ds.get("SeriesDescription", "")).strip(),
+                      modality=str(ds.get("Modality", "CT")), n_slices=len(slices), plane=_plane(slices[0].orientation),
+                      transfer_syntax=slices[0].transfer_syntax, study_uid=str(ds.get("StudyInstanceUID", "")),
+                      number=int(number) if number.lstrip("-").isdigit() else None,
+                      folder=Path(*_common_parts(folders)))
+
+
+def _common_parts(folders: set[Path]) -> tuple[str, ...]:
+    parts = [f.parts for f in folders]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return tuple(common)
 
 
 def find_series(folder: str | Path) -> list[SeriesInfo]:
     """The CT image series of a folder tree, largest first, scouts left out; [] if none."""
-    return _candidates(*_scan(Path(folder))[:2])
+    return [s for study in _studies(*_scan(_files(Path(folder)))[:2]).values() for s in study]
 
 
-def _candidates(slices: dict[str, list[_Slice]], infos: dict[str, SeriesInfo]) -> list[SeriesInfo]:
-    ordered = sorted(infos.values(), key=lambda s: -s.n_slices)
-    if len(ordered) < 2:
-        return ordered
-    main = slices[ordered[0].uid][0].orientation
-    return [s for s in ordered if s.n_slices > LOCALIZER_MAX_SLICES
-            or np.allclose(slices[s.uid][0].orientation, main, atol=1e-3)]
+def _studies(slices: dict[str, list[_Slice]], infos: dict[str, SeriesInfo]) -> dict[str, list[SeriesInfo]]:
+    """The candidate series of each study (StudyInstanceUID), largest first: a small series (at
+    most LOCALIZER_MAX_SLICES images) in another orientation than the study's largest is a scout."""
+    by_study: dict[str, list[SeriesInfo]] = defaultdict(list)
+    for info in sorted(infos.values(), key=lambda s: (-s.n_slices, s.uid)):
+        by_study[info.study_uid].append(info)
+    studies = {}
+    for study_uid, ordered in by_study.items():
+        main = slices[ordered[0].uid][0].orientation
+        studies[study_uid] = [s for s in ordered if s.n_slices > LOCALIZER_MAX_SLICES
+                              or np.allclose(slices[s.uid][0].orientation, main, atol=1e-3)]
+    return studies
+
+
+def _take(study: list[SeriesInfo], chosen: Collection[str] = ()) -> list[SeriesInfo]:
+    """The series read from one study: those chosen (``--series``), else its one axial series
+    (reformats in other planes aside), else its only series; [] when that is ambiguous."""
+    picked = [s for s in study if s.uid in chosen]
+    if picked:
+        return picked
+    axial = [s for s in study if s.plane == "axial"]
+    if len(axial) == 1:
+        return axial
+    return study if len(study) == 1 else []
 
 
 def _check_geometry(series: list[_Slice], where: str) -> tuple[list[_Slice], np.ndarray, float]:
@@ -290,29 +341,60 @@ def load_series(folder: str | Path, series_uid: str | None = None) -> nib.Nifti1
     """Read a CT series from a folder tree as a NIfTI image in HU.
 
     folder: searched recursively; other series, scouts, non-CT objects and non-DICOM files are
-    skipped. series_uid: the SeriesInstanceUID to read when the folder holds several CT series.
+    skipped, and of a study's series its one axial series is taken (``_take``). series_uid: the
+    SeriesInstanceUID to read when that is ambiguous (several axial series, or several studies).
     Returns int16 (or float32 for non-integral rescales) HU, shape (columns, rows, slices), RAS+
     affine, qform and sform code 1 (scanner). Padding and outside-FOV values become AIR_HU.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: DICOM folder not found; check the path")
-    slices, infos, skipped = _scan(folder)
-    found = _candidates(slices, infos)
-    listing = "; ".join(str(s) for s in found)
+    slices, infos, skipped = _scan(_files(folder))
+    studies = _studies(slices, infos)
+    found = [s for study in studies.values() for s in study]
     if series_uid is not None:
         if series_uid not in infos:
-            raise InputError(f"{folder}: no CT series with UID {series_uid}; found: {listing or 'none'}")
+            raise InputError(f"{folder}: no CT series with UID {series_uid}; found: {_listing(found) or 'none'}")
         info = infos[series_uid]
-    elif not found:
+    else:
+        _no_series_check(folder, found, skipped)
+        taken = [s for study in studies.values() for s in _take(study)]
+        if len(studies) > 1 or len(taken) != 1:
+            raise _ambiguous(folder, found)
+        info = taken[0]
+    return _stack(slices[info.uid], f"{folder}: series {info.uid}" + (f" '{info.description}'" if info.description else ""),
+                  sum(skipped.values()))
+
+
+def _listing(series: Iterable[SeriesInfo]) -> str:
+    return "; ".join(str(s) for s in series)
+
+
+def _no_series_check(folder: Path, found: list[SeriesInfo], skipped: Counter) -> None:
+    if not found:
         why = ", ".join(f"{n} {reason}" for reason, n in skipped.most_common()) or "no files"
         raise InputError(f"{folder}: no CT image series found ({why}); point to the folder of the CT scan")
-    elif len(found) > 1:
-        raise InputError(f"{folder}: {len(found)} CT series found, choose one with --series UID: {listing}")
-    else:
-        info = found[0]
-    where = f"{folder}: series {info.uid}" + (f" '{info.description}'" if info.description else "")
-    series, normal, distance = _check_geometry(slices[info.uid], where)
+
+
+def _ambiguous(folder: Path, found: list[SeriesInfo]) -> InputError:
+    return InputError(f"{folder}: {len(found)} CT series found, choose one with --series UID: {_listing(found)}")
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """pydicom logs each failing decoder's traceback before raising; the error raised says it all."""
+    pydicom_log = logging.getLogger("pydicom")
+    level = pydicom_log.level
+    pydicom_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        pydicom_log.setLevel(level)
+
+
+def _stack(series: list[_Slice], where: str, n_skipped: int = 0) -> nib.Nifti1Image:
+    """Check, decode and stack one series' slices into a NIfTI image (see ``load_series``)."""
+    series, normal, distance = _check_geometry(series, where)
     for transfer_syntax in sorted({s.transfer_syntax for s in series}):
         _decoder_check(transfer_syntax, where)
     by_file: dict[Path, list[tuple[int, _Slice]]] = defaultdict(list)
@@ -323,14 +405,16 @@ def load_series(folder: str | Path, series_uid: str | None = None) -> nib.Nifti1
     for path, entries in by_file.items():
         try:
             ds = pydicom.dcmread(path)
-            pixels = ds.pixel_array
+            with _quiet_pydicom():
+                pixels = ds.pixel_array
         except Exception as exc:  # pydicom and its plugins raise many types for damaged pixel data
-            raise InputError(f"{path}: pixel data cannot be decoded ({exc.__class__.__name__}: {exc}); "
+            reason = " ".join(str(exc).split())  # decoders answer in several lines
+            raise InputError(f"{path}: pixel data cannot be decoded ({exc.__class__.__name__}: {reason}); "
                              "is the file complete?") from None
         if volume is None:  # (slices, rows, columns): each slice is one contiguous block
             volume = np.empty((len(series), rows, cols), dtype=_hu_dtype(series, ds))
         for k, s in entries:
-            stored = pixels[s.frame] if s.frame >= 0 else pixels
+            stored = pixels[s.frame] if s.frame >= 0 and pixels.ndim == 3 else pixels  # one frame: 2D
             if stored.shape != (rows, cols):
                 raise InputError(f"{path}: pixel data have shape {stored.shape}, the header says {(rows, cols)}")
             hu = stored.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)
@@ -342,14 +426,160 @@ def load_series(folder: str | Path, series_uid: str | None = None) -> nib.Nifti1
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     img.header.set_xyzt_units("mm")
-    logger.info("%s: %d slices, %d files skipped", where, len(series), sum(skipped.values()))
+    logger.info("%s: %d slices, %d files skipped", where, len(series), n_skipped)
     return img
 
 
+def case_label(info: SeriesInfo) -> str:
+    """A cohort case's name: ``s<SeriesNumber>-<8 hex digits of SHA-1 of the SeriesInstanceUID>``
+    (``s-<hash>`` without a SeriesNumber). Traceable through the cases table, and free of patient
+    attributes, which a file name is often shared with."""
+    digest = hashlib.sha1(info.uid.encode()).hexdigest()[:8]
+    return f"s{'' if info.number is None else info.number}-{digest}"
+
+
+class SeriesFolder(type(Path())):
+    """One case of a DICOM cohort, as a path: the folder holding the series' files, carrying
+    what to read (``series``, ``files``) and the case's name (``case``, which ``io.case_name``
+    returns), so that code handling cases as paths reads exactly this series.
+
+    ``series`` is None for a study whose series to read is ambiguous: ``read`` then raises,
+    listing ``study`` (the study's CT series) so that the user can choose with ``--series``.
+    Paths derived from one (``parent``, ``/``) are plain folders: their attributes are None.
+    """
+
+    series: SeriesInfo | None = None
+    study: tuple[SeriesInfo, ...] = ()
+    files: tuple[Path, ...] = ()
+    case: str | None = None
+
+    @classmethod
+    def of(cls, folder: Path, series: SeriesInfo | None, study: list[SeriesInfo], files: Iterable[Path],
+           case: str) -> SeriesFolder:
+        path = cls(folder)
+        path.series, path.study, path.files, path.case = series, tuple(study), tuple(sorted(set(files))), case
+        return path
+
+    def __eq__(self, other: object) -> bool:  # one folder may hold several cases (series)
+        return super().__eq__(other) and getattr(other, "series", None) == self.series
+
+    def __hash__(self) -> int:
+        return hash((super().__hash__(), self.series.uid if self.series else None))
+
+    def __reduce__(self):  # pickled (e.g. to a worker process) with its attributes
+        return SeriesFolder.of, (str(self), self.series, list(self.study), self.files, self.case)
+
+    def read(self) -> nib.Nifti1Image:
+        """This case's series as ``load_series`` returns it (headers re-read: files may change)."""
+        if self.series is None:
+            raise _ambiguous(self, list(self.study))
+        slices = _scan(self.files)[0]
+        if self.series.uid not in slices:
+            raise InputError(f"{self}: series {self.series.uid} is no longer there; run again on the folder")
+        description = f" '{self.series.description}'" if self.series.description else ""
+        return _stack(slices[self.series.uid], f"{self}: series {self.series.uid}{description}")
+
+
+def find_cases(source: str | Path, chosen: Collection[str] = ()) -> list[SeriesFolder]:
+    """The cases of a DICOM folder tree: per study, the series ``_take`` takes, each a case; a
+    study where that is ambiguous is one case that fails when read, listing its series.
+
+    chosen: SeriesInstanceUIDs (``--series``): in their studies only they are read. One case in
+    all is named after ``source`` (like a NIfTI file after its name); several are named by
+    ``case_label``. Ordered by folder and series number, the same on every run."""
+    source = Path(source)
+    slices, infos, skipped = _scan(_files(source))
+    studies = _studies(slices, infos)
+    found = [s for study in studies.values() for s in study]
+    _no_series_check(source, found, skipped)
+    unknown = sorted(set(chosen) - set(infos))
+    if unknown:
+        raise InputError(f"{source}: no CT series with UID {unknown[0]}; found: {_listing(found)}")
+    cases = []
+    for study_uid, study in studies.items():
+        taken = _take(study, chosen)
+        for info in taken:
+            cases.append(SeriesFolder.of(info.folder, info, study, (s.path for s in slices[info.uid]), case_label(info)))
+        if not taken:
+            digest = hashlib.sha1(study_uid.encode()).hexdigest()[:8]
+            folder = Path(*_common_parts({s.folder for s in study}))
+            cases.append(SeriesFolder.of(folder, None, study, (), f"study-{digest}"))
+    if len(cases) == 1:
+        only = cases[0]
+        if only.series is None:
+            raise _ambiguous(source, found)
+        return [SeriesFolder.of(source, only.series, list(only.study), only.files, case_name(source))]
+    return sorted(cases, key=lambda c: (str(c), c.series.number or 0 if c.series else -1, c.case))
+
+
+def write_cases_table(cases: Iterable[Path], path: Path) -> Path | None:
+    """``cases.csv``: one row per CT series of the cases' studies: the case it is read as, its
+    status (taken, ambiguous, or left out: a study's other series), folder, study and series UIDs,
+    SeriesNumber, description, plane and slice count. Written for a cohort of DICOM cases
+    (``SeriesFolder``) only: one case is named after its folder and fails alone, leaving nothing.
+    Returns the path, or None when nothing was written."""
+    cases = [c for c in cases if isinstance(c, SeriesFolder)]
+    if len(cases) < 2:
+        return None
+    read = {c.series.uid: c.case for c in cases if c.series is not None}
+    ambiguous = {info.uid: c.case for c in cases if c.series is None for info in c.study}
+    rows, seen = [], set()
+    for info in (info for c in cases for info in c.study):
+        if info.uid in seen:
+            continue
+        seen.add(info.uid)
+        case, status = ((read[info.uid], "taken") if info.uid in read else
+                        (ambiguous[info.uid], "ambiguous: choose with --series UID") if info.uid in ambiguous else
+                        ("", "left out"))
+        rows.append([case, status, info.folder, info.study_uid, info.uid, "" if info.number is None else info.number,
+                     info.description, info.plane, info.n_slices])
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["case", "status", "folder", "study_uid", "series_uid", "series_number", "description", "plane",
+                     "slices"])
+    writer.writerows(rows)
+    return write_text(path, text.getvalue())
+
+
 def load_image(path: str | Path, series_uid: str | None = None) -> nib.Nifti1Image:
-    """An image input: a folder holding a DICOM CT series (``load_series``; ``series_uid`` picks
-    one of several), else a NIfTI file (``io.load_volume``)."""
+    """An image input: a case of ``find_cases`` (its series), a folder holding a DICOM CT series
+    (``load_series``; ``series_uid`` picks one of several), else a NIfTI file (``io.load_volume``)."""
+    if isinstance(path, SeriesFolder) and (path.series is not None or path.study):
+        return path.read()
     path = Path(path)
     if path.is_dir() and is_dicom_series(path):
         return load_series(path, series_uid)
     return load_volume(path, "image")
+
+
+def image_cases(folder: str | Path, what: str = "images") -> dict[str, Path]:
+    """Case name -> image of a folder of volumes: its volume files (NIfTI, NRRD, MetaImage; named
+    by ``io.case_name``) and its subfolders that hold a DICOM series (named by folder name; each
+    must hold one study's one axial series, as ``load_series`` reads without ``--series``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: {what} folder not found; check the path")
+    series = {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")
+              and is_dicom_series(p)}
+    if not series:
+        return {case_name(p): p for p in list_niftis(folder, what)}
+    niftis = {case_name(p): p for p in sorted(folder.iterdir()) if p.is_file() and is_volume(p)}
+    both = sorted(set(series) & set(niftis))
+    if both:
+        raise InputError(f"{folder}: case {both[0]} is both a NIfTI file and a DICOM folder; keep one of them")
+    return {**niftis, **series}
+
+
+def on_series_grid(other: nib.Nifti1Image, series: nib.Nifti1Image) -> nib.Nifti1Image:
+    """``other`` (e.g. a label map drawn on a dcm2niix conversion, whose rows run the other way)
+    with its axes permuted and flipped onto the grid of the DICOM ``series`` when it holds the
+    same voxels in another order (exact: no resampling); else ``other`` unchanged, for
+    ``io.check_same_grid`` to refuse."""
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+    transform = ornt_transform(io_orientation(other.affine), io_orientation(series.affine))
+    affine = other.affine @ inv_ornt_aff(transform, other.shape)
+    shape = tuple(int(other.shape[int(a)]) for a in np.argsort(transform[:, 0]))
+    if shape != tuple(series.shape[:3]) or not np.allclose(affine, series.affine, atol=1e-4):
+        return other
+    return nib.Nifti1Image(apply_orientation(np.asanyarray(other.dataobj), transform), series.affine, other.header)

@@ -1,4 +1,4 @@
-"""NIfTI reading and writing, and the orientation round trip.
+"""NIfTI reading and writing (NRRD and MetaImage volumes read too), and the orientation round trip.
 
 Every volume is brought to one canonical orientation before slicing: array axes (P, L, S), i.e.
 axis 0 runs anterior -> posterior (image rows, anterior at the top), axis 1 runs patient right ->
@@ -23,8 +23,15 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
+from slice2d.formats import META_SUFFIXES, NRRD_SUFFIXES, FormatError, read_volume
+
 CANONICAL = ("P", "L", "S")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+OTHER_SUFFIXES = NRRD_SUFFIXES + META_SUFFIXES  # read by slice2d.formats; maps are written as NIfTI
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + OTHER_SUFFIXES
+# nnU-Net / Medical Segmentation Decathlon image folders: <case>_0000.nii.gz is channel 0 of <case>
+CHANNEL_FOLDERS = ("imagesTr", "imagesTs")
+CHANNEL_SUFFIX = "_0000"
 MAX_VOXELS = 2**31  # 8 GiB as float32: larger is a damaged header, not a CT series
 
 
@@ -66,39 +73,64 @@ def is_nifti(path: Path) -> bool:
     return path.name.endswith(NIFTI_SUFFIXES) and not path.name.startswith(".")
 
 
+def is_volume(path: Path) -> bool:
+    """A volume file slice2d reads: NIfTI, NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd); hidden
+    files (``._case.nii.gz`` of macOS archives) are not."""
+    return path.name.lower().endswith(VOLUME_SUFFIXES) and not path.name.startswith(".")
+
+
+def _channel_suffixed(path: Path) -> bool:
+    """``imagesTr/<case>_0000.nii.gz``: the first channel of a case in an nnU-Net raw data set."""
+    return path.parent.name in CHANNEL_FOLDERS and case_name_of_file(path).endswith(CHANNEL_SUFFIX)
+
+
+def case_name_of_file(path: Path) -> str:
+    """The file name without its volume suffix (``case_01.nii.gz``, ``case_01.nrrd`` -> ``case_01``)."""
+    name = path.name
+    suffix = next((s for s in VOLUME_SUFFIXES[::-1] if name.lower().endswith(s)), None)
+    return name[: -len(suffix)] if suffix else path.stem
+
+
 def case_name(path: Path) -> str:
-    """File name without the NIfTI suffix: ``a/b/case_01.nii.gz`` -> ``case_01``; a folder (a DICOM
-    series) by its name."""
-    for suffix in NIFTI_SUFFIXES[::-1]:
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.name if path.is_dir() else path.stem
+    """File name without the volume suffix: ``a/b/case_01.nii.gz`` -> ``case_01``; in an nnU-Net
+    image folder (imagesTr, imagesTs) also without the channel suffix: ``imagesTr/lung_001_0000.nii.gz``
+    -> ``lung_001``, the name of its label map; a folder (a DICOM series) by its name, a case of a
+    DICOM cohort (``dicom.SeriesFolder``) by the name it carries."""
+    if getattr(path, "case", None):
+        return path.case
+    if path.is_dir():
+        return path.name
+    name = case_name_of_file(path)
+    return name[: -len(CHANNEL_SUFFIX)] if _channel_suffixed(path) else name
 
 
 def output_name(path: Path) -> str:
     """The file name of a map written for input ``path``: the input's own name for a NIfTI file,
-    ``<folder>.nii.gz`` for a DICOM series folder."""
-    return path.name if is_nifti(path) else f"{case_name(path)}.nii.gz"
+    ``<case>.nii.gz`` for anything else (a NRRD or MetaImage file, a DICOM series folder, a channel
+    file ``imagesTr/<case>_0000.nii.gz``, so that the map is named like the case's label map)."""
+    return path.name if is_nifti(path) and not _channel_suffixed(path) else f"{case_name(path)}.nii.gz"
 
 
 def list_niftis(folder: Path, what: str = "images") -> list[Path]:
-    """The NIfTI files of a folder, sorted; raises on a missing or empty folder or duplicate cases."""
+    """The volume files (NIfTI, NRRD, MetaImage: ``is_volume``) of a folder, sorted; raises on a
+    missing or empty folder or duplicate cases."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: {what} folder not found; check the path")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_volume(p))
     if not files:
-        raise InputError(f"{folder}: no .nii or .nii.gz files in this {what} folder")
+        raise InputError(f"{folder}: no .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd files in this {what} folder")
     names = [case_name(p) for p in files]
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
-        raise InputError(f"{folder}: case names {dups} appear twice (.nii and .nii.gz); keep one of each")
+        raise InputError(f"{folder}: case names {dups} appear twice (e.g. .nii and .nii.gz); keep one of each")
     return files
 
 
 def load_volume(path: str | Path, kind: str = "image") -> nib.Nifti1Image:
-    """Load a 3D NIfTI and check it is usable; the data are read lazily by the caller. (An image
-    that may also be a folder holding a DICOM series: ``dicom.load_image``.)
+    """Load a 3D NIfTI and check it is usable; the data are read lazily by the caller. A NRRD or
+    MetaImage file is read whole into a NIfTI image with its RAS+ affine (``slice2d.formats``). (An
+    image that may also be a folder holding a DICOM series: ``dicom.load_image``.)
 
     A trailing singleton 4th axis (X, Y, Z, 1) is accepted and dropped.
     """
@@ -107,12 +139,17 @@ def load_volume(path: str | Path, kind: str = "image") -> nib.Nifti1Image:
         raise InputError(f"{path}: {kind} file not found; check the path")
     if not path.is_file():
         raise InputError(f"{path}: is a folder, expected a .nii or .nii.gz {kind} file")
-    if not path.name.endswith(NIFTI_SUFFIXES):
-        raise InputError(f"{path}: not a NIfTI file name; expected .nii or .nii.gz")
+    if not path.name.lower().endswith(VOLUME_SUFFIXES):
+        raise InputError(f"{path}: not a volume file name; expected .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd")
     try:
-        img = nib.load(path)
+        img = read_volume(path) if path.name.lower().endswith(OTHER_SUFFIXES) else nib.load(path)
+    except FormatError as exc:
+        raise InputError(str(exc)) from None
+    except MemoryError:
+        raise InputError(f"{path}: not enough memory to read this volume") from None
     except Exception as exc:  # nibabel raises several types for corrupt or foreign files
-        raise InputError(f"{path}: cannot be read as NIfTI ({exc.__class__.__name__}: {exc}); is the file complete?") from None
+        what = "NIfTI" if path.name.lower().endswith(NIFTI_SUFFIXES) else "NRRD or MetaImage"
+        raise InputError(f"{path}: cannot be read as {what} ({exc.__class__.__name__}: {exc}); is the file complete?") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{path}: not a NIfTI image ({type(img).__name__})")
     if img.get_data_dtype().fields is not None:

@@ -6,7 +6,9 @@ pooling the pixels of the whole batch (the "batch Dice" of nnU-Net: a slice with
 gives no undefined ratio) or per sample (each slice's own Dice, the quantity that per-slice
 benchmarks average; a slice without the class scores near 1 when nothing is predicted there).
 The loss returns one value per sample, so Keras averages it over the global batch correctly under
-a distribution strategy.
+a distribution strategy. When a strategy splits the batch across replicas, ``FocalDiceLoss.per_sample``
+takes a ``pool`` that sums the batch Dice's pooled counts over the replicas, so that the batch Dice
+is that of the whole global batch, as on one device.
 """
 
 from __future__ import annotations
@@ -38,12 +40,18 @@ def focal_loss(y_true, y_pred, gamma: float = 2.0):
     return ops.mean(focal_loss_per_sample(y_true, y_pred, gamma))
 
 
-def _soft_dice(y_true, y_pred, axes: tuple[int, ...], smooth: float):
-    """Soft Dice of each foreground class, its sums taken over ``axes``."""
+def _dice_sums(y_true, y_pred, axes: tuple[int, ...]):
+    """Per foreground class, summed over ``axes``: the soft intersection, and truth plus prediction."""
     y_onehot = _one_hot(y_true, y_pred)[..., 1:]
     p = ops.cast(y_pred, "float32")[..., 1:]
-    intersection = ops.sum(y_onehot * p, axis=axes)
-    denominator = ops.sum(y_onehot, axis=axes) + ops.sum(p, axis=axes)
+    return ops.sum(y_onehot * p, axis=axes), ops.sum(y_onehot, axis=axes) + ops.sum(p, axis=axes)
+
+
+def _soft_dice(y_true, y_pred, axes: tuple[int, ...], smooth: float, pool=None):
+    """Soft Dice of each foreground class, its sums taken over ``axes`` (and ``pool``-ed, if given)."""
+    intersection, denominator = _dice_sums(y_true, y_pred, axes)
+    if pool is not None:
+        intersection, denominator = pool(intersection), pool(denominator)
     return (2.0 * intersection + smooth) / (denominator + smooth)
 
 
@@ -53,10 +61,14 @@ def soft_dice_loss_per_sample(y_true, y_pred, smooth: float = 1.0):
     return 1.0 - ops.mean(_soft_dice(y_true, y_pred, spatial, smooth), axis=-1)
 
 
-def soft_dice_loss(y_true, y_pred, smooth: float = 1.0):
-    """1 - mean soft Dice over the foreground classes, each pooled over batch and pixels."""
+def soft_dice_loss(y_true, y_pred, smooth: float = 1.0, pool=None):
+    """1 - mean soft Dice over the foreground classes, each pooled over batch and pixels.
+
+    pool: a function that sums a tensor over the parts of a batch split across replicas (e.g. a
+    replica context's ``all_reduce``), so that the Dice pools the whole batch.
+    """
     batch_and_spatial = tuple(range(len(y_pred.shape) - 1))
-    return 1.0 - ops.mean(_soft_dice(y_true, y_pred, batch_and_spatial, smooth))
+    return 1.0 - ops.mean(_soft_dice(y_true, y_pred, batch_and_spatial, smooth, pool))
 
 
 @keras.saving.register_keras_serializable(package="slice2d")
@@ -76,11 +88,15 @@ class FocalDiceLoss(keras.losses.Loss):
         self.dice = dice
 
     def call(self, y_true, y_pred):
+        return self.per_sample(y_true, y_pred)
+
+    def per_sample(self, y_true, y_pred, pool=None):
+        """The loss of each sample (B,); ``pool``: see ``soft_dice_loss`` (batch Dice only)."""
         focal = focal_loss_per_sample(y_true, y_pred, self.gamma)
         if self.dice == "sample":
             dice = soft_dice_loss_per_sample(y_true, y_pred)
         else:
-            dice = soft_dice_loss(y_true, y_pred) * ops.ones_like(focal)
+            dice = soft_dice_loss(y_true, y_pred, pool=pool) * ops.ones_like(focal)
         return self.focal_weight * focal + self.dice_weight * dice
 
     def get_config(self) -> dict:

@@ -177,7 +177,8 @@ def _split_two(comp: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray] | Non
                 markers = np.zeros(comp.shape, np.uint8)
                 markers[lab == order[0] + 1] = 1
                 markers[lab == order[1] + 1] = 2
-                _, idx = ndimage.distance_transform_edt(markers == 0, sampling=spacing, return_indices=True)
+                idx = ndimage.distance_transform_edt(markers == 0, sampling=spacing, return_distances=False,
+                                                     return_indices=True)
                 nearest = markers[tuple(idx)]
                 return comp & (nearest == 1), comp & (nearest == 2)
         if not eroded.any() or eroded.sum() < 0.02 * size:
@@ -232,8 +233,15 @@ def _extract_work(image: np.ndarray, spacing) -> np.ndarray:
     right, left = (parts[0], parts[1]) if cx[0] > cx[1] else (parts[1], parts[0])
     markers[right], markers[left] = 1, 2
     if rest.any():
-        _, idx = ndimage.distance_transform_edt(markers == 0, sampling=spacing, return_indices=True)
-        near = markers[tuple(idx)]
+        # each voxel's nearest lung, found in the box that holds the lungs and the pieces (the same
+        # answer as on the whole grid, where nothing outside the box is lung); the indices only:
+        # the distances would cost several float64 copies of the grid
+        box = bbox((markers > 0) | rest, margin=0)
+        idx = ndimage.distance_transform_edt(markers[box] == 0, sampling=spacing, return_distances=False,
+                                             return_indices=True)
+        near = np.zeros_like(markers)
+        near[box] = markers[box][tuple(idx)]
+        del idx
         small = ndimage.label(rest)[0]
         # Only pieces touching a lung are attached; isolated air (bowel gas) is dropped.
         touching = np.unique(small[ndimage.binary_dilation(markers > 0) & (small > 0)])
@@ -336,39 +344,49 @@ def extract_anatomy(image_hu: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarr
     small = image[:nx, :ny].reshape(nx // factor, factor, ny // factor, factor, -1).mean(axis=(1, 3), dtype=np.float32)
     sp_small = (spacing[0] * factor, spacing[1] * factor, spacing[2])
     markers, body_small, airway_small = _extract_work(small, sp_small)
-    coarse = _fill_and_close(markers, sp_small)
-
-    def upsample(a: np.ndarray) -> np.ndarray:
-        out = np.zeros(image.shape, a.dtype)
-        out[:nx, :ny] = np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)
-        return out
-
-    out = np.zeros(image.shape, np.uint8)
-    up_all = upsample(coarse)
-    if up_all.any():
-        # Refine on the original grid, within the lungs' box (a margin wider than the dilation, so
-        # the result is the same as on the whole grid): air voxels near each coarse lung become
-        # that lung; then the in-plane holes (vessels) are filled again at full resolution.
-        box = bbox(up_all > 0, margin=factor + 1)
-        up, air = up_all[box], image[box] < AIR_HU
-        near = [dilate(up == v, iterations=factor) for v in (1, 2)]
-        sub = np.zeros(up.shape, np.uint8)
-        sub[air & near[0] & ~near[1]] = 1
-        sub[air & near[1] & ~near[0]] = 2
-        both = air & near[0] & near[1]
-        sub[both] = up[both]
-        for v in (1, 2):
-            sub[fill_holes_inplane(sub == v) & (sub == 0)] = v
-        # dense lung (pathology brought back by the closing) keeps the coarse label
-        dense = ~air & (up > 0) & (sub == 0)
-        sub[dense] = up[dense]
-        out[box] = sub
-    airway = upsample(airway_small)
+    del small
+    grid = (image.shape, factor, nx, ny)
+    out = _refine(_upsample(_fill_and_close(markers, sp_small), *grid), image, factor)
+    airway = _upsample(airway_small, *grid)
     if airway.any():  # the same dilation, within the airways' box
         box = bbox(airway, margin=factor + 1)
         airway[box] = (dilate(airway[box], iterations=factor)
                        & (image[box] < AIR_HU) & (out[box] == 0))
-    return _trim_partial_volume(out, image), upsample(body_small), airway
+    return _trim_partial_volume(out, image), _upsample(body_small, *grid), airway
+
+
+def _upsample(a: np.ndarray, shape: tuple[int, ...], factor: int, nx: int, ny: int) -> np.ndarray:
+    """A map of the working grid on the image's grid of ``shape`` (nearest neighbour; the last
+    rows and columns, which the working grid leaves out, stay 0)."""
+    out = np.zeros(shape, a.dtype)
+    out[:nx, :ny] = np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)
+    return out
+
+
+def _refine(up_all: np.ndarray, image: np.ndarray, factor: int) -> np.ndarray:
+    """The coarse lungs (``up_all``, upsampled) refined on the image's grid, within the lungs' box
+    (a margin wider than the dilation, so the result is the same as on the whole grid): air
+    voxels near each coarse lung become that lung; then the in-plane holes (vessels) are filled
+    again at full resolution. A function of its own, so that its box-sized masks are gone before
+    the next step."""
+    out = np.zeros(image.shape, np.uint8)
+    if not up_all.any():
+        return out
+    box = bbox(up_all > 0, margin=factor + 1)
+    up, air = up_all[box], image[box] < AIR_HU
+    near = [dilate(up == v, iterations=factor) for v in (1, 2)]
+    sub = np.zeros(up.shape, np.uint8)
+    sub[air & near[0] & ~near[1]] = 1
+    sub[air & near[1] & ~near[0]] = 2
+    both = air & near[0] & near[1]
+    sub[both] = up[both]
+    for v in (1, 2):
+        sub[fill_holes_inplane(sub == v) & (sub == 0)] = v
+    # dense lung (pathology brought back by the closing) keeps the coarse label
+    dense = ~air & (up > 0) & (sub == 0)
+    sub[dense] = up[dense]
+    out[box] = sub
+    return out
 
 
 def extract_lungs_nifti(img) -> np.ndarray:
@@ -377,18 +395,19 @@ def extract_lungs_nifti(img) -> np.ndarray:
     return extract_anatomy_nifti(img)[0]
 
 
-def extract_anatomy_nifti(img) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def extract_anatomy_nifti(img, data: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``extract_anatomy`` for a nibabel CT image (HU): lungs (uint8), body and airways (bool),
     on the image's own grid and orientation.
 
     The image is reoriented to the closest canonical RAS+ orientation, ``extract_anatomy`` runs
     there, and the maps are oriented back exactly (axis permutations and flips only, no
-    resampling).
+    resampling). data: the image's voxels where the caller has read them already (else they are
+    read here): a long scan is not held twice.
     """
     import nibabel as nib
     from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-    data = np.asanyarray(img.dataobj)
+    data = np.asanyarray(img.dataobj) if data is None else data
     if data.ndim != 3:
         raise ValueError(f"{img.get_filename() or 'image'}: expected a 3D CT, got shape {data.shape}")
     ornt = io_orientation(img.affine)

@@ -57,7 +57,8 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure
 
-from slice2d.io import InputError, atomic_path, load_volume, read_array
+from slice2d.layouts import dataset_labels, is_raw_dataset
+from slice2d.io import InputError, atomic_path, case_name, list_niftis, load_volume, read_array
 from slice2d.report import metrics_boxplot
 
 logger = logging.getLogger(__name__)
@@ -250,18 +251,22 @@ def evaluate_case(
     return rows
 
 
-def _nifti_files(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder; give the folder holding the .nii / .nii.gz files")
-    files = {p.name: p for p in sorted(folder.iterdir())
-             if p.is_file() and (p.name.endswith(".nii") or p.name.endswith(".nii.gz"))}
-    if not files:
-        raise InputError(f"{folder}: no .nii or .nii.gz files found; is this the right folder?")
-    return files
+def label_files(folder: str | Path, what: str) -> dict[str, Path]:
+    """{case: file} of the label maps in ``folder`` (NIfTI, NRRD, MetaImage; ``io.list_niftis``),
+    keyed by ``io.case_name``, so that ``case.nii.gz`` pairs with ``case.nrrd``. The root of an
+    nnU-Net raw / Decathlon data set stands for its ``labelsTr/``."""
+    folder = Path(folder)
+    if is_raw_dataset(folder):
+        folder = folder / "labelsTr"
+    return {case_name(p): p for p in list_niftis(folder, what)}
 
 
-def _case_name(file_name: str) -> str:
-    return file_name[:-7] if file_name.endswith(".nii.gz") else file_name[:-4]
+def _declared_labels(ref_dir: Path) -> dict[int, str]:
+    """The labels the ``dataset.json`` of a reference data set declares (``ref_dir`` its root, its
+    ``labelsTr`` or ``labelsTs``), {} for any other folder."""
+    if is_raw_dataset(ref_dir):
+        return dataset_labels(ref_dir)
+    return dataset_labels(ref_dir.parent) if ref_dir.name in ("labelsTr", "labelsTs") else {}
 
 
 def _load_labels(path: Path, kind: str):
@@ -298,10 +303,12 @@ def evaluate_folders(
 ) -> Path:
     """Evaluate every prediction in ``pred_dir`` against the same-named reference in ``ref_dir``.
 
-    Files (``*.nii`` / ``*.nii.gz``) are paired by file name and read by ``slice2d.io`` (3D label
-    maps, values 0..255; an unreadable file raises ``InputError`` naming it); each pair must share
-    shape and affine (``np.allclose(atol=1e-4)``), since metrics are computed on the original grid.
-    labels: as in ``evaluate_case``; None means the union of non-zero values over all references.
+    Files (``label_files``: NIfTI, NRRD, MetaImage; ``ref_dir`` may be an nnU-Net raw / Decathlon
+    data set root) are paired by case name and read by ``slice2d.io`` (3D label maps, values
+    0..255; an unreadable file raises ``InputError`` naming it); each pair must share shape and
+    affine (``np.allclose(atol=1e-4)``), since metrics are computed on the original grid.
+    labels: as in ``evaluate_case``; None means the labels (and names) a ``dataset.json`` of the
+    reference data set declares, else the union of non-zero values over all references.
     tolerance_mm: as ``tolerances`` in ``evaluate_case``.
     progress: called with the case name after each case.
     Writes ``out_dir/metrics.csv`` (one row per case and label), ``out_dir/summary.json`` (per label
@@ -310,14 +317,17 @@ def evaluate_folders(
     Returns ``out_dir``.
     """
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
-    preds, refs = _nifti_files(pred_dir), _nifti_files(ref_dir)
-    only_pred, only_ref = sorted(set(preds) - set(refs)), sorted(set(refs) - set(preds))
+    preds, refs = label_files(pred_dir, "prediction"), label_files(ref_dir, "reference")
+    only_pred = sorted(preds[c].name for c in set(preds) - set(refs))
+    only_ref = sorted(refs[c].name for c in set(refs) - set(preds))
     if only_pred or only_ref:
         raise InputError(
-            f"predictions and references do not pair up by file name: only in {pred_dir}: "
+            f"predictions and references do not pair up by case name: only in {pred_dir}: "
             f"{only_pred or 'none'}; only in {ref_dir}: {only_ref or 'none'}; "
             "name each prediction like its reference")
     names = sorted(preds)
+    if labels is None:
+        labels = _declared_labels(ref_dir) or None
     if labels is None:
         found: set[int] = set()
         for name in names:
@@ -339,7 +349,7 @@ def evaluate_folders(
                 "reference grid first")
         spacing = nib.affines.voxel_sizes(r_img.affine)
         for row in evaluate_case(p, r, spacing, table, tolerance_mm):
-            rows.append({"case": _case_name(name), **row})
+            rows.append({"case": name, **row})
         logger.debug("evaluated %s", name)
         if progress is not None:
             progress(name)

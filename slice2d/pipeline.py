@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,27 @@ import nibabel as nib
 import numpy as np
 
 from slice2d.anatomy import keep_lesions, lesions_near_lungs, lungs_with_lesions, sanity, scan_anatomy
-from slice2d.dicom import is_dicom_series, load_image
+from slice2d.cohort import (
+    Shard,
+    check_record,
+    clear_failure,
+    failure_note,
+    is_complete,
+    model_record,
+    rebuild_tables,
+    record_failure,
+    write_record,
+)
+from slice2d.dicom import find_cases, is_dicom_series, load_image, write_cases_table
+from slice2d.dicom_seg import require_series, write_case_seg
 from slice2d.images import is_image, list_images, read_slice, slice_geometry, stack_geometry
 from slice2d.io import (
+    VOLUME_SUFFIXES,
     InputError,
     atomic_path,
     case_name,
     geometry_of,
-    is_nifti,
+    is_volume,
     list_niftis,
     load_volume,
     output_name,
@@ -40,7 +54,7 @@ from slice2d.io import (
 )
 from slice2d.orientation import Orientation, detect_orientation
 from slice2d.predict import PREDICT_BATCH, Run, load_run, predict_array, predict_volume, with_options
-from slice2d.report import score_case, write_cohort_csv
+from slice2d.report import case_report, score_case, write_case_report, write_cohort_csv
 from slice2d.runs import is_shipped, run_config, shipped_model
 from slice2d.severity import LobeLabels, MapError, SeverityOptions
 
@@ -76,7 +90,8 @@ class PredictOptions:
     lung_source: ``anatomy.LUNG_SOURCES``. lobes_dir: folder of lobe maps named like the inputs,
     instead of a lobe model. batch_size: slices per network call. probabilities: also write the
     class probabilities. rotate: slice images only, how they are stored (an ``Orientation`` or its
-    code), None to detect it. series_uid: a DICOM folder holding several series: the one to take.
+    code), None to detect it. series: DICOM input: SeriesInstanceUIDs to read where a study's
+    series to take is ambiguous (``dicom.find_cases``).
     """
 
     severity: bool = True
@@ -87,7 +102,8 @@ class PredictOptions:
     batch_size: int = PREDICT_BATCH
     probabilities: bool = False
     rotate: int | Orientation | None = None
-    series_uid: str | None = None
+    series: tuple[str, ...] = ()
+    dicom_seg: bool = False  # DICOM input: also OUT/dicom-seg/<case>.dcm, the maps as a SEG (dicom_seg)
 
 
 def _no_progress(total: int, description: str) -> AbstractContextManager[Callable[[Path], None]]:
@@ -95,11 +111,16 @@ def _no_progress(total: int, description: str) -> AbstractContextManager[Callabl
 
 
 def segment(source: Path, out: Path, models: Models = Models(), options: PredictOptions = PredictOptions(),
-            progress: Progress | None = None) -> list[dict]:
+            progress: Progress | None = None, resume: bool = False, shard: Shard | None = None) -> list[dict]:
     """``slice2d predict``: segment ``source`` into the folder ``out``; see the module docstring.
 
     progress: called as ``progress(total, "predict")`` for a context manager that yields a callable,
     called with each input as it is done (e.g. a progress bar).
+    resume: skip the cases whose outputs are complete (``case_outputs``); refused when ``out`` was
+    written with other models or options (``cohort.check_record``; ``out/predict.json`` records
+    them once a case is written). shard: segment only this part
+    of the cohort (``cohort.Shard``); the tables still cover the whole cohort, so that runs of
+    every part may write into one ``out`` at once.
     Models load in the background while the first input is read and sliced. Returns the severity
     reports (none without them); logs where everything went.
     """
@@ -111,6 +132,9 @@ def segment(source: Path, out: Path, models: Models = Models(), options: Predict
     if lungs is None and shipped_lesions:
         lungs = shipped_model("lungs", required=False)
     if _is_slice_folder(source):
+        if resume or shard:
+            raise InputError(f"{source}: a folder of slice images is one case; --resume and --shard take a folder "
+                             "of volumes")
         run = with_options(load_run(main, background=True), models.threshold, models.mirror)
         lung_run = (with_options(load_run(lungs, background=True), mirror=models.mirror)
                     if lungs and options.severity else None)
@@ -120,7 +144,9 @@ def segment(source: Path, out: Path, models: Models = Models(), options: Predict
                                          rotate=options.rotate, lungs_only=options.lungs_only, progress=step)
         log.info("wrote slice label maps to %s (lungs/, stack/, severity/ where made)", out)
         return [report] if report else []
-    files = input_files(source)
+    files = input_files(source, options.series)
+    if options.dicom_seg:  # refused before anything is written
+        require_series(files, run_config(main).data.task)
     # the lung model loads first, because it runs first (the lesion model then only sees slices with lung)
     assess = options.severity and run_config(main).data.task == "lesions"
     warm_up = options.batch_size
@@ -130,30 +156,70 @@ def segment(source: Path, out: Path, models: Models = Models(), options: Predict
     lobe_run = (with_options(load_run(models.lobes, background=True, warm_up=warm_up), mirror=models.mirror)
                 if models.lobes and assess else None)
     writable_folder(out)
-    with progress(len(files), "predict") as step:
-        reports = segment_files(run, files, out, lung_run, lobe_run, options, step)
-        if assess:
-            log.info("wrote lesion maps to %s, lung maps to %s, severity reports to %s",
-                     out, out / "lungs", out / "severity")
-        else:
-            log.info("wrote %d label maps to %s", len(files), out)
+    write_cases_table(files, out / "cases.csv")  # DICOM cases -> their folders, studies and series
+    record = _record({"main": run, "lungs": lung_run, "lobes": lobe_run}, options)
+    if resume:
+        check_record(out, record)
+    todo = _cases_to_do(files, out, options, assess, lobe_run is not None, resume, shard)
+    try:
+        with progress(len(todo), "predict") as step:
+            reports = segment_files(run, todo, out, lung_run, lobe_run, options, step, cohort=files)
+    finally:  # once a case is written, the folder says what wrote it (also when others failed)
+        records = out / "severity" if assess else out
+        if any(is_complete(case_outputs(p, out, options, assess, lobe_run is not None),
+                           failure_note(records, case_name(p))) for p in todo):
+            write_record(out, record)
+    if assess:
+        log.info("wrote lesion maps to %s, lung maps to %s, severity reports to %s", out, out / "lungs", out / "severity")
+    else:
+        log.info("wrote %d label maps to %s", len(todo), out)
     return reports
+
+
+def _record(runs: dict[str, Run | None], options: PredictOptions) -> dict:
+    """What ``cohort.check_record`` keeps of a run: its models, and the options that change what
+    is written (not the batch size, not the slice images' orientation)."""
+    options = dataclasses.replace(options, lobes_dir=options.lobes_dir.resolve() if options.lobes_dir else None)
+    kept = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("batch_size", "rotate")}
+    return {"models": [model_record(role, r.path, r.cfg.predict.model_dump(mode="json"))
+                       for role, r in runs.items() if r is not None],
+            "options": json.loads(json.dumps(kept, default=str))}
+
+
+def _cases_to_do(files: list[Path], out: Path, options: PredictOptions, assess: bool, lobes: bool, resume: bool,
+                 shard: Shard | None) -> list[Path]:
+    """The cases of ``files`` this run segments: its ``shard`` of them, less, with ``resume``, the
+    complete ones (logged)."""
+    todo = shard.select(files) if shard else files
+    if shard:
+        log.info("shard %s: %d of the %d cases", shard, len(todo), len(files))
+    if resume:
+        records = out / "severity" if assess else out
+        left = [p for p in todo if not is_complete(case_outputs(p, out, options, assess, lobes),
+                                                   failure_note(records, case_name(p)))]
+        log.info("resume: %d of %d cases complete, %d to do", len(todo) - len(left), len(todo), len(left))
+        todo = left
+    return todo
 
 
 def _is_slice_folder(source: Path) -> bool:
     return source.is_dir() and any(is_image(p) for p in source.iterdir()) and not list(source.glob("*.nii*"))
 
 
-def input_files(source: str | Path) -> list[Path]:
-    """A NIfTI file, the NIfTI files of a folder, or a folder holding one DICOM series (itself)."""
+def input_files(source: str | Path, series: tuple[str, ...] = ()) -> list[Path]:
+    """A volume file (NIfTI, NRRD, MetaImage), those of a folder, or the cases of a DICOM folder
+    tree: one per study's CT series, ``series`` choosing where that is ambiguous (``dicom.find_cases``)."""
     source = Path(source)
     if source.is_dir():
-        if not any(is_nifti(p) for p in source.iterdir()) and is_dicom_series(source):
-            return [source]
+        if not any(is_volume(p) for p in source.iterdir()):
+            if is_dicom_series(source):
+                return find_cases(source, series)
+            raise InputError(f"{source}: no volume files ({', '.join(VOLUME_SUFFIXES)}) and no DICOM files in this "
+                             "input folder; point to the CT volumes or to a folder holding DICOM series")
         return list_niftis(source, "input")
     load_volume(source)  # one clear error for a missing or foreign file
-    if not is_nifti(source):
-        raise InputError(f"{source}: not a .nii or .nii.gz file")
+    if not is_volume(source):
+        raise InputError(f"{source}: not a .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd file")
     return [source]
 
 
@@ -173,18 +239,9 @@ class CaseError(InputError):
     Errors of the output (a full disk, no permission) stop the cohort."""
 
 
-def _write_failures(failures: list[tuple[str, str]], path: Path) -> None:
-    import csv
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["case", "error"])
-        writer.writerows(failures)
-
-
 def segment_files(run: Run, inputs: list[Path], out_dir: str | Path, lung_run: Run | None = None,
                   lobe_run: Run | None = None, options: PredictOptions = PredictOptions(),
-                  progress: Callable[[Path], None] | None = None) -> list[dict]:
+                  progress: Callable[[Path], None] | None = None, cohort: list[Path] | None = None) -> list[dict]:
     """Segment each input volume with ``run`` and write ``out_dir/<name>`` (uint8 labels, the
     input's grid); with ``options.probabilities`` also ``out_dir/probabilities/<name>`` (float32
     (X, Y, Z, C-1), the probability of each foreground class).
@@ -198,44 +255,83 @@ def segment_files(run: Run, inputs: list[Path], out_dir: str | Path, lung_run: R
     segments the slices where the lung model sees lung), its regions are lobes (``lobe_run``, or
     ``options.lobes_dir``) or six lung zones, and it is scored. That writes also
     ``out_dir/lungs/<name>``, ``out_dir/lobes/<name>`` (with a lobe model),
-    ``out_dir/severity/<case>.json|png`` and ``out_dir/severity/cohort.csv``; a case that fails
-    (unreadable, or no lungs found) is recorded in ``out_dir/severity/failures.csv``, the others go
-    on, and ``CohortFailures`` is raised at the end. Returns the reports.
+    ``out_dir/severity/<case>.json|png`` and ``out_dir/severity/cohort.csv``.
+
+    A case that fails (unreadable, not HU, no lungs found) writes nothing and is listed in
+    ``failures.csv`` (in ``out_dir/severity``, or ``out_dir`` without severity reports); the others
+    go on, and ``CohortFailures`` is raised at the end (a single input raises its own error).
+    cohort: every case of the cohort ``inputs`` belong to (default: ``inputs``), e.g. the whole
+    folder when ``inputs`` is one ``--shard`` or the cases ``--resume`` left to do: the tables
+    cover the finished and failed cases of all of it (``cohort.rebuild_tables``). Returns the
+    reports of ``inputs``.
     """
     out_dir = Path(out_dir)
     refuse_overwrite(inputs, out_dir)
+    if options.dicom_seg:
+        require_series(inputs, run.cfg.data.task)
     assess = options.severity and run.cfg.data.task == "lesions"
     lobes_dir = options.lobes_dir if assess else None
     for path in inputs:
         if lobes_dir is not None and not (lobes_dir / output_name(path)).is_file():
             raise InputError(f"{lobes_dir}: no lobe map named {output_name(path)}; lobe maps need the image's file name")
-    reports, failures = [], []
+    cohort = list(cohort) if cohort is not None else list(inputs)
+    records = out_dir / "severity" if assess else out_dir
+    reports, failed = [], 0
     for path in inputs:
         try:
             report = _segment_one(run, path, out_dir, lung_run, lobe_run, options, assess)
-            if report is not None:
-                reports.append(report)
         except CaseError as exc:
-            if len(inputs) == 1 or not assess:
+            if len(cohort) == 1:
                 raise
             log.error("%s", exc)
-            failures.append((case_name(path), str(exc)))
+            record_failure(records, case_name(path), str(exc))
+            failed += 1
+        else:
+            clear_failure(records, case_name(path))
+            if report is not None:
+                reports.append(report)
         if progress:
             progress(path)
-    if reports:
-        write_cohort_csv(reports, out_dir / "severity" / "cohort.csv")
-    if failures:
-        _write_failures(failures, out_dir / "severity" / "failures.csv")
-        raise CohortFailures(f"{len(failures)} of {len(inputs)} cases failed (listed in "
-                             f"{out_dir / 'severity' / 'failures.csv'}); the others were written")
+    rebuild_tables([case_name(p) for p in cohort], records, reports=assess)
+    if failed:
+        raise CohortFailures(f"{failed} of {len(inputs)} cases failed (listed in {records / 'failures.csv'}); "
+                             "the others were written")
     return reports
+
+
+def case_outputs(path: Path, out_dir: Path, options: PredictOptions, assess: bool, lobes: bool) -> list[Path]:
+    """Every file ``_segment_one`` writes for the input ``path`` (lobes: with a lobe model); the
+    case is complete when they all exist (``cohort.is_complete``)."""
+    name, case = output_name(path), case_name(path)
+    files = [out_dir / name]
+    if options.probabilities:
+        files.append(out_dir / "probabilities" / name)
+    if options.dicom_seg:
+        files.append(out_dir / "dicom-seg" / f"{case}.dcm")
+    if assess:
+        files += [out_dir / "lungs" / name, *([out_dir / "lobes" / name] if lobes else []),
+                  out_dir / "severity" / f"{case}.png", out_dir / "severity" / f"{case}.json"]
+    return files
+
+
+@contextlib.contextmanager
+def _all_or_nothing(files: list[Path]) -> Iterator[None]:
+    """A case's outputs are written together: if writing stops part-way (a full disk, an
+    interrupt), the case's files are removed, so that it is either complete or absent."""
+    try:
+        yield
+    except BaseException:
+        for path in files:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe_run: Run | None,
                  options: PredictOptions, assess: bool) -> dict | None:
-    """One input of ``segment_files``: everything read and computed before anything is written."""
+    """One input of ``segment_files``: everything read and computed before anything is written.
+    What is wrong with this input raises ``CaseError``, with nothing written."""
     try:
-        img = load_image(path, options.series_uid)
+        img = load_image(path)
         image = read_array(img, path, keep_integers=True)
         geometry = geometry_of(img)
     except InputError as exc:  # this case's input: a cohort goes on
@@ -243,16 +339,25 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
     for r in (run, lung_run, lobe_run):  # loaded in the background: a model that cannot be
         if r is not None:                # loaded stops the whole run, whatever this case holds
             _ = r.model
-    name = output_name(path)
+    name, case = output_name(path), case_name(path)
+    outputs = case_outputs(path, out_dir, options, assess, lobe_run is not None)
     if not assess:
-        (labels, probs), = predict_volume([run], image, geometry, options.batch_size, options.probabilities, str(path))
-        save_like(labels, img, out_dir / name)
-        if probs is not None:
-            save_like(probs[..., 1:], img, out_dir / "probabilities" / name, dtype=np.float32)
+        try:
+            (labels, probs), = predict_volume([run], image, geometry, options.batch_size, options.probabilities,
+                                              str(path))
+        except InputError as exc:
+            raise CaseError(str(exc)) from None
+        with _all_or_nothing(outputs):
+            if probs is not None:
+                save_like(probs[..., 1:], img, out_dir / "probabilities" / name, dtype=np.float32)
+            if options.dicom_seg:
+                write_case_seg(path, img, {run.cfg.data.task: labels}, out_dir, case, run.cfg.n_classes)
+            save_like(labels, img, out_dir / name)
         return None
+    scoring, lobes_path, lobes = options.scoring, None, None
     try:
         if lung_run is None:  # the built-in extraction first: the networks then only see slices with lung
-            anatomy = scan_anatomy(img, None, "builtin", str(path))
+            anatomy = scan_anatomy(img, None, "builtin", str(path), image)
             with_lung = np.flatnonzero(to_canonical(anatomy.lungs, geometry).any(axis=(0, 1)))
         others = [r for r in (lung_run, lobe_run) if r is not None]
         (lesions, probs), *rest = predict_volume([run, *others], image, geometry, options.batch_size,
@@ -261,33 +366,35 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
                                                  only_slices=with_lung if lung_run is None and options.lungs_only else None)
         maps = {id(r): labels for r, (labels, _) in zip(others, rest, strict=True)}
         if lung_run is not None:
-            anatomy = scan_anatomy(img, maps[id(lung_run)], options.lung_source, str(path))
+            anatomy = scan_anatomy(img, maps[id(lung_run)], options.lung_source, str(path), image)
+        if lobe_run is not None:
+            lobes = maps[id(lobe_run)]
+            scoring = dataclasses.replace(scoring, lobe_labels=LobeLabels.slice2d)
+        elif options.lobes_dir is not None:
+            lobes_path = options.lobes_dir / name
+            lobes = read_labels_on_grid(lobes_path, img, path, "lobe map")
+        lungs = anatomy.lungs
+        if options.lungs_only:
+            lesions, lungs = keep_lesions(lesions, anatomy, geometry, image if anatomy.body is not None else None)
+        checks, lung_source = sanity(anatomy, lungs, img.affine, image), anatomy.source
+        del anatomy, maps, rest  # the body and airway masks, as large as the image, are done with
+        report = case_report(lesions, lungs, lobes, img.affine, case, scoring, checks)
     except InputError as exc:  # this case's input: a cohort goes on
         raise CaseError(str(exc)) from None
-    scoring, lobes_path = options.scoring, None
-    lobes = None
-    if lobe_run is not None:
-        lobes = maps[id(lobe_run)]
-        scoring = dataclasses.replace(scoring, lobe_labels=LobeLabels.slice2d)
-    elif options.lobes_dir is not None:
-        lobes_path = options.lobes_dir / name
-        lobes = read_labels_on_grid(lobes_path, img, path, "lobe map")
-    lungs = anatomy.lungs
-    if options.lungs_only:
-        lesions, lungs = keep_lesions(lesions, anatomy, geometry, image if anatomy.body is not None else None)
-    if lobe_run is not None:
-        save_like(lobes, img, out_dir / "lobes" / name)
-    save_like(lesions, img, out_dir / name)
-    save_like(lungs, img, out_dir / "lungs" / name)
-    if probs is not None:
-        save_like(probs[..., 1:], img, out_dir / "probabilities" / name, dtype=np.float32)
-    case = case_name(path)
-    checks = sanity(anatomy, lungs, img.affine, image)
-    try:
-        return score_case(image, lesions, lungs, lobes, img.affine, case, scoring,
-                          out_dir / "severity" / f"{case}.json", checks=checks)
     except MapError as exc:
-        raise InputError(f"{lobes_path if exc.which == 'lobes' and lobes_path else path}: {exc}") from None
+        raise CaseError(f"{lobes_path if exc.which == 'lobes' and lobes_path else path}: {exc}") from None
+    with _all_or_nothing(outputs):
+        if lobe_run is not None:
+            save_like(lobes, img, out_dir / "lobes" / name)
+        save_like(lesions, img, out_dir / name)
+        save_like(lungs, img, out_dir / "lungs" / name)
+        if probs is not None:
+            save_like(probs[..., 1:], img, out_dir / "probabilities" / name, dtype=np.float32)
+        if options.dicom_seg:
+            write_case_seg(path, img, {"lesions": lesions, "lungs": lungs, "lobes": lobes}, out_dir, case,
+                           run.cfg.n_classes, scoring.lobe_labels, lung_source)
+        write_case_report(report, image, lesions, lungs, lobes, img.affine, out_dir / "severity" / f"{case}.json")
+    return report
 
 
 def _write_png(labels: np.ndarray, path: Path) -> None:

@@ -197,16 +197,31 @@ def write_cohort_csv(reports: Sequence[dict], path: str | Path) -> Path:
 def score_case(image: np.ndarray | None, lesions: np.ndarray, lungs: np.ndarray | None, lobes: np.ndarray | None,
                affine: np.ndarray, case: str, options: SeverityOptions, json_path: Path,
                checks: dict | None = None) -> dict:
-    """Score one case (``severity.severity_report``), write the report to ``json_path`` and its
-    figure beside it (same name, ``.png``); returns the report. checks: the sanity block
+    """Score one case (``case_report``), write the report to ``json_path`` and its figure beside it
+    (``write_case_report``); returns the report."""
+    report = case_report(lesions, lungs, lobes, affine, case, options, checks)
+    write_case_report(report, image, lesions, lungs, lobes, affine, json_path)
+    return report
+
+
+def case_report(lesions: np.ndarray, lungs: np.ndarray | None, lobes: np.ndarray | None, affine: np.ndarray,
+                case: str, options: SeverityOptions, checks: dict | None = None) -> dict:
+    """The severity report of one case (``severity.severity_report``), nothing written; raises
+    ``severity.MapError`` for maps that cannot be scored. checks: the sanity block
     (``anatomy.sanity``), stored under ``"sanity"``."""
     report = severity_report(lesions, lungs, affine, lobes=lobes, scheme=str(options.scheme),
                              lobe_labels=str(options.lobe_labels), case=case, zone_method=options.zones.method,
                              zone_joint=options.zones.joint)
     if checks is not None:
         report["sanity"] = checks
-    write_report(report, json_path)
+    return report
+
+
+def write_case_report(report: dict, image: np.ndarray | None, lesions: np.ndarray, lungs: np.ndarray | None,
+                      lobes: np.ndarray | None, affine: np.ndarray, json_path: Path) -> None:
+    """Write a case's figure (``json_path`` with ``.png``), then its report to ``json_path``: the
+    JSON comes last, so that its presence means the case's files are all written."""
     background = image if image is not None else np.full(lesions.shape, -1000.0, np.float32)
     severity_figure(background, lungs if lungs is not None else (lobes > 0).astype(np.uint8), lesions, affine,
                     report, json_path.with_suffix(".png"), regions_map=lobes)
-    return report
+    write_report(report, json_path)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from slice2d.anatomy import lesions_near_lungs, lungs_with_lesions
-from slice2d.dicom import load_image
+from slice2d.dicom import image_cases, load_image
 from slice2d.io import (
     InputError,
     case_name,
@@ -27,12 +27,12 @@ from slice2d.severity import MapError, SeverityOptions
 
 
 def _score_one(lesions: Path, lungs: Path | None, lobes: Path | None, image: Path | None,
-               options: SeverityOptions, json_path: Path) -> dict:
+               options: SeverityOptions, json_path: Path, series: str | None = None) -> dict:
     les_img = load_volume(lesions, "lesion map")
     les = read_array(les_img, lesions, "label")
     ct = ct_img = None
     if image is not None:
-        ct_img = load_image(image)
+        ct_img = load_image(image, series)
         check_same_grid(les_img, ct_img, lesions, image)
         ct = read_array(ct_img, image)
     if lungs is not None:
@@ -59,7 +59,8 @@ def _score_one(lesions: Path, lungs: Path | None, lobes: Path | None, image: Pat
 
 
 def score_files(lesions: Path, lungs: Path | None, lobes: Path | None, image: Path | None,
-                options: SeverityOptions, out: Path, progress: Callable[[Path], None] | None = None) -> list[dict]:
+                options: SeverityOptions, out: Path, progress: Callable[[Path], None] | None = None,
+                series: str | None = None) -> list[dict]:
     """``slice2d severity``: reports from existing maps, for one case or a cohort.
 
     One case: ``lesions`` and the others are files; the report goes to ``out`` (.json), with the
@@ -67,18 +68,21 @@ def score_files(lesions: Path, lungs: Path | None, lobes: Path | None, image: Pa
     ``lobes``, ``image`` given) are folders of same-named files; ``out`` is a folder that receives
     ``<case>.json``, ``<case>.png`` and ``cohort.csv``. Without a lung map, lungs come from the
     built-in extraction on the CT ``image``, with the lesions that touch them added (as ``predict``
-    adds them).
+    adds them). ``image`` may be a folder holding a DICOM series (``series``: its UID where the
+    folder holds several); in a cohort, a folder of CTs whose cases are volume files or DICOM
+    series folders named like the maps (``dicom.image_cases``).
     """
     if not Path(lesions).is_dir():
         if out.suffix != ".json":
             raise InputError(f"{out}: --out must name a .json file (the .png and .csv are written beside it)")
-        report = _score_one(lesions, lungs, lobes, image, options, out)
+        report = _score_one(lesions, lungs, lobes, image, options, out, series)
         write_cohort_csv([report], out.with_suffix(".csv"))
         return [report]
     if out.suffix:
         raise InputError(f"{out}: with a folder of lesion maps, --out must be a folder")
     files = list_niftis(lesions, "lesion maps")
-    for folder in (lungs, lobes, image):
+    cts = _ct_cases(image, files)
+    for folder in (lungs, lobes):
         if folder is not None and not Path(folder).is_dir():
             raise InputError(f"{folder}: with a folder of lesion maps, give folders of same-named files")
         if folder is not None:
@@ -87,9 +91,23 @@ def score_files(lesions: Path, lungs: Path | None, lobes: Path | None, image: Pa
                 raise InputError(f"{folder}: no file named {absent[0]}; maps are paired by file name")
     reports = []
     for path in files:
-        paired = [Path(f) / path.name if f is not None else None for f in (lungs, lobes, image)]
+        paired = [Path(f) / path.name if f is not None else None for f in (lungs, lobes)] + [cts.get(case_name(path))]
         reports.append(_score_one(path, *paired, options, out / f"{case_name(path)}.json"))
         if progress:
             progress(path)
     write_cohort_csv(reports, out / "cohort.csv")
     return reports
+
+
+def _ct_cases(image: Path | None, files: list[Path]) -> dict[str, Path]:
+    """Case -> CT of a cohort's ``--image`` folder (``dicom.image_cases``); every map needs one."""
+    if image is None:
+        return {}
+    if not Path(image).is_dir():
+        raise InputError(f"{image}: with a folder of lesion maps, give folders of same-named files")
+    cts = image_cases(image, "CT")
+    absent = [case_name(p) for p in files if case_name(p) not in cts]
+    if absent:
+        raise InputError(f"{image}: no CT for case {absent[0]}; CTs are paired with maps by case name "
+                         "(a same-named volume file, or a folder holding the DICOM series)")
+    return cts

@@ -3,6 +3,10 @@
 An interrupted run continues with ``resume=True``: the same splits, the weights and optimiser of
 the last finished epoch (``backup/``), and the history appended. Every file is written under a
 temporary name and renamed when complete, so a run killed at any moment can be resumed.
+
+One device trains with Keras's ``model.fit``; several devices or machines (``strategy``) with the
+training step of ``slice2d.distributed``, which feeds the same callbacks, so that the run folder
+is the same either way.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+from contextlib import nullcontext
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -73,21 +79,34 @@ def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
     write_text(path, text.getvalue())
 
 
-def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Config, start_epoch: int = 0):
-    """Endless augmented batches of a fixed size (XLA compiles one shape); a resumed run draws new ones."""
+def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Config, start_epoch: int = 0,
+             shard: tuple[int, int] = (0, 1), replica_batch: int | None = None):
+    """Endless augmented batches of a fixed size (XLA compiles one shape); a resumed run draws new ones.
+
+    Every epoch takes global batches of ``batch_size`` slices from one seeded shuffle, the same on
+    every worker. shard (i, n): only the i-th of n equal parts of each global batch (worker i of n
+    augments and feeds its own part); replica_batch: that part cut into batches of this size, one
+    per local replica.
+    """
     from slice2d.augment import augment_batch, build_augmentation
+    index, count = shard
     seed = cfg.train.seed + 1000 * start_epoch
-    pipeline = build_augmentation(cfg.train.augment, seed)
+    pipeline = build_augmentation(cfg.train.augment, seed + index)
     rng = np.random.default_rng(seed)
+    part = batch_size // count
+    size = replica_batch or part
     while True:
         order = rng.permutation(len(images))
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            idx = np.sort(order[start:start + batch_size])
-            yield augment_batch(pipeline, images[idx], labels[idx])
+            mine = order[start + index * part:start + (index + 1) * part]
+            for first in range(0, part, size):
+                idx = np.sort(mine[first:first + size])
+                yield augment_batch(pipeline, images[idx], labels[idx])
 
 
-def _callbacks(out: Path, history: list[dict[str, float]], keep_last: bool):
-    """Keras callbacks that write the best model, each epoch's backup and the history, atomically."""
+def _callbacks(out: Path, history: list[dict[str, float]], keep_last: bool, tensorboard: bool):
+    """Keras callbacks that write the best model, each epoch's backup and the history, atomically,
+    and (``tensorboard``) the epoch curves as TensorBoard event files in ``out/tensorboard``."""
     import keras
 
     class History(keras.callbacks.Callback):
@@ -136,8 +155,11 @@ def _callbacks(out: Path, history: list[dict[str, float]], keep_last: bool):
 
     best_so_far = max((r.get(MONITOR, -np.inf) for r in history), default=None)
     # History first: EarlyStopping / ReduceLROnPlateau, which follow, see the same logs
-    return [History(out / "history.csv", history), BestModel(out / "model.keras", best_so_far, keep_last),
-            EpochBackup(out / "backup")]
+    callbacks = [History(out / "history.csv", history), BestModel(out / "model.keras", best_so_far, keep_last),
+                 EpochBackup(out / "backup")]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard"), write_graph=False))
+    return callbacks
 
 
 def plot_history(history: list[dict[str, float]], path: Path) -> None:
@@ -187,6 +209,13 @@ def use_xla(setting: bool | str) -> bool:
     return bool(tf.config.list_physical_devices("GPU")) or not onednn_enabled()
 
 
+def require_tensorboard() -> None:
+    """Refuse ``tensorboard=True`` before training when the optional package is missing."""
+    if find_spec("tensorboard") is None:
+        raise InputError("--tensorboard needs the tensorboard package (not installed with TensorFlow): "
+                         "pip install 'slice2d[tensorboard]'")
+
+
 def _keep_sides(split: Split, before: dict) -> Split:
     """``split`` with every case named in an earlier run's splits on the side it had there."""
     side = {c: k for k in ("train", "val", "test") for c in before.get(k, [])}
@@ -199,7 +228,7 @@ def _keep_sides(split: Split, before: dict) -> Split:
 
 def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, resume: bool = False,
           verbose: int = 1, callbacks: list | None = None, init_from: str | Path | None = None,
-          train_only: list[Path] | None = None) -> Path:
+          train_only: list[Path] | None = None, strategy: str = "none", tensorboard: bool = False) -> Path:
     """Train a U-Net on one or more prepared slice files and write the run folder ``out``.
 
     Several files (e.g. two data sets) must share their data settings; each is split by patient
@@ -212,13 +241,30 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
     model fine-tuned on more data is still validated on slices neither run trained on.
     train_only: more slice files whose cases all train (material without enough patients to
     split, e.g. a few whole scans); validation and test come from the other files.
+    strategy: ``none`` (one device), ``mirrored`` (every local GPU, else every logical CPU device)
+    or ``multi-worker`` (the machines of ``TF_CONFIG``; every worker runs the same call, and only
+    the chief writes ``out``); see ``slice2d.distributed``.
+    tensorboard: also write the epoch curves for TensorBoard to ``out/tensorboard``.
     """
+    from slice2d.distributed import is_chief, make_strategy, worker_folder
+
+    if tensorboard:
+        require_tensorboard()
+    dist, tf_config = make_strategy(strategy)  # first: a multi-worker strategy configures TensorFlow
+    chief = is_chief(tf_config)
+    with worker_folder(Path(out), chief, resume) as folder:
+        _train(slices_path, folder, cfg, resume, verbose if chief else 0, callbacks, init_from, train_only,
+               dist, tensorboard)
+    return Path(out)
+
+
+def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, callbacks: list | None,
+           init_from, train_only: list[Path] | None, dist, tensorboard: bool) -> None:
+    """``train`` in the folder ``out`` with the strategy ``dist`` (None: one device, ``model.fit``)."""
     import keras
 
-    from slice2d.losses import FocalDiceLoss, overlap_metrics
-    from slice2d.model import build_unet
+    from slice2d.distributed import fit, replica_batch_size
 
-    out = Path(out)
     backup = out / "backup"
     if resume:
         if not (out / "config.yaml").exists() or not (out / "splits.json").exists():
@@ -275,35 +321,85 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
     import tensorflow as tf
 
     batch_size = min(cfg.train.batch_size, len(train_x))
+    global_batch = batch_size
+    if dist is not None:  # shared out evenly over the replicas
+        global_batch = replica_batch_size(batch_size, dist.num_replicas_in_sync) * dist.num_replicas_in_sync
     size = cfg.data.size
-    train_ds = tf.data.Dataset.from_generator(
-        lambda: _batches(train_x, train_y, batch_size, cfg, initial_epoch),
-        output_signature=(tf.TensorSpec((batch_size, size, size, 1), tf.float32),
-                          tf.TensorSpec((batch_size, size, size), tf.uint8)),
-    ).prefetch(2)
-    val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(batch_size).prefetch(2)
-
     policy = "mixed_float16" if cfg.train.mixed_precision and tf.config.list_physical_devices("GPU") else "float32"
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        model = build_unet(size, len(cfg.data.classes), cfg.model)
-    except ValueError as exc:  # the slices' size does not suit the network's depth
-        raise InputError(f"{paths[0]}: {exc}") from None
-    finally:
-        keras.mixed_precision.set_global_policy("float32")  # layers keep the policy they were built with
-    if init_from is not None and not resume:
-        try:
-            model.set_weights(load_trained_model(Path(init_from)).get_weights())
-        except ValueError:
-            raise InputError(f"{init_from}: its network differs from this config's; fine-tune with the same model "
-                             "settings") from None
-        log.info("starting from the weights of %s", init_from)
     xla = use_xla(cfg.train.jit_compile)
     log.info("compute precision: %s; XLA %s", policy, "on" if xla else "off")
-    steps_per_epoch = max(1, len(train_x) // batch_size)
-    learning_rate = cfg.train.learning_rate
+    steps_per_epoch = max(1, len(train_x) // global_batch)
     cosine = cfg.train.schedule == "cosine"
-    if cosine:  # a function of the optimiser's step count, which backups keep
+    with dist.scope() if dist is not None else nullcontext():  # the variables live on every replica
+        model = _compiled_model(cfg, policy, xla, steps_per_epoch, paths[0])
+        if init_from is not None and not resume:
+            try:
+                model.set_weights(load_trained_model(Path(init_from)).get_weights())
+            except ValueError:
+                raise InputError(f"{init_from}: its network differs from this config's; fine-tune with the same "
+                                 "model settings") from None
+            log.info("starting from the weights of %s", init_from)
+        history_path = out / "history.csv"
+        initial_epoch = 0
+        if not resume:
+            history_path.unlink(missing_ok=True)
+        elif (found := latest_backup(backup)) is not None:
+            initial_epoch, weights = found
+            model.optimizer.build(model.trainable_variables)  # the backup holds the optimiser state too
+            try:
+                model.load_weights(weights)
+            except Exception as exc:
+                raise InputError(f"{weights}: cannot be loaded ({exc.__class__.__name__}); delete it to resume "
+                                 "from the epoch before, or train again") from None
+            log.info("resuming after epoch %d (%s)", initial_epoch, weights.name)
+    # rows of epochs after the backup (cut short, or not backed up) are dropped: they run again
+    previous = [r for r in _read_history(history_path) if int(r.get("epoch", -1)) < initial_epoch]
+    callbacks = [*(callbacks or []), *_callbacks(out, previous, keep_last=cosine, tensorboard=tensorboard)]
+    if not cosine:  # plateau
+        callbacks += [
+            keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.train.early_stopping_patience),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=cfg.train.lr_patience,
+                                              min_lr=cfg.train.min_learning_rate),
+        ]
+    if dist is None:
+        train_ds = tf.data.Dataset.from_generator(
+            lambda: _batches(train_x, train_y, batch_size, cfg, initial_epoch),
+            output_signature=(tf.TensorSpec((batch_size, size, size, 1), tf.float32),
+                              tf.TensorSpec((batch_size, size, size), tf.uint8)),
+        ).prefetch(2)
+        val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(batch_size).prefetch(2)
+        model.fit(train_ds, steps_per_epoch=steps_per_epoch, validation_data=val_ds, epochs=cfg.train.epochs,
+                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+    else:
+        fit(model, dist, lambda index, count, replica_batch: _batches(
+                train_x, train_y, global_batch, cfg, initial_epoch, (index, count), replica_batch),
+            size=size, global_batch=global_batch, steps_per_epoch=steps_per_epoch, val=(val_x, val_y),
+            val_batch=batch_size, classes=cfg.data.classes, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
+            callbacks=callbacks, verbose=verbose, xla=xla)
+    if not (out / "model.keras").exists():  # no epoch beat the threshold (cannot happen on a fresh run)
+        with atomic_path(out / "model.keras") as tmp:
+            model.save(tmp)
+    history = _read_history(history_path)
+    plot_history(history, out / "curves.png")
+    write_model_card(out, cfg, paths + extra_paths, split, history)
+
+
+def _compiled_model(cfg: Config, policy: str, xla: bool, steps_per_epoch: int, source: Path):
+    """The U-Net of ``cfg`` in the compute precision ``policy``, compiled with its optimiser and loss."""
+    import keras
+
+    from slice2d.losses import FocalDiceLoss, overlap_metrics
+    from slice2d.model import build_unet
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_unet(cfg.data.size, len(cfg.data.classes), cfg.model)
+    except ValueError as exc:  # the slices' size does not suit the network's depth
+        raise InputError(f"{source}: {exc}") from None
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # layers keep the policy they were built with
+    learning_rate = cfg.train.learning_rate
+    if cfg.train.schedule == "cosine":  # a function of the optimiser's step count, which backups keep
         learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps=cfg.train.epochs * steps_per_epoch,
             alpha=min(1.0, cfg.train.min_learning_rate / learning_rate))
@@ -313,34 +409,4 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
         metrics=overlap_metrics(cfg.data.classes),
         jit_compile=xla,
     )
-    history_path = out / "history.csv"
-    initial_epoch = 0
-    if not resume:
-        history_path.unlink(missing_ok=True)
-    elif (found := latest_backup(backup)) is not None:
-        initial_epoch, weights = found
-        model.optimizer.build(model.trainable_variables)  # the backup holds the optimiser state too
-        try:
-            model.load_weights(weights)
-        except Exception as exc:
-            raise InputError(f"{weights}: cannot be loaded ({exc.__class__.__name__}); delete it to resume "
-                             "from the epoch before, or train again") from None
-        log.info("resuming after epoch %d (%s)", initial_epoch, weights.name)
-    # rows of epochs after the backup (cut short, or not backed up) are dropped: they run again
-    previous = [r for r in _read_history(history_path) if int(r.get("epoch", -1)) < initial_epoch]
-    callbacks = [*(callbacks or []), *_callbacks(out, previous, keep_last=cosine)]
-    if not cosine:  # plateau
-        callbacks += [
-            keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.train.early_stopping_patience),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=cfg.train.lr_patience,
-                                              min_lr=cfg.train.min_learning_rate),
-        ]
-    model.fit(train_ds, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-              epochs=cfg.train.epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
-    if not (out / "model.keras").exists():  # no epoch beat the threshold (cannot happen on a fresh run)
-        with atomic_path(out / "model.keras") as tmp:
-            model.save(tmp)
-    history = _read_history(history_path)
-    plot_history(history, out / "curves.png")
-    write_model_card(out, cfg, paths + extra_paths, split, history)
-    return out
+    return model

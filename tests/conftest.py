@@ -3,9 +3,13 @@ running the CLI in-process, and the good inputs, slice file and run folder that 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -148,3 +152,28 @@ def run_copy(tmp_path: Path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(SHIPPED / "lesions", dst)
     return dst
+
+
+@contextlib.contextmanager
+def web_server(settings) -> Iterator[tuple[str, object]]:
+    """``slice2d serve``'s app (``slice2d.web.jobs.Settings``) on a free loopback port, in a
+    background thread; yields its base URL and its ``JobStore``. Skips without the web extra."""
+    pytest.importorskip("fastapi", reason="the web extra is not installed (pip install -e '.[web]')")
+    import uvicorn
+
+    from slice2d.web.app import create_app
+
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the web app did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", app.state.store
+    finally:
+        server.should_exit = True
+        thread.join()

@@ -124,7 +124,7 @@ def test_prepare_bad_input(good, tmp_path, where, kind, message):
 def test_prepare_missing_and_empty_folders(good, tmp_path):
     assert_user_error(_prepare(tmp_path / "nope", good / "labels", tmp_path / "s.h5"), "folder not found")
     (tmp_path / "empty").mkdir()
-    assert_user_error(_prepare(tmp_path / "empty", good / "labels", tmp_path / "s.h5"), "no .nii or .nii.gz")
+    assert_user_error(_prepare(tmp_path / "empty", good / "labels", tmp_path / "s.h5"), "no .nii, .nii.gz, .nrrd")
     (good / "labels" / "b.nii.gz").unlink()
     assert_user_error(_prepare(good / "images", good / "labels", tmp_path / "s.h5"), "no label map for cases ['b']")
 

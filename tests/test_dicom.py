@@ -25,6 +25,7 @@ from pydicom.uid import (
     EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    LegacyConvertedEnhancedCTImageStorage,
     MRImageStorage,
     RLELossless,
     SecondaryCaptureImageStorage,
@@ -261,6 +262,56 @@ def test_enhanced_ct_multiframe_reads_like_single_frames(tmp_path: Path) -> None
     single, multi = load_series(tmp_path / "single"), load_series(tmp_path / "multi")
     np.testing.assert_array_equal(np.asanyarray(multi.dataobj), np.asanyarray(single.dataobj))
     np.testing.assert_allclose(multi.affine, single.affine, atol=1e-9)
+
+
+@pytest.mark.parametrize("sop_class", [EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage],
+                         ids=["enhanced", "legacy-converted"])
+def test_multiframe_per_frame_rescale_and_a_single_frame(tmp_path: Path, sop_class: str) -> None:
+    """Each frame's own PixelValueTransformation and PixelMeasures win over the shared ones; a
+    file of one frame (pixel_array 2D) reads as one slice."""
+    rows, cols, spacing = 4, 6, (0.6, 0.8)
+    positions = positions_along(AXIAL, 3, 2.0)
+    for n in (3, 1):
+        ds = ct_slice(positions[0], sop_class=sop_class)
+        for name in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "RescaleSlope", "RescaleIntercept"):
+            delattr(ds, name)
+        shared = Dataset()
+        shared.PlaneOrientationSequence = Sequence([Dataset()])
+        shared.PlaneOrientationSequence[0].ImageOrientationPatient = list(AXIAL)
+        shared.PixelMeasuresSequence = Sequence([Dataset()])
+        shared.PixelMeasuresSequence[0].PixelSpacing = [9.0, 9.0]  # overridden per frame
+        ds.SharedFunctionalGroupsSequence = Sequence([shared])
+        frames = []
+        for k in range(n):
+            frame = Dataset()
+            frame.PlanePositionSequence = Sequence([Dataset()])
+            frame.PlanePositionSequence[0].ImagePositionPatient = [float(v) for v in positions[k]]
+            frame.PixelMeasuresSequence = Sequence([Dataset()])
+            frame.PixelMeasuresSequence[0].PixelSpacing = list(spacing)
+            frame.PixelValueTransformationSequence = Sequence([Dataset()])
+            frame.PixelValueTransformationSequence[0].RescaleSlope = 1.0
+            frame.PixelValueTransformationSequence[0].RescaleIntercept = -1000.0 - 10 * k
+            frames.append(frame)
+        ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+        ds.NumberOfFrames = n
+        ds.PixelData = np.stack([stored_pattern(k, rows, cols) for k in range(n)]).tobytes()
+        (tmp_path / str(n)).mkdir()
+        ds.save_as(tmp_path / str(n) / "multi.dcm", enforce_file_format=True)
+        img = load_series(tmp_path / str(n))
+        data = np.asanyarray(img.dataobj)
+        i, j, k = np.meshgrid(np.arange(cols), np.arange(rows), np.arange(n), indexing="ij")
+        np.testing.assert_array_equal(data, 100 * k + 10 * j + i - 1000 - 10 * k)
+        np.testing.assert_allclose(nib.affines.voxel_sizes(img.affine)[:2], [0.8, 0.6])
+
+
+def test_the_axial_series_of_a_study_is_taken_beside_a_reformat(tmp_path: Path) -> None:
+    """A coronal reformat of the same study does not make the folder ambiguous."""
+    write_series(tmp_path / "ax", positions_along(AXIAL, 5, 2.0), series_uid="1.1")
+    coronal = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+    write_series(tmp_path / "cor", positions_along(coronal, 6, 2.0), orientation=coronal, series_uid="2.2")
+    assert {s.uid: s.plane for s in find_series(tmp_path)} == {"2.2": "coronal", "1.1": "axial"}
+    assert load_series(tmp_path).shape == (6, 4, 5)
+    assert load_series(tmp_path, series_uid="2.2").shape == (6, 4, 6)
 
 
 def test_missing_decoder_names_the_package(tmp_path: Path, monkeypatch) -> None:

@@ -166,7 +166,7 @@ def test_evaluate_folders_end_to_end(tmp_path):
     pdir, rdir = _folders(tmp_path)
     seen = []
     out = evaluate_folders(pdir, rdir, tmp_path / "out", progress=seen.append)
-    assert seen == ["case1.nii.gz", "case2.nii"]
+    assert seen == ["case1", "case2"]
     assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "metrics.png", "summary.json"]
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -214,7 +214,7 @@ def test_evaluate_folders_refuses_unpaired_and_empty(tmp_path):
         evaluate_folders(pdir, rdir, tmp_path / "out")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="no .nii or .nii.gz files"):
+    with pytest.raises(ValueError, match="no .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd files"):
         evaluate_folders(empty, rdir, tmp_path / "out")
 
 

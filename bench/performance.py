@@ -3,7 +3,7 @@
     python bench/performance.py train     # training slices/s, batch 16, 128x128: depth 4/16 (default) and 5/8, XLA on/off
     python bench/performance.py memory    # peak memory of one training step: default 2D U-Net vs a 3D U-Net (MIScnn setup)
     python bench/performance.py prepare   # `slice2d prepare` of a 512x512x300 volume: seconds, peak memory; 1 vs 3 cases
-    python bench/performance.py predict   # `slice2d predict` of a 512x512x300 volume, whole process; the model alone
+    python bench/performance.py predict   # `slice2d predict` of a 512x512x300 volume, whole process, float32 and bfloat16; the model alone
     python bench/performance.py all
 
 Every measurement runs in a fresh child process (so peak memory is that of the measured work
@@ -27,6 +27,7 @@ from record import ROOT, cpu_times, machine, median, steal_percent, write_sectio
 
 ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 CLI = [sys.executable, str(ROOT / "cli.py")]
+PRECISIONS = ("float32", "bfloat16")
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float, str]:
@@ -136,7 +137,7 @@ def child_memory(kind: str) -> dict:
     from slice2d.config import ModelConfig
     from slice2d.losses import FocalDiceLoss
     from slice2d.model import build_unet
-    from slice2d.train import onednn_enabled
+    from slice2d.hardware import onednn_enabled
 
     mc = ModelConfig()
     if kind == "2d":
@@ -157,12 +158,12 @@ def child_memory(kind: str) -> dict:
             "first_step_s": seconds}
 
 
-def child_model_speed(run_dir: str, jit: str) -> dict:
+def child_model_speed(run_dir: str, jit: str, precision: str = "float32") -> dict:
     import numpy as np
 
     from slice2d.predict import PREDICT_BATCH, load_run, predict_slices
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, precision=precision)
     run.model.jit_compile = jit == "xla"
     slices = np.random.default_rng(0).random((300, run.cfg.data.size, run.cfg.data.size), dtype=np.float32)
     start = time.perf_counter()
@@ -173,7 +174,7 @@ def child_model_speed(run_dir: str, jit: str) -> dict:
         start = time.perf_counter()
         predict_slices(run, slices)
         rates.append(300 / (time.perf_counter() - start))
-    return {"jit": jit, "slices_per_s": median(rates), "first_call_s": first}
+    return {"jit": jit, "precision": precision, "slices_per_s": median(rates), "first_call_s": first}
 
 
 # ---- parts -------------------------------------------------------------------------------
@@ -291,40 +292,51 @@ than one.
 
 
 def part_predict(work: Path, repeats: int) -> None:
+    from slice2d.hardware import native_bfloat16
     from slice2d.runs import shipped_model
 
     big = big_volume(work)
     volume = big / "images" / "phantom_000.nii.gz"
-    runs = []
+    runs: dict[str, list[dict]] = {p: [] for p in PRECISIONS}
     before = cpu_times()
     for _ in range(repeats):
-        out = work / "predicted"
-        shutil.rmtree(out, ignore_errors=True)
-        seconds, peak, _ = run_measured([*CLI, "predict", str(volume), "--out", str(out), "-q"])
-        runs.append({"seconds": seconds, "peak_gb": peak})
+        for precision in PRECISIONS:  # alternating, so that a slow spell of the host hits both
+            out = work / "predicted" / precision
+            shutil.rmtree(out, ignore_errors=True)
+            seconds, peak, _ = run_measured([*CLI, "predict", str(volume), "--out", str(out), "-q",
+                                             "--precision", precision])
+            runs[precision].append({"seconds": seconds, "peak_gb": peak})
     steal = steal_percent(before, cpu_times())
-    report = json.loads((work / "predicted" / "severity" / "phantom_000.json").read_text())
-    model = {jit: [child("model_speed", str(shipped_model("lesions")), jit) for _ in range(repeats)]
-             for jit in ("none", "xla")}
-    speed = {jit: median([r["slices_per_s"] for r in v]) for jit, v in model.items()}
-    first = {jit: median([r["first_call_s"] for r in v]) for jit, v in model.items()}
+    report = json.loads((work / "predicted" / "float32" / "severity" / "phantom_000.json").read_text())
+    variants = (("none", "float32"), ("xla", "float32"), ("none", "bfloat16"))
+    model = {f"{jit}-{precision}": [child("model_speed", str(shipped_model("lesions")), jit, precision)
+                                    for _ in range(repeats)] for jit, precision in variants}
+    speed = {key: median([r["slices_per_s"] for r in v]) for key, v in model.items()}
+    first = {key: median([r["first_call_s"] for r in v]) for key, v in model.items()}
+
+    def whole(precision: str) -> str:
+        values = [r["seconds"] for r in runs[precision]]
+        return f"**{median(values):.1f}** (runs: {', '.join(f'{v:.1f}' for v in values)})"
+
+    native = "has" if native_bfloat16() else "has no"
     md = f"""## Predict: one 512x512x300 volume
 
 `python bench/performance.py predict`, {time.strftime('%Y-%m-%d')}, on {machine()}.
-`slice2d predict VOLUME --out OUT` with the defaults (the built-in lung extraction first, then the
-shipped lesion model on the slices with lung, six lung zones, Chung severity report and figure)
-on a synthetic 512x512x300 chest CT: the whole
-process, Python and TensorFlow start-up included; median of {repeats} runs. The host took
-{steal:.0f} % of this virtual machine's CPU time for other guests while they ran ("steal"), so
-single runs vary by a few seconds.
+`slice2d predict VOLUME --out OUT --precision P` with the defaults otherwise (the built-in lung
+extraction first, then the shipped lesion model on the slices with lung, six lung zones, Chung
+severity report and figure) on a synthetic 512x512x300 chest CT: the whole process, Python and
+TensorFlow start-up included; median of {repeats} runs of each precision, alternating. This CPU
+{native} native bfloat16 (AMX or AVX-512 BF16 with oneDNN: `slice2d.hardware.native_bfloat16`).
+The host took {steal:.0f} % of this virtual machine's CPU time for other guests while they ran
+("steal"), so single runs vary by a few seconds.
 
-| what | value |
-|---|---|
-| whole `slice2d predict`, seconds | **{median([r['seconds'] for r in runs]):.1f}** (runs: {', '.join(f"{r['seconds']:.1f}" for r in runs)}) |
-| peak memory | {median([r['peak_gb'] for r in runs]):.2f} GB |
-| lesion model alone, 300 slices at batch 16, slices/s (no XLA, the default) | {speed['none']:.0f} |
-| lesion model alone with XLA, slices/s | {speed['xla']:.0f} (first call {first['xla']:.1f} s with compilation, against {first['none']:.1f} s) |
-| lung volume found (both lungs, as written) | {report['lung_ml']:.0f} mL |
+| what | float32 | bfloat16 |
+|---|---|---|
+| whole `slice2d predict`, seconds | {whole('float32')} | {whole('bfloat16')} |
+| peak memory | {median([r['peak_gb'] for r in runs['float32']]):.2f} GB | {median([r['peak_gb'] for r in runs['bfloat16']]):.2f} GB |
+| lesion model alone, 300 slices at batch 16, slices/s (no XLA, the default) | {speed['none-float32']:.0f} | {speed['none-bfloat16']:.0f} |
+| lesion model alone with XLA, slices/s | {speed['xla-float32']:.0f} (first call {first['xla-float32']:.1f} s with compilation, against {first['none-float32']:.1f} s) | |
+| lung volume found (both lungs, as written) | {report['lung_ml']:.0f} mL | |
 """
     write_section("predict", md, {"machine": machine(), "runs": runs, "model": model, "steal_percent": steal})
 

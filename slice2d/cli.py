@@ -39,6 +39,12 @@ class LungSource(str, Enum):  # anatomy.LUNG_SOURCES (anatomy is not imported he
     model = "model"
 
 
+class Precision(str, Enum):  # hardware.PRECISIONS
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
 SchemeOption = Annotated[Scheme, typer.Option(help="Severity scheme.")]
 LobeLabelsOption = Annotated[LobeLabels, typer.Option(help="Label convention of the lobe maps.")]
 ZonesOption = Annotated[Zones, typer.Option(help="How lungs are cut into thirds when there is no lobe map.")]
@@ -225,7 +231,7 @@ def train(
     fold: Annotated[Optional[int], typer.Option(min=0, help="Which fold validates (0-based).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     strategy: Annotated[Strategy, typer.Option(help="Devices to train on: none (one device), mirrored (every local GPU), multi-worker (several machines, configured by TF_CONFIG; run the same command on each; docs/distributed.md).")] = Strategy.none,
-    tensorboard: Annotated[bool, typer.Option(help="Also write the training curves for TensorBoard to OUT/tensorboard (needs pip install 'slice2d[tensorboard]').")] = False,
+    tensorboard: Annotated[bool, typer.Option(help="Also write the training curves for TensorBoard to OUT/tensorboard (needs the tensorboard extra: pip install 'slice2d\\[tensorboard]').")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Train a U-Net (focal + Dice loss, augmentation) and write a self-describing run folder."""
@@ -262,6 +268,7 @@ def predict(
     mirror: MirrorOption = None,
     threshold: Annotated[Optional[float], typer.Option(min=0.01, max=0.99, help="Foreground threshold of the lesion model (default: the one in its config.yaml; the shipped model's was chosen on its validation split). Lower finds more lesion, and more false positives.")] = None,
     tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Test-time augmentation: average each model over mirror images of the slices (lesions: up-down and left-right, 4 passes; lungs: up-down, 2). Slower; in 5-fold CV +0.01 lesion Dice (BENCHMARKS.md). Default: each model's predict.mirror (off in the shipped models).")] = None,
+    precision: Annotated[Precision, typer.Option(help="What the networks compute in: float32; bfloat16 (about twice as fast where the CPU has AMX or AVX-512 BF16, maps within BENCHMARKS.md's Dice of float32's); auto: bfloat16 where the CPU computes it natively, else float32.")] = Precision.float32,
     lungs_only: Annotated[bool, typer.Option("--lungs-only/--anywhere", help="Drop lesions outside the body or wholly away from the lungs (no pixel of an in-plane piece within 5 mm of them) from the written lesion map, and add the kept lesion the lungs missed to the lung map; --anywhere keeps the model's raw map.")] = True,
     series: Annotated[Optional[list[str]], typer.Option(help="DICOM input: the SeriesInstanceUID to read where a study has several axial CT series (the error lists them); repeat for several studies. A folder tree of several studies is a cohort: one case per study's axial CT series, OUT/cases.csv maps each case to its series.")] = None,
     lung_source: Annotated[LungSource, typer.Option(help="HU volumes: lungs from the built-in extraction (builtin; the most accurate on whole scans, BENCHMARKS.md), the extraction plus the dense lung the lung model sees next to it (combined), or the lung model alone (model). Slice images always use the lung model.")] = LungSource.builtin,
@@ -283,7 +290,8 @@ def predict(
     orientation = _slice_orientation(rotate, mirror)
     if lobes is not None and lobes_model is not None:
         raise typer.BadParameter("give --lobes or --lobes-model, not both")
-    models = Models(main=model, lungs=lungs_model, lobes=lobes_model, threshold=threshold, mirror=tta)
+    models = Models(main=model, lungs=lungs_model, lobes=lobes_model, threshold=threshold, mirror=tta,
+                    precision=precision.value)
     options = PredictOptions(severity=severity, lungs_only=lungs_only, lung_source=lung_source.value, lobes_dir=lobes,
                              scoring=SeverityOptions(scheme, lobe_labels, zones), batch_size=batch_size,
                              probabilities=probabilities, rotate=orientation, series=tuple(series or ()),

@@ -73,14 +73,13 @@ def make_strategy(name: str):
         raise InputError(f"strategy {name!r} is not one of {', '.join(STRATEGIES)}")
     if name == "none":
         return None, None
+    tf_config = read_tf_config(os.environ.get("TF_CONFIG")) if name == "multi-worker" else None
     import tensorflow as tf
 
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
-        tf_config = None
     else:
-        tf_config = read_tf_config(os.environ.get("TF_CONFIG"))
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     log.info("strategy %s: %d replicas in sync", name, strategy.num_replicas_in_sync)
     return strategy, tf_config

@@ -11,7 +11,6 @@ trained on NIfTI volumes see the same picture.
 from __future__ import annotations
 
 import errno
-import gzip
 import os
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from isal import igzip
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from slice2d.formats import META_SUFFIXES, NRRD_SUFFIXES, FormatError, read_volume
@@ -170,11 +170,12 @@ def load_volume(path: str | Path, kind: str = "image") -> nib.Nifti1Image:
 
 
 def _voxels(img: nib.Nifti1Image, path: Path) -> np.ndarray:
-    """The voxel array. A .nii.gz on disk is decompressed in one call rather than through nibabel's
-    chunked gzip reads: 3-4x faster, and it does not stall while another thread (the model
-    loading in the background) holds the interpreter."""
+    """The voxel array. A .nii.gz on disk is decompressed in one call with ISA-L (``isal``) rather
+    than through nibabel's chunked gzip reads: 3-4x faster than those, 2.5x faster than zlib in one
+    call, and it does not stall while another thread (the model loading in the background) holds
+    the interpreter."""
     if path.name.endswith(".gz") and nib.arrayproxy.is_proxy(img.dataobj):
-        img = type(img).from_bytes(gzip.decompress(path.read_bytes()))
+        img = type(img).from_bytes(igzip.decompress(path.read_bytes()))
     return np.asanyarray(img.dataobj)
 
 
@@ -337,5 +338,8 @@ def save_like(array: np.ndarray, reference: nib.Nifti1Image, path: str | Path, d
     if not np.allclose(out.affine, reference.affine, atol=1e-6):
         raise RuntimeError(f"{path}: output affine would differ from the input's; not writing")
     with atomic_path(path) as tmp:
-        nib.save(out, tmp)
+        if path.name.endswith(".gz"):  # ISA-L: several times faster than nibabel's zlib at its level 1
+            Path(tmp).write_bytes(igzip.compress(out.to_bytes(), compresslevel=1, mtime=0))
+        else:
+            nib.save(out, tmp)
     return path

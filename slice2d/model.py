@@ -16,25 +16,30 @@ from slice2d.config import ModelConfig
 BACKGROUND_PRIOR_FOREGROUND = 0.01  # initial probability mass of all foreground classes together
 
 
-def _conv_block(x, filters: int, cfg: ModelConfig, name: str):
+def _conv_block(x, filters: int, cfg: ModelConfig, name: str, dtype: str | None):
     shortcut = x
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=not cfg.batch_norm, kernel_initializer="he_normal",
-                          name=f"{name}_conv{i}")(x)
+                          name=f"{name}_conv{i}", dtype=dtype)(x)
         if cfg.batch_norm:
             # momentum 0.9: the moving statistics must settle within the few hundred steps of a small run
-            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}", dtype=dtype)(x)
         if not (cfg.residual and i == 2):
-            x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+            x = layers.Activation("relu", name=f"{name}_relu{i}", dtype=dtype)(x)
     if cfg.residual:
         if shortcut.shape[-1] != filters:
-            shortcut = layers.Conv2D(filters, 1, padding="same", name=f"{name}_proj")(shortcut)
-        x = layers.Activation("relu", name=f"{name}_relu2")(layers.Add(name=f"{name}_add")([x, shortcut]))
+            shortcut = layers.Conv2D(filters, 1, padding="same", name=f"{name}_proj", dtype=dtype)(shortcut)
+        added = layers.Add(name=f"{name}_add", dtype=dtype)([x, shortcut])
+        x = layers.Activation("relu", name=f"{name}_relu2", dtype=dtype)(added)
     return x
 
 
-def build_unet(size: int, n_classes: int, cfg: ModelConfig) -> keras.Model:
-    """A U-Net for ``size x size`` single-channel slices; ``size`` must be divisible by 2**depth."""
+def build_unet(size: int, n_classes: int, cfg: ModelConfig, dtype: str | None = None) -> keras.Model:
+    """A U-Net for ``size x size`` single-channel slices; ``size`` must be divisible by 2**depth.
+
+    dtype: the dtype policy of every layer but the softmax head (e.g. "mixed_bfloat16"); None: the
+    global policy (``keras.config.set_dtype_policy``, which training sets for mixed precision).
+    """
     if size % (2 ** cfg.depth):
         raise ValueError(f"slice size {size} is not divisible by 2**depth = {2 ** cfg.depth}; "
                          "change data.size or model.depth")
@@ -42,17 +47,17 @@ def build_unet(size: int, n_classes: int, cfg: ModelConfig) -> keras.Model:
     x = inputs
     skips = []
     for level in range(cfg.depth):
-        x = _conv_block(x, cfg.base_filters * 2 ** level, cfg, f"down{level}")
+        x = _conv_block(x, cfg.base_filters * 2 ** level, cfg, f"down{level}", dtype)
         skips.append(x)
-        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
-    x = _conv_block(x, cfg.base_filters * 2 ** cfg.depth, cfg, "bottom")
+        x = layers.MaxPooling2D(2, name=f"pool{level}", dtype=dtype)(x)
+    x = _conv_block(x, cfg.base_filters * 2 ** cfg.depth, cfg, "bottom", dtype)
     if cfg.dropout:
-        x = layers.Dropout(cfg.dropout, name="bottom_dropout")(x)
+        x = layers.Dropout(cfg.dropout, name="bottom_dropout", dtype=dtype)(x)
     for level in reversed(range(cfg.depth)):
         filters = cfg.base_filters * 2 ** level
-        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}_transpose")(x)
-        x = layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
-        x = _conv_block(x, filters, cfg, f"up{level}")
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}_transpose", dtype=dtype)(x)
+        x = layers.Concatenate(name=f"up{level}_concat", dtype=dtype)([x, skips[level]])
+        x = _conv_block(x, filters, cfg, f"up{level}", dtype)
     # float32 softmax even under mixed precision, for a stable loss
     head = layers.Conv2D(n_classes, 1, activation="softmax", dtype="float32", name="probabilities")
     outputs = head(x)
@@ -65,17 +70,19 @@ def build_unet(size: int, n_classes: int, cfg: ModelConfig) -> keras.Model:
     return model
 
 
-def fold_batch_norm(model: keras.Model, size: int, n_classes: int, cfg: ModelConfig) -> keras.Model:
-    """An inference copy of a trained U-Net, in float32, with each batch norm folded into the convolution before it.
+def fold_batch_norm(model: keras.Model, size: int, n_classes: int, cfg: ModelConfig,
+                    dtype: str = "float32") -> keras.Model:
+    """An inference copy of a trained U-Net, with each batch norm folded into the convolution before it.
 
     At inference a batch norm is a fixed per-channel affine map, so ``conv -> bn`` equals one
     convolution with kernel ``w * s`` and bias ``beta - mean * s``, ``s = gamma / sqrt(var + eps)``
     (float32 rounding aside). The copy has no batch-norm ops, so TensorFlow's CPU graph can fuse
-    each convolution with its bias and ReLU. It is built in float32 from ``cfg`` (the trained
-    model's own architecture, e.g. from its run folder), so a mixed-precision model comes back in
-    float32 too, and shares no variables with ``model``.
+    each convolution with its bias and ReLU. It is built from ``cfg`` (the trained model's own
+    architecture, e.g. from its run folder) with the dtype policy ``dtype`` (float32, whatever the
+    model was trained in; "mixed_bfloat16" computes in bfloat16 with float32 weights and softmax),
+    and shares no variables with ``model``.
     """
-    folded = build_unet(size, n_classes, cfg.model_copy(update={"batch_norm": False}))
+    folded = build_unet(size, n_classes, cfg.model_copy(update={"batch_norm": False}), dtype)
     names = {layer.name for layer in model.layers}
     for layer in folded.layers:
         if not layer.weights:

@@ -70,7 +70,8 @@ class Models:
     main: the model whose map is written for each input (None: the shipped lesion model);
     lungs: a lung model (None: with a shipped lesion model, the shipped lung model if there is
     one); lobes: a lobe model. threshold: the main model's foreground threshold (None: its
-    config's). mirror: test-time mirroring of every model (None: each model's config).
+    config's). mirror: test-time mirroring of every model (None: each model's config). precision:
+    what the networks compute in, "float32", "bfloat16" or "auto" (``hardware.inference_dtype``).
     """
 
     main: Path | None = None
@@ -78,6 +79,7 @@ class Models:
     lobes: Path | None = None
     threshold: float | None = None
     mirror: bool | None = None
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,8 @@ def segment(source: Path, out: Path, models: Models = Models(), options: Predict
         if resume or shard:
             raise InputError(f"{source}: a folder of slice images is one case; --resume and --shard take a folder "
                              "of volumes")
-        run = with_options(load_run(main, background=True), models.threshold, models.mirror)
-        lung_run = (with_options(load_run(lungs, background=True), mirror=models.mirror)
+        run = with_options(load_run(main, background=True, precision=models.precision), models.threshold, models.mirror)
+        lung_run = (with_options(load_run(lungs, background=True, precision=models.precision), mirror=models.mirror)
                     if lungs and options.severity else None)
         writable_folder(out)
         with progress(sum(1 for p in source.iterdir() if is_image(p)), "predict") as step:
@@ -150,10 +152,11 @@ def segment(source: Path, out: Path, models: Models = Models(), options: Predict
     # the lung model loads first, because it runs first (the lesion model then only sees slices with lung)
     assess = options.severity and run_config(main).data.task == "lesions"
     warm_up = options.batch_size
-    lung_run = (with_options(load_run(lungs, background=True, warm_up=warm_up), mirror=models.mirror)
+    lung_run = (with_options(load_run(lungs, background=True, warm_up=warm_up, precision=models.precision), mirror=models.mirror)
                 if lungs and assess and options.lung_source != "builtin" else None)
-    run = with_options(load_run(main, background=True, warm_up=warm_up), models.threshold, models.mirror)
-    lobe_run = (with_options(load_run(models.lobes, background=True, warm_up=warm_up), mirror=models.mirror)
+    run = with_options(load_run(main, background=True, warm_up=warm_up, precision=models.precision), models.threshold, models.mirror)
+    lobe_run = (with_options(load_run(models.lobes, background=True, warm_up=warm_up,
+                                          precision=models.precision), mirror=models.mirror)
                 if models.lobes and assess else None)
     writable_folder(out)
     write_cases_table(files, out / "cases.csv")  # DICOM cases -> their folders, studies and series

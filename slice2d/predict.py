@@ -26,7 +26,8 @@ from slice2d.slicing import drop_small_components, probabilities_to_labels, prob
 class Run:
     """A trained model with the configuration it was trained with.
 
-    ``loaded`` is the model made ready for inference (batch norms folded, see ``_load_model``), or
+    ``loaded`` is the model made ready for inference (batch norms folded, in the precision asked
+    for, see ``_load_model``), or
     a Future of it while it loads in the background (``load_run(..., background=True)``); ``model``
     waits for it. The model as trained: ``runs.load_trained_model(path)``.
     """
@@ -44,7 +45,8 @@ PREDICT_BATCH = 16  # slices per network call: the fastest on a 2-core CPU (benc
 _LOADER: ThreadPoolExecutor | None = None  # every model loads on this one thread, in the order asked
 
 
-def load_run(path: str | Path, background: bool = False, warm_up: int | None = None) -> Run:
+def load_run(path: str | Path, background: bool = False, warm_up: int | None = None,
+             precision: str = "float32") -> Run:
     """Load a run folder; the model is loaded in Keras safe mode (no code from the file runs).
 
     The folder, its format stamp and its config are checked at once. With ``background``, the
@@ -53,13 +55,15 @@ def load_run(path: str | Path, background: bool = False, warm_up: int | None = N
     load one after another, in the order asked.
     warm_up: a batch size; the model predicts one empty batch of it after loading, so that the
     prediction graph is traced there (in the background) rather than on the first real batch.
+    precision: "float32", "bfloat16", or "auto" (bfloat16 where the CPU computes it natively,
+    ``hardware.inference_dtype``).
     """
     path = Path(path)
     cfg = run_config(path)
     global _LOADER
     if _LOADER is None:  # one thread, because Keras model loading is not thread-safe
         _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slice2d-load")
-    future = _LOADER.submit(_load_model, path, cfg, warm_up)
+    future = _LOADER.submit(_load_model, path, cfg, warm_up, precision)
     return Run(path=path, cfg=cfg, loaded=future if background else future.result())
 
 
@@ -76,10 +80,11 @@ def mirror_axes(cfg: Config) -> tuple[int, ...]:
     return tuple(axis for axis, ok in ((1, cfg.train.augment.vertical_flip > 0), (2, cfg.data.task == "lesions")) if ok)
 
 
-def _load_model(path: Path, cfg: Config, warm_up: int | None = None):
+def _load_model(path: Path, cfg: Config, warm_up: int | None = None, precision: str = "float32"):
     """The run's model ready for inference: batch norms folded into the convolutions, in float32
-    (a model trained with mixed precision on a GPU too), except a mixed-precision model on a GPU,
-    which is kept as it is."""
+    (a model trained with mixed precision on a GPU too) or bfloat16 (``precision``), except a
+    mixed-precision model on a GPU, which is kept as it is."""
+    from slice2d.hardware import has_gpu, inference_dtype
     from slice2d.model import fold_batch_norm
 
     model = load_trained_model(path)
@@ -87,20 +92,15 @@ def _load_model(path: Path, cfg: Config, warm_up: int | None = None):
     if tuple(model.output_shape) != expected:
         raise InputError(f"{path}: model output {model.output_shape} does not match config.yaml {expected}")
     mixed = any(layer.dtype_policy.name.startswith("mixed") for layer in model.layers)
-    if (cfg.model.batch_norm or mixed) and not (mixed and _has_gpu()):
+    dtype = inference_dtype(precision)
+    if (cfg.model.batch_norm or mixed or dtype != "float32") and not (mixed and has_gpu()):
         try:
-            model = fold_batch_norm(model, cfg.data.size, len(cfg.data.classes), cfg.model)
+            model = fold_batch_norm(model, cfg.data.size, len(cfg.data.classes), cfg.model, dtype)
         except ValueError:  # layers or weights unlike config.yaml's U-Net
             raise InputError(f"{path}: model.keras does not match the U-Net described in config.yaml") from None
     if warm_up:
         model.predict_on_batch(np.zeros((warm_up, cfg.data.size, cfg.data.size, 1), np.float32))
     return model
-
-
-def _has_gpu() -> bool:
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def predict_slices(run: Run, slices: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 
 from slice2d.config import Config, config_from_yaml, load_config
 from slice2d.dataset import SliceFile, Split, split_cases
+from slice2d.hardware import has_gpu, onednn_enabled
 from slice2d.io import InputError, atomic_path, writable_folder, write_text
 from slice2d.runs import MONITOR, check_run_stamp, load_trained_model, write_model_card, write_run_stamp
 
@@ -186,16 +187,6 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def onednn_enabled() -> bool:
-    """Whether TensorFlow runs its oneDNN CPU kernels: ``TF_ENABLE_ONEDNN_OPTS`` when set, else
-    TensorFlow's own check of the CPU (on Linux: AVX-512 VNNI or BF16, AVX-VNNI or AMX)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):  # a TensorFlow without the switch
-        return False
-
-
 def use_xla(setting: bool | str) -> bool:
     """Whether to compile the training step with XLA; ``setting`` is ``train.jit_compile``.
 
@@ -204,9 +195,7 @@ def use_xla(setting: bool | str) -> bool:
     """
     if setting != "auto":
         return bool(setting)
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU")) or not onednn_enabled()
+    return has_gpu() or not onednn_enabled()
 
 
 def require_tensorboard() -> None:

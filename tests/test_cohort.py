@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import invoke
+from conftest import assert_user_error, invoke, no_output
 
 from slice2d import pipeline
 from slice2d.cohort import Shard
@@ -204,3 +204,10 @@ def test_the_progress_bar_shows_the_rate_and_the_time_left():
         bar.advance(fast, 10)
         shown += [str(c.render(bar.tasks[1])) for c in columns[-2:]]
     assert shown == ["", "", "12.0 s each", "0:00:36 left", "5.0 s each", "0:00:00 left", "5.0/s", "0:00:06 left"]
+
+
+def test_a_single_damaged_file_is_its_own_error_and_writes_nothing(phantoms, runs, tmp_path):
+    data = _cohort(phantoms, tmp_path / "in", damaged="b")
+    result = invoke("predict", data / "b.nii.gz", "--out", tmp_path / "out", "--model", runs["lesions"], "-q")
+    assert_user_error(result, "b.nii.gz", "truncated")
+    assert no_output(tmp_path / "out")

@@ -157,35 +157,44 @@ def test_loss_per_replica_adds_up_to_the_single_device_loss(tmp_path):
     assert result["batch"]["single"] != pytest.approx(result["sample"]["single"], rel=1e-3)  # two different losses
 
 
-@pytest.mark.slow
-def test_two_devices_train_a_model_that_predicts(tmp_path):
-    """``mirrored`` on two logical CPU devices: the loss falls and the training Dice rises, and the
-    run folder is the one a single device writes (same splits, history columns, model card) and
-    predicts a map on the input's grid."""
-    slices = _tiny_slices(tmp_path)
+@pytest.fixture(scope="module")
+def mirrored_run(tmp_path_factory) -> Path:
+    """A run trained with ``mirrored`` on two logical CPU devices (with ``tensorboard`` where installed)."""
+    root = tmp_path_factory.mktemp("mirrored")
+    slices = _tiny_slices(root)
     _python(f"""
+        from importlib.util import find_spec
         from slice2d.config import load_config
         from slice2d.train import train
         cfg = load_config("demo").updated(**{TINY!r}).updated(train={{"epochs": 4}})
-        train({str(slices)!r}, {str(tmp_path / "run")!r}, cfg, verbose=0, strategy="mirrored")
-    """, tmp_path)
-    run = tmp_path / "run"
+        train({str(slices)!r}, {str(root / "run")!r}, cfg, verbose=0, strategy="mirrored",
+              tensorboard=find_spec("tensorboard") is not None)
+    """, root)
+    return root / "run"
+
+
+@pytest.mark.slow
+def test_two_devices_train_a_model_that_predicts(mirrored_run):
+    """``mirrored`` on two logical CPU devices: the loss falls and the training Dice rises, and the
+    run folder is the one a single device writes (same splits, history columns, model card) and
+    predicts a map on the input's grid."""
+    run = mirrored_run
     rows = list(csv.DictReader((run / "history.csv").open()))
     single_device = (ROOT / "checkpoints" / "lesions" / "history.csv").read_text().splitlines()[0]  # model.fit's
     assert ",".join(rows[0]) == single_device
     assert [int(r["epoch"]) for r in rows] == list(range(4))
     losses, dices = [float(r["loss"]) for r in rows], [float(r["dice_lesion"]) for r in rows]
-    assert losses[-1] < 0.8 * losses[0], losses  # measured 0.96 -> 0.70
-    assert max(dices[-2:]) > dices[0] + 0.1, dices  # measured 0.18 -> 0.42
+    assert losses[-1] < 0.8 * losses[0], losses  # measured 0.96 -> 0.72
+    assert max(dices[-2:]) > dices[0] + 0.1, dices  # measured 0.18 -> 0.43
 
     cfg = load_config("demo").updated(**TINY)
-    f = SliceFile(slices)
+    f = SliceFile(run.parent / "s.h5")
     expected = split_cases({c: f.patient(c) for c in f.cases}, cfg.train.val_fraction, 1, 0, cfg.train.seed)
     f.h5.close()
     assert json.loads((run / "splits.json").read_text()) == expected.as_dict()
     card = (run / "README.md").read_text()
     assert f"{len(expected.train)} training cases, {len(expected.val)} validation cases" in card
-    img = nib.load(tmp_path / "ph" / "images" / "phantom_000.nii.gz")
+    img = nib.load(run.parent / "ph" / "images" / "phantom_000.nii.gz")
     labels = predict_array(load_run(run), np.asarray(img.dataobj, np.float32), geometry_of(img))[0]
     assert labels.shape == img.shape and set(np.unique(labels)) <= {0, 1}
 
@@ -218,7 +227,7 @@ class Weights(keras.callbacks.Callback):
                      **{f"before{i}": w for i, w in enumerate(self.before)},
                      **{f"after{i}": w for i, w in enumerate(self.after)})
 
-cfg = load_config("demo").updated(**TINY).updated(train={"epochs": 1})
+cfg = load_config("demo").updated(**TINY).updated(model={"depth": 1, "base_filters": 4}, train={"epochs": 1})
 train(sys.argv[2], sys.argv[3], cfg, verbose=0, strategy="multi-worker", callbacks=[Weights()])
 """
 
@@ -264,24 +273,22 @@ def test_two_workers_train_one_model(tmp_path):
     assert labels.shape == img.shape
 
 
-def test_tensorboard_holds_the_curves_of_history_csv(tmp_path):
+@pytest.mark.slow
+def test_tensorboard_holds_the_curves_of_history_csv(mirrored_run):
     pytest.importorskip("tensorboard", reason="the optional tensorboard package is not installed "
                                               "(pip install 'slice2d[tensorboard]')")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.util.tensor_util import make_ndarray
 
-    from slice2d.train import train
-
-    cfg = load_config("demo").updated(**TINY).updated(train={"epochs": 2})
-    run = train(_tiny_slices(tmp_path), tmp_path / "run", cfg, verbose=0, tensorboard=True)
-    rows = list(csv.DictReader((run / "history.csv").open()))
+    rows = list(csv.DictReader((mirrored_run / "history.csv").open()))
 
     def curve(folder: str, tag: str) -> list[float]:
-        events = EventAccumulator(str(run / "tensorboard" / folder), size_guidance={"tensors": 0})
+        events = EventAccumulator(str(mirrored_run / "tensorboard" / folder), size_guidance={"tensors": 0})
         events.Reload()
         return [float(make_ndarray(e.tensor_proto)) for e in sorted(events.Tensors(tag), key=lambda e: e.step)]
 
     for folder, tag, column in (("train", "epoch_loss", "loss"), ("train", "epoch_dice_lesion", "dice_lesion"),
+                                ("train", "epoch_learning_rate", "learning_rate"),
                                 ("validation", "epoch_loss", "val_loss"),
                                 ("validation", "epoch_dice_mean", "val_dice_mean")):
         assert curve(folder, tag) == pytest.approx([float(r[column]) for r in rows], rel=1e-6), (folder, tag)

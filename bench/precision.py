@@ -66,7 +66,7 @@ def compare_volume(outs: dict[str, Path], name: str) -> dict:
 
 def compare_slices(outs: dict[str, Path]) -> dict:
     names = sorted(p.name for p in outs["float32"].glob("*.png"))
-    read = {p: {kind: np.stack([np.asarray(Image.open(outs[p] / sub / n)) for n in names])
+    read = {p: {kind: np.concatenate([np.asarray(Image.open(outs[p] / sub / n)).ravel() for n in names])
                 for kind, sub in (("lesions", "."), ("lungs", "lungs"))} for p in PRECISIONS}
     return {"lesion_dice": dice(read["float32"]["lesions"], read["bfloat16"]["lesions"]),
             "lung_dice": dice(read["float32"]["lungs"], read["bfloat16"]["lungs"]),

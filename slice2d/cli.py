@@ -384,8 +384,9 @@ def serve(
     """A local web app: upload a scan (NIfTI, or a zip of a DICOM series or of PNG/JPG slices), see
     the maps over its slices with the severity report, and download maps and reports.
 
-    The same pipeline as predict, with a JSON API beside the page (POST /api/predict); needs the web
-    extra: pip install -e '.[web]'. Uploads and results live in a private temporary folder.
+    The same pipeline as predict, with a JSON API beside the page (POST /api/predict); needs the
+    optional web dependencies (the extra named web; docs/web.md). Uploads and results live in a
+    private temporary folder.
     """
     _setup(quiet)
     try:

@@ -338,8 +338,14 @@ def save_like(array: np.ndarray, reference: nib.Nifti1Image, path: str | Path, d
     if not np.allclose(out.affine, reference.affine, atol=1e-6):
         raise RuntimeError(f"{path}: output affine would differ from the input's; not writing")
     with atomic_path(path) as tmp:
-        if path.name.endswith(".gz"):  # ISA-L: several times faster than nibabel's zlib at its level 1
-            Path(tmp).write_bytes(igzip.compress(out.to_bytes(), compresslevel=1, mtime=0))
-        else:
-            nib.save(out, tmp)
+        write_nifti(out, tmp, gz=path.name.endswith(".gz"))
     return path
+
+
+def write_nifti(img: nib.Nifti1Image, path: str | Path, gz: bool) -> None:
+    """Write ``img`` to ``path`` as one file, gzip-compressed with ISA-L when ``gz`` (several
+    times faster than nibabel's zlib at its level 1; no time stamp, so equal maps give equal files)."""
+    if gz:
+        Path(path).write_bytes(igzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
+    else:
+        nib.save(img, path)

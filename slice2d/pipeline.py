@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -160,7 +161,7 @@ def segment(source: Path, out: Path, models: Models = Models(), options: Predict
                 if models.lobes and assess else None)
     writable_folder(out)
     write_cases_table(files, out / "cases.csv")  # DICOM cases -> their folders, studies and series
-    record = _record({"main": run, "lungs": lung_run, "lobes": lobe_run}, options)
+    record = _record({"main": run, "lungs": lung_run, "lobes": lobe_run}, options, models.precision)
     if resume:
         check_record(out, record)
     todo = _cases_to_do(files, out, options, assess, lobe_run is not None, resume, shard)
@@ -179,11 +180,12 @@ def segment(source: Path, out: Path, models: Models = Models(), options: Predict
     return reports
 
 
-def _record(runs: dict[str, Run | None], options: PredictOptions) -> dict:
+def _record(runs: dict[str, Run | None], options: PredictOptions, precision: str) -> dict:
     """What ``cohort.check_record`` keeps of a run: its models, and the options that change what
-    is written (not the batch size, not the slice images' orientation)."""
+    is written (the precision as asked; not the batch size, not the slice images' orientation)."""
     options = dataclasses.replace(options, lobes_dir=options.lobes_dir.resolve() if options.lobes_dir else None)
     kept = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("batch_size", "rotate")}
+    kept["precision"] = precision
     return {"models": [model_record(role, r.path, r.cfg.predict.model_dump(mode="json"))
                        for role, r in runs.items() if r is not None],
             "options": json.loads(json.dumps(kept, default=str))}
@@ -293,6 +295,10 @@ def segment_files(run: Run, inputs: list[Path], out_dir: str | Path, lung_run: R
             clear_failure(records, case_name(path))
             if report is not None:
                 reports.append(report)
+        # the case's figure is a web of reference cycles that holds its arrays; only the cycle
+        # collector frees it, and once TensorFlow is loaded that runs too rarely: memory grew by
+        # 0.14 GB per 512x512x100 case without this
+        gc.collect()
         if progress:
             progress(path)
     rebuild_tables([case_name(p) for p in cohort], records, reports=assess)

@@ -63,7 +63,7 @@ def runs(tmp_path, monkeypatch) -> dict[str, Path]:
     folders = {"lesions": _stand_in_run(tmp_path / "lesions", "lesions", ["background", "lesion"]),
                "lungs": _stand_in_run(tmp_path / "lungs", "lungs", ["background", "right_lung", "left_lung"])}
 
-    def load_run(path, background=False, warm_up=None):
+    def load_run(path, background=False, **loading):
         cfg = run_config(path)
         return Run(path=Path(path), cfg=cfg, loaded=_ThresholdModel(len(cfg.data.classes)))
 

@@ -127,17 +127,17 @@ def test_interrupted_predict_leaves_no_file_that_looks_complete(good, tmp_path, 
     """Ctrl-C while a mask is being written: exit 130, the half-written file is gone, inputs untouched."""
     import slice2d.io
 
-    real_save = nib.save
+    real_write = slice2d.io.write_nifti
     written = []
 
-    def save_then_interrupt(img, filename):
+    def write_then_interrupt(img, filename, gz):
         if written:  # the second file: half written when the user presses Ctrl-C
             Path(filename).write_bytes(b"\0" * 100)
             raise KeyboardInterrupt
         written.append(filename)
-        real_save(img, filename)
+        real_write(img, filename, gz)
 
-    monkeypatch.setattr(slice2d.io.nib, "save", save_then_interrupt)
+    monkeypatch.setattr(slice2d.io, "write_nifti", write_then_interrupt)
     before = digest(good)
     result = invoke("predict", good / "images", "--out", tmp_path / "o", "--no-severity", "-q")
     assert result.exit_code == 130

@@ -39,6 +39,12 @@ class LungSource(str, Enum):  # anatomy.LUNG_SOURCES (anatomy is not imported he
     model = "model"
 
 
+class SegSegments(str, Enum):  # dicom_seg.SEG_TASKS
+    lesions = "lesions"
+    lungs = "lungs"
+    lobes = "lobes"
+
+
 class Precision(str, Enum):  # hardware.PRECISIONS
     auto = "auto"
     float32 = "float32"
@@ -303,11 +309,12 @@ def predict(
 
 @app.command()
 def evaluate(
-    pred: Annotated[Path, typer.Option(help="Folder of predicted label maps.")],
-    ref: Annotated[Path, typer.Option(help="Folder of reference label maps with the same case names (.nii/.nii.gz/.nrrd/.mha/.mhd), or an nnU-Net raw / Decathlon data set root (its labelsTr/, and the label names of its dataset.json).")],
+    pred: Annotated[Path, typer.Option(help="Folder of predicted label maps (.nii/.nii.gz/.nrrd/.mha/.mhd, or DICOM SEG <case>.dcm as predict --dicom-seg writes).")],
+    ref: Annotated[Path, typer.Option(help="Folder of reference label maps with the same case names (.nii/.nii.gz/.nrrd/.mha/.mhd, or DICOM SEG <case>.dcm when the predictions are volumes), or an nnU-Net raw / Decathlon data set root (its labelsTr/, and the label names of its dataset.json).")],
     out: Annotated[Path, typer.Option(help="Output folder for metrics.csv, summary.json, metrics.png.")],
     labels: Annotated[Optional[list[int]], typer.Option("--labels", help="Label values to score (repeat); default: all in the references.")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Surface-Dice tolerance in mm (default 3 mm; 1 mm suits lungs).")] = None,
+    seg_segments: Annotated[SegSegments, typer.Option(help="DICOM SEG files: which segments form the label map, read onto the grid of the map they are paired with: lesions (1 ground-glass or infection, 2 consolidation), lungs (1 right, 2 left) or lobes (1 RUL, 2 RML, 3 RLL, 4 LUL, 5 LLL). Another tool's SEG: its segment numbers.")] = SegSegments.lesions,
     quiet: Quiet = False,
 ) -> None:
     """3D metrics on the original grid: Dice, IoU, sensitivity, specificity, precision, HD95, ASSD, surface Dice
@@ -321,7 +328,8 @@ def evaluate(
         label_files(ref, "reference")
         writable_folder(out)
         with _progress(n, "evaluate") as step:
-            evaluate_folders(pred, ref, out, labels=labels or None, tolerance_mm=tolerance, progress=step)
+            evaluate_folders(pred, ref, out, labels=labels or None, tolerance_mm=tolerance, progress=step,
+                             seg_segments=seg_segments.value)
     log.info("wrote %s, %s and %s", out / "metrics.csv", out / "summary.json", out / "metrics.png")
 
 

@@ -20,10 +20,15 @@ and coded concepts. Codes follow the DICOM context groups as pydicom ships them
 Frame f of the SEG is source instance f in slice order, ``map[:, :, k].T`` of the NIfTI map
 (slice2d.dicom's layout: voxel (i, j, k) = (column, row, sorted slice)); each source file is
 matched to its slice k by its ImagePositionPatient on the map's grid, never by name or number.
+
+``read_seg`` reads a SEG back (``evaluate``): the segments of one map kind as a label map on the
+grid of the map it is compared with, each segment recognised by its codes (the inverse of the
+table above; lobes in slice2d's convention) or, for another tool's codes, by its segment number.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,12 +37,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
+import pydicom.pixels
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 
 from slice2d import __version__
 from slice2d.io import InputError, atomic_path
+
+logger = logging.getLogger(__name__)
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 ON_GRID_TOLERANCE = 0.01  # voxels: a source slice's first pixel must lie this close to its grid point
@@ -243,3 +251,206 @@ def write_case_seg(source: Path, img: nib.Nifti1Image, maps: Mapping[str, np.nda
     families = {"lungs": codes.cid7162.MorphologicalOperations if lung_source == "builtin"
                 else codes.cid7162.ArtificialIntelligence}
     return write_seg(sources, maps, segments, out_dir / "dicom-seg" / f"{case}.dcm", families=families)
+
+
+# ---- DICOM SEG in: a SEG's segments as a label map on a given grid (``evaluate``) ----
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _code_key(scheme: str, value: str, modifier: tuple[str, str] | None) -> tuple:
+    return (str(scheme), str(value), modifier)
+
+
+def known_segments() -> dict[tuple, tuple[str, int]]:
+    """{segmented property type code (with its laterality modifier): (map kind, label value)}: the
+    exact inverse of the segments ``write_case_seg`` writes; lobes in slice2d's convention."""
+    from slice2d.severity import LOBE_PRESETS
+
+    segments = lesion_segments(3) + lesion_segments(2) + LUNG_SEGMENTS + lobe_segments(LOBE_PRESETS["slice2d"])
+    return {_code_key(s.type.scheme_designator, s.type.value,
+                      s.modifier and (s.modifier.scheme_designator, s.modifier.value)): (s.source, s.value)
+            for s in segments}
+
+
+def _segment_key(item: Dataset) -> tuple:
+    kind = item.SegmentedPropertyTypeCodeSequence[0]
+    modifiers = kind.get("SegmentedPropertyTypeModifierCodeSequence") or []
+    modifier = (str(modifiers[0].CodingSchemeDesignator), str(modifiers[0].CodeValue)) if modifiers else None
+    return _code_key(kind.CodingSchemeDesignator, kind.CodeValue, modifier)
+
+
+def segment_values(seg: Dataset, kind: str, path: Path) -> dict[int, int]:
+    """{segment number: label value} of the segments of map ``kind`` ("lesions", "lungs", "lobes")
+    in ``seg``, recognised by their codes (``known_segments``). A SEG none of whose segments has
+    slice2d's codes (another tool's) gives each segment its number as label value, with a
+    warning naming them. Raises ``InputError`` when the SEG has slice2d's codes but none of ``kind``."""
+    known = known_segments()
+    found = {int(item.SegmentNumber): (known.get(_segment_key(item)), str(item.get("SegmentLabel", "")))
+             for item in seg.SegmentSequence}
+    listing = ", ".join(f"{n} {label!r}" for n, (_, label) in sorted(found.items()))
+    if not any(hit for hit, _ in found.values()):
+        logger.warning("%s: segment codes are not slice2d's; label value = segment number: %s", path, listing)
+        return {n: n for n in found}
+    chosen = {n: hit[1] for n, (hit, _) in found.items() if hit and hit[0] == kind}
+    if not chosen:
+        kinds = sorted({hit[0] for hit, _ in found.values() if hit})
+        raise InputError(f"{path}: this DICOM SEG holds no {kind} segments (its segments: {listing}); "
+                         f"choose --seg-segments {' or '.join(kinds)}")
+    return chosen
+
+
+def _frame_geometry(seg: Dataset, index: int, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ImagePositionPatient, ImageOrientationPatient and PixelSpacing of frame ``index``, from its
+    per-frame functional groups or else the shared ones."""
+    groups = [seg.PerFrameFunctionalGroupsSequence[index], *seg.get("SharedFunctionalGroupsSequence", [])]
+
+    def attribute(sequence: str, keyword: str) -> np.ndarray:
+        for group in groups:
+            if sequence in group and keyword in group[sequence][0]:
+                return np.asarray([float(v) for v in group[sequence][0][keyword]])
+        raise InputError(f"{where}: SEG frame {index + 1} has no {keyword}; the file is not a complete DICOM SEG")
+
+    return (attribute("PlanePositionSequence", "ImagePositionPatient"),
+            attribute("PlaneOrientationSequence", "ImageOrientationPatient"),
+            attribute("PixelMeasuresSequence", "PixelSpacing"))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a SEG frame lies on a grid: slice ``k`` along axis ``normal``; frame columns run along
+    grid axis ``col_axis`` (``col_sign`` -1: backwards), frame rows along ``row_axis``."""
+
+    normal: int
+    k: int
+    col_axis: int
+    col_sign: int
+    row_axis: int
+    row_sign: int
+
+    def put(self, volume: np.ndarray, frame: np.ndarray) -> np.ndarray:
+        """The view of ``volume``'s slice that ``frame`` (rows, columns) covers, as ``frame`` indexes it."""
+        index: list = [slice(None)] * 3
+        index[self.normal] = self.k
+        plane = volume[tuple(index)]  # axes (min(col, row), max(col, row))
+        if self.col_axis > self.row_axis:
+            plane = plane.T
+        plane = plane[::self.col_sign, ::self.row_sign]
+        return plane.T  # (rows, columns), a view
+
+
+def _axis_of(step: np.ndarray, n: int) -> tuple[int, int] | None:
+    """(axis, sign) when ``step`` (voxels per frame pixel) is one voxel along one grid axis, to
+    within ``ON_GRID_TOLERANCE`` over ``n`` pixels; else None."""
+    axis = int(np.argmax(np.abs(step)))
+    sign = 1 if step[axis] > 0 else -1
+    target = np.zeros(3)
+    target[axis] = sign
+    return (axis, sign) if np.abs(step - target).max() * max(n - 1, 1) <= ON_GRID_TOLERANCE else None
+
+
+def _placement(seg: Dataset, index: int, grid: nib.Nifti1Image, where: str) -> Placement:
+    """The ``Placement`` of frame ``index`` of ``seg`` on ``grid``; ``InputError`` saying what differs
+    when it does not cover one whole slice of the grid, pixel on voxel."""
+    position, orientation, spacing = _frame_geometry(seg, index, where)
+    rows, cols = int(seg.Rows), int(seg.Columns)
+    to_voxel = np.linalg.inv(grid.affine)
+    lps_to_voxel = to_voxel[:3, :3] @ LPS_TO_RAS[:3, :3]
+    col = _axis_of(lps_to_voxel @ (orientation[:3] * spacing[1]), cols)
+    row = _axis_of(lps_to_voxel @ (orientation[3:] * spacing[0]), rows)
+    if col is None or row is None or col[0] == row[0]:
+        sizes = nib.affines.voxel_sizes(grid.affine).round(4).tolist()
+        raise InputError(f"{where}: the SEG's frames (orientation {orientation.round(4).tolist()}, pixel spacing "
+                         f"{spacing.round(4).tolist()} mm) do not run along the voxel axes of the grid (voxel sizes "
+                         f"{sizes} mm); the SEG must be on the same grid as the map it is compared with")
+    normal = 3 - col[0] - row[0]
+    if (grid.shape[col[0]], grid.shape[row[0]]) != (cols, rows):
+        raise InputError(f"{where}: the SEG's frames are {rows}x{cols} pixels, the grid's slices "
+                         f"{grid.shape[row[0]]}x{grid.shape[col[0]]}; the SEG must be on the same grid as the map "
+                         "it is compared with")
+    voxel = (to_voxel @ (LPS_TO_RAS @ [*position, 1.0]))[:3]
+    start = {col[0]: 0 if col[1] > 0 else cols - 1, row[0]: 0 if row[1] > 0 else rows - 1}
+    k = round(voxel[normal])
+    off = max(abs(voxel[normal] - k), *(abs(voxel[axis] - first) for axis, first in start.items()))
+    if off > ON_GRID_TOLERANCE or not 0 <= k < grid.shape[normal]:
+        raise InputError(f"{where}: SEG frame {index + 1} (ImagePositionPatient {position.round(4).tolist()}) lies at "
+                         f"voxel {voxel.round(3).tolist()} of the grid, not on one of its slices; the SEG must be "
+                         "on the same grid as the map it is compared with")
+    return Placement(normal, k, col[0], col[1], row[0], row[1])
+
+
+def _frame_masks(seg: Dataset, frame: np.ndarray, index: int, values: Mapping[int, int]):
+    """(segment number, mask) of one decoded frame: a LABELMAP frame holds segment numbers, a
+    BINARY or FRACTIONAL frame one segment (FRACTIONAL: in where at least half the maximum)."""
+    if seg.SegmentationType == "LABELMAP":
+        return [(number, frame == number) for number in values]
+    number = _segment_of(seg, index)
+    if seg.SegmentationType == "FRACTIONAL":
+        return [(number, frame >= 0.5 * float(seg.MaximumFractionalValue))]
+    return [(number, frame > 0)]
+
+
+def read_seg(path: Path, grid: nib.Nifti1Image, kind: str = "lesions", grid_name: str = "") -> np.ndarray:
+    """The segments of map ``kind`` (``segment_values``) of the DICOM SEG ``path`` as a uint8 label
+    map on ``grid`` (the image of the map it is compared with): each frame's ImagePositionPatient,
+    orientation and pixel spacing must put it on one whole slice of ``grid``, pixel on voxel
+    (``ON_GRID_TOLERANCE``); frames absent from the SEG (it stores non-empty frames only) are 0.
+    Read with pydicom alone. Raises ``InputError`` naming ``path`` for a file that is not a SEG, a SEG
+    off the grid, or segments of different labels that overlap."""
+    path = Path(path)
+    where = f"{path} (compared with {grid_name})" if grid_name else str(path)
+    try:
+        seg = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path}: cannot be read as DICOM ({exc.__class__.__name__}); a .dcm label map must be "
+                         "a DICOM Segmentation object") from None
+    if seg.get("SOPClassUID") != SEG_SOP_CLASS:
+        what = getattr(seg.get("SOPClassUID"), "name", None) or "no SOP class"
+        raise InputError(f"{path}: not a DICOM Segmentation object ({what}); a .dcm label map must be a DICOM SEG")
+    values = segment_values(seg, kind, path)
+    n_frames = int(seg.get("NumberOfFrames", 1))
+    try:
+        placements = [_placement(seg, i, grid, where) for i in range(n_frames)]
+        wanted = [i for i in range(n_frames) if seg.SegmentationType == "LABELMAP" or _segment_of(seg, i) in values]
+    except (AttributeError, IndexError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: the DICOM SEG's frames cannot be read ({exc}); is the file complete?") from None
+    volume = np.zeros(grid.shape[:3], dtype=np.uint8)
+    for index, frame in zip(wanted, _decoded(path, seg, wanted), strict=True):
+        target = placements[index].put(volume, frame)
+        for number, mask in _frame_masks(seg, frame, index, values):
+            if (mask & (target != 0) & (target != values[number])).any():
+                raise InputError(f"{path}: segment {number} overlaps a segment of another label on frame "
+                                 f"{index + 1}; a label map holds one label per voxel")
+            target[mask] = values[number]
+    return volume
+
+
+def _segment_of(seg: Dataset, index: int) -> int:
+    """The segment number of frame ``index`` of a BINARY or FRACTIONAL SEG."""
+    return int(seg.PerFrameFunctionalGroupsSequence[index].SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+
+
+def _decoded(path: Path, seg: Dataset, indices: list[int]):
+    """The frames ``indices`` of a SEG's pixel data, decoded one by one (pydicom; uncompressed
+    1-bit frames unpacked here, since pydicom 3.0 misplaces a frame that starts within a byte)."""
+    try:
+        if int(seg.BitsAllocated) == 1 and not seg.file_meta.TransferSyntaxUID.is_compressed:
+            yield from _bit_frames(path, int(seg.Rows), int(seg.Columns), indices)
+        else:
+            yield from pydicom.pixels.iter_pixels(path, indices=indices)
+    except (ValueError, NotImplementedError, RuntimeError) as exc:
+        raise InputError(f"{path}: the DICOM SEG's pixel data cannot be decoded ({exc.__class__.__name__}: "
+                         f"{exc})") from None
+
+
+def _bit_frames(path: Path, rows: int, cols: int, indices: list[int]):
+    """Frames of uncompressed 1-bit pixel data: the bits of all frames follow one another, the
+    first pixel in the lowest bit of a byte (PS3.5 8.1.1), so a frame may start within a byte."""
+    data = np.frombuffer(pydicom.dcmread(path).PixelData, dtype=np.uint8)
+    n = rows * cols
+    for index in indices:
+        start = index * n
+        if (start + n + 7) // 8 > data.size:
+            raise ValueError(f"frame {index + 1} lies past the end of the pixel data")
+        bits = np.unpackbits(data[start // 8:(start + n + 7) // 8], bitorder="little")
+        yield bits[start % 8:start % 8 + n].reshape(rows, cols)

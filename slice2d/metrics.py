@@ -58,13 +58,14 @@ from scipy import ndimage
 from skimage import measure
 
 from slice2d.layouts import dataset_labels, is_raw_dataset
-from slice2d.io import InputError, atomic_path, case_name, list_niftis, load_volume, read_array
+from slice2d.io import InputError, atomic_path, case_name, is_volume, list_niftis, load_volume, read_array
 from slice2d.report import metrics_boxplot
 
 logger = logging.getLogger(__name__)
 
 LUNG_TOLERANCE_MM = 1.0  # COVID-19-CT-Seg benchmark convention for lungs
 LESION_TOLERANCE_MM = 3.0  # COVID-19-CT-Seg benchmark convention for lesions
+SEG_SUFFIX = ".dcm"  # a DICOM SEG label map (predict --dicom-seg: OUT/dicom-seg/<case>.dcm)
 
 METRIC_NAMES = (
     "dice", "iou", "sensitivity", "specificity", "precision", "hd95_mm", "assd_mm",
@@ -251,14 +252,27 @@ def evaluate_case(
     return rows
 
 
+def is_seg_file(path: Path) -> bool:
+    """A ``<case>.dcm`` label map: a DICOM SEG, as ``predict --dicom-seg`` writes (``dicom_seg.read_seg``)."""
+    return path.name.lower().endswith(SEG_SUFFIX) and not path.name.startswith(".")
+
+
 def label_files(folder: str | Path, what: str) -> dict[str, Path]:
     """{case: file} of the label maps in ``folder`` (NIfTI, NRRD, MetaImage; ``io.list_niftis``),
-    keyed by ``io.case_name``, so that ``case.nii.gz`` pairs with ``case.nrrd``. The root of an
-    nnU-Net raw / Decathlon data set stands for its ``labelsTr/``."""
+    keyed by ``io.case_name``, so that ``case.nii.gz`` pairs with ``case.nrrd``, and its DICOM SEG
+    files ``<case>.dcm``. The root of an nnU-Net raw / Decathlon data set stands for its ``labelsTr/``."""
     folder = Path(folder)
     if is_raw_dataset(folder):
         folder = folder / "labelsTr"
-    return {case_name(p): p for p in list_niftis(folder, what)}
+    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    segs = {p.name[: -len(SEG_SUFFIX)]: p for p in entries if p.is_file() and is_seg_file(p)}
+    volumes = list_niftis(folder, what) if not segs or any(is_volume(p) for p in entries) else []
+    files = {case_name(p): p for p in volumes}
+    if set(files) & set(segs):
+        case = min(set(files) & set(segs))
+        raise InputError(f"{folder}: case {case} is there twice, as {files[case].name} and as a DICOM SEG "
+                         f"({segs[case].name}); keep one of them")
+    return {**files, **segs}
 
 
 def _declared_labels(ref_dir: Path) -> dict[int, str]:
@@ -273,6 +287,28 @@ def _load_labels(path: Path, kind: str):
     """A label map read by ``slice2d.io``: a damaged file ends in a one-line ``InputError`` naming it."""
     img = load_volume(path, kind)
     return img, read_array(img, path, "labels")
+
+
+def _load_pair(pred: Path, ref: Path, seg_segments: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prediction, reference, affine) of one case on one grid. A DICOM SEG on one side is read onto
+    the grid of the other side's map (its ``seg_segments`` map: "lesions", "lungs" or "lobes"); two
+    volumes must share shape and affine."""
+    from slice2d.dicom_seg import read_seg
+
+    if is_seg_file(pred):
+        r_img, r = _load_labels(ref, "reference")
+        return read_seg(pred, r_img, seg_segments, grid_name=str(ref)), r, r_img.affine
+    p_img, p = _load_labels(pred, "prediction")
+    if is_seg_file(ref):
+        return p, read_seg(ref, p_img, seg_segments, grid_name=str(pred)), p_img.affine
+    r_img, r = _load_labels(ref, "reference")
+    if p.shape != r.shape or not np.allclose(p_img.affine, r_img.affine, atol=1e-4):
+        raise InputError(
+            f"{pred}: prediction and reference are on different grids (prediction shape "
+            f"{p.shape}, affine {p_img.affine.round(4).tolist()}; reference shape {r.shape}, "
+            f"affine {r_img.affine.round(4).tolist()}); resample the prediction onto the "
+            "reference grid first")
+    return p, r, r_img.affine
 
 
 def _stats(values: list[float]) -> dict:
@@ -300,13 +336,16 @@ def evaluate_folders(
     labels: Mapping[int, str] | Sequence[int] | None = None,
     tolerance_mm: Mapping[int, float] | float | None = None,
     progress: Callable[[str], None] | None = None,
+    seg_segments: str = "lesions",
 ) -> Path:
     """Evaluate every prediction in ``pred_dir`` against the same-named reference in ``ref_dir``.
 
-    Files (``label_files``: NIfTI, NRRD, MetaImage; ``ref_dir`` may be an nnU-Net raw / Decathlon
-    data set root) are paired by case name and read by ``slice2d.io`` (3D label maps, values
-    0..255; an unreadable file raises ``InputError`` naming it); each pair must share shape and
-    affine (``np.allclose(atol=1e-4)``), since metrics are computed on the original grid.
+    Files (``label_files``: NIfTI, NRRD, MetaImage, DICOM SEG ``<case>.dcm``; ``ref_dir`` may be an
+    nnU-Net raw / Decathlon data set root) are paired by case name and read by ``slice2d.io`` (3D
+    label maps, values 0..255; an unreadable file raises ``InputError`` naming it); each pair must
+    share shape and affine (``np.allclose(atol=1e-4)``), since metrics are computed on the original
+    grid. A DICOM SEG is read onto the grid of the volume it is paired with (``dicom_seg.read_seg``:
+    its ``seg_segments`` map, "lesions", "lungs" or "lobes"); a SEG on both sides is refused.
     labels: as in ``evaluate_case``; None means the labels (and names) a ``dataset.json`` of the
     reference data set declares, else the union of non-zero values over all references.
     tolerance_mm: as ``tolerances`` in ``evaluate_case``.
@@ -326,12 +365,19 @@ def evaluate_folders(
             f"{only_pred or 'none'}; only in {ref_dir}: {only_ref or 'none'}; "
             "name each prediction like its reference")
     names = sorted(preds)
+    both_seg = [name for name in names if is_seg_file(preds[name]) and is_seg_file(refs[name])]
+    if both_seg:
+        raise InputError(
+            f"{preds[both_seg[0]]} and {refs[both_seg[0]]}: both are DICOM SEG; a SEG is read onto the grid of "
+            "the map it is compared with, so give the predictions or the references as NIfTI (predict writes both)")
     if labels is None:
         labels = _declared_labels(ref_dir) or None
     if labels is None:
         found: set[int] = set()
         for name in names:
-            found.update(int(v) for v in np.unique(_load_labels(refs[name], "reference")[1]) if v != 0)
+            ref = (_load_pair(preds[name], refs[name], seg_segments)[1] if is_seg_file(refs[name])
+                   else _load_labels(refs[name], "reference")[1])
+            found.update(int(v) for v in np.unique(ref) if v != 0)
         labels = sorted(found)
     table = _label_table(labels)
     if not table:
@@ -339,15 +385,8 @@ def evaluate_folders(
 
     rows: list[dict] = []
     for name in names:
-        p_img, p = _load_labels(preds[name], "prediction")
-        r_img, r = _load_labels(refs[name], "reference")
-        if p.shape != r.shape or not np.allclose(p_img.affine, r_img.affine, atol=1e-4):
-            raise InputError(
-                f"{preds[name]}: prediction and reference are on different grids (prediction shape "
-                f"{p.shape}, affine {p_img.affine.round(4).tolist()}; reference shape {r.shape}, "
-                f"affine {r_img.affine.round(4).tolist()}); resample the prediction onto the "
-                "reference grid first")
-        spacing = nib.affines.voxel_sizes(r_img.affine)
+        p, r, affine = _load_pair(preds[name], refs[name], seg_segments)
+        spacing = nib.affines.voxel_sizes(affine)
         for row in evaluate_case(p, r, spacing, table, tolerance_mm):
             rows.append({"case": name, **row})
         logger.debug("evaluated %s", name)

@@ -82,8 +82,8 @@ def test_output_path_not_writable(good, slices, tmp_path):
 
 
 def _full_disk_after(nbytes: int):
-    """A stand-in for nibabel.save that writes ``nbytes`` of the file, then fails as a full disk does."""
-    def save(img, filename):
+    """A stand-in for ``io.write_nifti`` that writes ``nbytes`` of the file, then fails as a full disk does."""
+    def save(img, filename, gz):
         Path(filename).write_bytes(b"\0" * nbytes)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
     return save
@@ -93,7 +93,7 @@ def test_full_disk_during_predict_leaves_nothing(scans, tmp_path, monkeypatch):
     import slice2d.io
 
     before = digest(scans)
-    monkeypatch.setattr(slice2d.io.nib, "save", _full_disk_after(1000))
+    monkeypatch.setattr(slice2d.io, "write_nifti", _full_disk_after(1000))
     result = invoke("predict", scans, "--out", tmp_path / "o", "-q")
     assert_user_error(result, "no space left on the device")
     assert no_output(tmp_path / "o") or not any(p.name.endswith(".nii.gz") for p in (tmp_path / "o").rglob("*"))

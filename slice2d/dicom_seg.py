@@ -255,7 +255,7 @@ def write_case_seg(source: Path, img: nib.Nifti1Image, maps: Mapping[str, np.nda
 
 # ---- DICOM SEG in: a SEG's segments as a label map on a given grid (``evaluate``) ----
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")  # Segmentation, Label Map Segmentation
 
 
 def _code_key(scheme: str, value: str, modifier: tuple[str, str] | None) -> tuple:
@@ -290,6 +290,9 @@ def segment_values(seg: Dataset, kind: str, path: Path) -> dict[int, int]:
              for item in seg.SegmentSequence}
     listing = ", ".join(f"{n} {label!r}" for n, (_, label) in sorted(found.items()))
     if not any(hit for hit, _ in found.values()):
+        if max(found, default=0) > 255:
+            raise InputError(f"{path}: segment numbers above 255 and codes that are not slice2d's; a label map "
+                             "holds values 0..255")
         logger.warning("%s: segment codes are not slice2d's; label value = segment number: %s", path, listing)
         return {n: n for n in found}
     chosen = {n: hit[1] for n, (hit, _) in found.items() if hit and hit[0] == kind}
@@ -404,16 +407,17 @@ def read_seg(path: Path, grid: nib.Nifti1Image, kind: str = "lesions", grid_name
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise InputError(f"{path}: cannot be read as DICOM ({exc.__class__.__name__}); a .dcm label map must be "
                          "a DICOM Segmentation object") from None
-    if seg.get("SOPClassUID") != SEG_SOP_CLASS:
+    if seg.get("SOPClassUID") not in SEG_SOP_CLASSES:
         what = getattr(seg.get("SOPClassUID"), "name", None) or "no SOP class"
         raise InputError(f"{path}: not a DICOM Segmentation object ({what}); a .dcm label map must be a DICOM SEG")
-    values = segment_values(seg, kind, path)
     n_frames = int(seg.get("NumberOfFrames", 1))
     try:
+        values = segment_values(seg, kind, path)
         placements = [_placement(seg, i, grid, where) for i in range(n_frames)]
         wanted = [i for i in range(n_frames) if seg.SegmentationType == "LABELMAP" or _segment_of(seg, i) in values]
     except (AttributeError, IndexError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: the DICOM SEG's frames cannot be read ({exc}); is the file complete?") from None
+        raise InputError(f"{path}: the DICOM SEG's segments or frames cannot be read ({exc}); is the file "
+                         "complete?") from None
     volume = np.zeros(grid.shape[:3], dtype=np.uint8)
     for index, frame in zip(wanted, _decoded(path, seg, wanted), strict=True):
         target = placements[index].put(volume, frame)

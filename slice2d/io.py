@@ -29,6 +29,7 @@ CANONICAL = ("P", "L", "S")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 OTHER_SUFFIXES = NRRD_SUFFIXES + META_SUFFIXES  # read by slice2d.formats; maps are written as NIfTI
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + OTHER_SUFFIXES
+VOLUME_SUFFIX_TEXT = ", ".join(VOLUME_SUFFIXES[:-1]) + " or " + VOLUME_SUFFIXES[-1]  # for messages
 # nnU-Net / Medical Segmentation Decathlon image folders: <case>_0000.nii.gz is channel 0 of <case>
 CHANNEL_FOLDERS = ("imagesTr", "imagesTs")
 CHANNEL_SUFFIX = "_0000"
@@ -119,7 +120,7 @@ def list_niftis(folder: Path, what: str = "images") -> list[Path]:
         raise InputError(f"{folder}: {what} folder not found; check the path")
     files = sorted(p for p in folder.iterdir() if p.is_file() and is_volume(p))
     if not files:
-        raise InputError(f"{folder}: no .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd files in this {what} folder")
+        raise InputError(f"{folder}: no {VOLUME_SUFFIX_TEXT} files in this {what} folder")
     names = [case_name(p) for p in files]
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
@@ -140,7 +141,7 @@ def load_volume(path: str | Path, kind: str = "image") -> nib.Nifti1Image:
     if not path.is_file():
         raise InputError(f"{path}: is a folder, expected a .nii or .nii.gz {kind} file")
     if not path.name.lower().endswith(VOLUME_SUFFIXES):
-        raise InputError(f"{path}: not a volume file name; expected .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd")
+        raise InputError(f"{path}: not a volume file name; expected {VOLUME_SUFFIX_TEXT}")
     try:
         img = read_volume(path) if path.name.lower().endswith(OTHER_SUFFIXES) else nib.load(path)
     except FormatError as exc:

@@ -38,6 +38,7 @@ from slice2d.dicom import find_cases, is_dicom_series, load_image, write_cases_t
 from slice2d.dicom_seg import require_series, write_case_seg
 from slice2d.images import is_image, list_images, read_slice, slice_geometry, stack_geometry
 from slice2d.io import (
+    VOLUME_SUFFIX_TEXT,
     VOLUME_SUFFIXES,
     InputError,
     atomic_path,
@@ -138,7 +139,8 @@ def segment(source: Path, out: Path, models: Models = Models(), options: Predict
         if resume or shard:
             raise InputError(f"{source}: a folder of slice images is one case; --resume and --shard take a folder "
                              "of volumes")
-        run = with_options(load_run(main, background=True, precision=models.precision), models.threshold, models.mirror)
+        run = with_options(load_run(main, background=True, precision=models.precision),
+                           models.threshold, models.mirror)
         lung_run = (with_options(load_run(lungs, background=True, precision=models.precision), mirror=models.mirror)
                     if lungs and options.severity else None)
         writable_folder(out)
@@ -150,15 +152,16 @@ def segment(source: Path, out: Path, models: Models = Models(), options: Predict
     files = input_files(source, options.series)
     if options.dicom_seg:  # refused before anything is written
         require_series(files, run_config(main).data.task)
-    # the lung model loads first, because it runs first (the lesion model then only sees slices with lung)
     assess = options.severity and run_config(main).data.task == "lesions"
-    warm_up = options.batch_size
-    lung_run = (with_options(load_run(lungs, background=True, warm_up=warm_up, precision=models.precision), mirror=models.mirror)
+
+    def loaded(path: Path) -> Run:
+        return load_run(path, background=True, warm_up=options.batch_size, precision=models.precision)
+
+    # the lung model loads first, because it runs first (the lesion model then only sees slices with lung)
+    lung_run = (with_options(loaded(lungs), mirror=models.mirror)
                 if lungs and assess and options.lung_source != "builtin" else None)
-    run = with_options(load_run(main, background=True, warm_up=warm_up, precision=models.precision), models.threshold, models.mirror)
-    lobe_run = (with_options(load_run(models.lobes, background=True, warm_up=warm_up,
-                                          precision=models.precision), mirror=models.mirror)
-                if models.lobes and assess else None)
+    run = with_options(loaded(main), models.threshold, models.mirror)
+    lobe_run = with_options(loaded(models.lobes), mirror=models.mirror) if models.lobes and assess else None
     writable_folder(out)
     write_cases_table(files, out / "cases.csv")  # DICOM cases -> their folders, studies and series
     record = _record({"main": run, "lungs": lung_run, "lobes": lobe_run}, options, models.precision)
@@ -224,7 +227,7 @@ def input_files(source: str | Path, series: tuple[str, ...] = ()) -> list[Path]:
         return list_niftis(source, "input")
     load_volume(source)  # one clear error for a missing or foreign file
     if not is_volume(source):
-        raise InputError(f"{source}: not a .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd file")
+        raise InputError(f"{source}: not a {VOLUME_SUFFIX_TEXT} file")
     return [source]
 
 

@@ -1,6 +1,6 @@
 """Speed and memory of slice2d on this machine; each part writes its section of BENCHMARKS.md.
 
-    python bench/performance.py train     # training slices/s, batch 16, 128x128: depth 4/16 (default) and 5/8, XLA on/off
+    python bench/performance.py train     # training slices/s, batch 16, 128x128: depth 4/16 (default) and 5/8, XLA on/off, bfloat16
     python bench/performance.py memory    # peak memory of one training step: default 2D U-Net vs a 3D U-Net (MIScnn setup)
     python bench/performance.py prepare   # `slice2d prepare` of a 512x512x300 volume: seconds, peak memory; 1 vs 3 cases
     python bench/performance.py predict   # `slice2d predict` of a 512x512x300 volume, whole process, float32 and bfloat16; the model alone
@@ -14,6 +14,7 @@ with `slice2d synth` and kept in --work.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -69,18 +70,20 @@ def _rss_gb(field: str) -> float:
 
 
 def child_train(variant: str, work: str) -> dict:
-    """variant "DEPTHxFILTERS:XLA", e.g. "5x8:on" (XLA: on, off or auto)."""
+    """variant "DEPTHxFILTERS:XLA[:PRECISION]", e.g. "5x8:on" or "4x16:off:bfloat16" (XLA: on, off or
+    auto; PRECISION: train.cpu_precision, float32 when absent)."""
     import keras
 
     from slice2d.config import load_config
     from slice2d.train import train, use_xla
 
-    shape, xla = variant.split(":")
+    shape, xla, *precision = variant.split(":")
     depth, base = (int(v) for v in shape.split("x"))
     cfg = load_config("lesions").updated(
         model={"depth": depth, "base_filters": base},
         train={"epochs": 5, "batch_size": 16, "early_stopping_patience": 10,
-               "jit_compile": {"on": True, "off": False}.get(xla, xla)})
+               "jit_compile": {"on": True, "off": False}.get(xla, xla),
+               "cpu_precision": precision[0] if precision else "float32"})
 
     class Timer(keras.callbacks.Callback):
         def __init__(self):
@@ -98,10 +101,13 @@ def child_train(variant: str, work: str) -> dict:
             self.epochs.append(self.steps * 16 / (self.end - self.start))  # training part only, no validation
 
     timer = Timer()
-    out = Path(work) / f"train-{shape}-{xla}"
+    out = Path(work) / f"train-{variant.replace(':', '-')}"
     shutil.rmtree(out, ignore_errors=True)
     train(Path(work) / "train.h5", out, cfg, verbose=0, callbacks=[timer])
+    with (out / "history.csv").open() as f:
+        last = list(csv.DictReader(f))[-1]
     return {"variant": variant, "auto_xla": use_xla("auto"), "slices_per_s_by_epoch": timer.epochs,
+            "val_dice_last_epoch": float(last["val_dice_mean"]),
             "slices_per_s": median(timer.epochs[1:]),  # epoch 1 includes compilation
             "params": int(keras.saving.load_model(out / "model.keras", compile=False).count_params())}
 
@@ -188,7 +194,7 @@ def part_train(work: Path, repeats: int) -> None:
         write_phantoms(work / "phantoms", cases=4, shape=(128, 128, 64), spacing=(2.8, 2.8, 5.0), seed=0)
         prepare(work / "phantoms" / "images", work / "phantoms" / "lesions", work / "train.h5",
                 load_config("lesions").updated(data={"empty_fraction": 1.0}))
-    variants = ["4x16:on", "4x16:off", "5x8:on", "5x8:off"]
+    variants = ["4x16:on", "4x16:off", "4x16:off:bfloat16", "5x8:on", "5x8:off", "5x8:off:bfloat16"]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for _ in range(repeats):  # alternating, so that a slow spell of the machine hits every variant
         for variant in variants:
@@ -197,6 +203,9 @@ def part_train(work: Path, repeats: int) -> None:
                 "peak_gb": median([r["process_peak_gb"] for r in rs]), "params": rs[0]["params"], "runs": rs}
             for v, rs in runs.items()}
     auto = "on" if runs["4x16:on"][0]["auto_xla"] else "off"
+    from slice2d.hardware import native_bfloat16
+
+    native = native_bfloat16()
 
     def row(shape: str, label: str) -> str:
         cells = []
@@ -204,8 +213,12 @@ def part_train(work: Path, repeats: int) -> None:
             r = rows[f"{shape}:{xla}"]
             rate = f"{r['slices_per_s']:.1f}"
             cells.append(f"**{rate}**" if xla == auto else rate)
+        bf16, f32 = rows[f"{shape}:off:bfloat16"], rows[f"{shape}:off"]
+        cells.append(f"{bf16['slices_per_s']:.1f} ({bf16['slices_per_s'] / f32['slices_per_s']:.2f}x)")
+        dice = [median([x["val_dice_last_epoch"] for x in runs[v]]) for v in (f"{shape}:off", f"{shape}:off:bfloat16")]
         r = rows[f"{shape}:{auto}"]
-        return f"| {label} | {r['params']:,} | {cells[0]} | {cells[1]} | {r['peak_gb']:.2f} GB |"
+        return (f"| {label} | {r['params']:,} | {cells[0]} | {cells[1]} | {cells[2]} | {r['peak_gb']:.2f} GB | "
+                f"{dice[0]:.3f} / {dice[1]:.3f} |")
 
     md = f"""## Training throughput
 
@@ -216,10 +229,15 @@ measured over the training part of epochs 2-5 of a real `slice2d.train.train` ru
 includes compilation); median of {repeats} runs, each in a fresh process, the variants
 alternating; peak = the process's peak resident memory with the XLA setting in bold.
 `train.jit_compile: auto` (the default) chose XLA **{auto}** here: TensorFlow's oneDNN CPU kernels
-are {"on" if auto == "off" else "off"} on this CPU.
+are {"on" if auto == "off" else "off"} on this CPU. The bfloat16 column trains with
+`train.cpu_precision: bfloat16` (`slice2d train --precision bfloat16`: bfloat16 compute, float32
+weights and softmax head), XLA off; this CPU {"has" if native else "lacks"} native bfloat16 (AMX-BF16 or
+AVX-512 BF16 with oneDNN, `slice2d.hardware.native_bfloat16`). The last column is the validation
+Dice after the 5 epochs of these phantom runs (median), float32 / bfloat16, XLA off: a check that
+bfloat16 still learns, not an accuracy result.
 
-| model | parameters | slices/s, XLA on | slices/s, XLA off | peak memory |
-|---|---|---|---|---|
+| model | parameters | slices/s, XLA on | slices/s, XLA off | slices/s, bfloat16 | peak memory | validation Dice, float32 / bfloat16 |
+|---|---|---|---|---|---|---|
 {row("4x16", "default: depth 4, 16 base filters")}
 {row("5x8", "lung, lobe and 3-class presets: depth 5, 8 base filters")}
 """

@@ -238,6 +238,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     strategy: Annotated[Strategy, typer.Option(help="Devices to train on: none (one device), mirrored (every local GPU), multi-worker (several machines, configured by TF_CONFIG; run the same command on each; docs/distributed.md).")] = Strategy.none,
     tensorboard: Annotated[bool, typer.Option(help="Also write the training curves for TensorBoard to OUT/tensorboard (needs the tensorboard extra: pip install 'slice2d\\[tensorboard]').")] = False,
+    precision: Annotated[Optional[Precision], typer.Option(help="Override train.cpu_precision, what a CPU computes in: float32 (the default), bfloat16 (float32 weights; native where the CPU has AMX or AVX-512 BF16, see BENCHMARKS.md), auto: bfloat16 where native. A GPU computes in float16 (train.mixed_precision).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a U-Net (focal + Dice loss, augmentation) and write a self-describing run folder."""
@@ -246,7 +247,8 @@ def train(
 
     with _user_errors():
         cfg = load_config(config)
-        overrides = {k: v for k, v in {"epochs": epochs, "folds": folds, "fold": fold}.items() if v is not None}
+        overrides = {k: v for k, v in {"epochs": epochs, "folds": folds, "fold": fold,
+                                       "cpu_precision": precision.value if precision else None}.items() if v is not None}
         if overrides:
             cfg = cfg.updated(train=overrides)
         from slice2d.train import train as train_run

@@ -141,7 +141,10 @@ class TrainConfig(_Frozen):
     # or AMX, e.g. the Intel Xeon measured here), which trained faster than XLA there
     # (BENCHMARKS.md, "Training throughput"); on a GPU, on.
     jit_compile: Literal[True, False, "auto"] = "auto"
-    mixed_precision: bool = True  # float16 compute with float32 weights, on a GPU only (CPUs gain nothing)
+    mixed_precision: bool = True  # float16 compute with float32 weights, on a GPU
+    # compute precision on a CPU: float32, bfloat16 (float32 weights; native where the CPU has
+    # AMX-BF16 or AVX-512 BF16, emulated and slow elsewhere), or auto (bfloat16 where native)
+    cpu_precision: Literal["float32", "bfloat16", "auto"] = "float32"
     augment: AugmentConfig = AugmentConfig()
 
     @model_validator(mode="after")

@@ -314,7 +314,7 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
     if dist is not None:  # shared out evenly over the replicas
         global_batch = replica_batch_size(batch_size, dist.num_replicas_in_sync) * dist.num_replicas_in_sync
     size = cfg.data.size
-    policy = "mixed_float16" if cfg.train.mixed_precision and tf.config.list_physical_devices("GPU") else "float32"
+    policy = compute_policy(cfg.train)
     xla = use_xla(cfg.train.jit_compile)
     log.info("compute precision: %s; XLA %s", policy, "on" if xla else "off")
     steps_per_epoch = max(1, len(train_x) // global_batch)
@@ -371,6 +371,16 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
     history = _read_history(history_path)
     plot_history(history, out / "curves.png")
     write_model_card(out, cfg, paths + extra_paths, split, history)
+
+
+def compute_policy(train_cfg) -> str:
+    """The Keras dtype policy training computes in: float16 on a GPU (``mixed_precision``),
+    else ``cpu_precision`` on the CPU (bfloat16 with float32 weights, or float32)."""
+    from slice2d.hardware import has_gpu, inference_dtype
+
+    if has_gpu():
+        return "mixed_float16" if train_cfg.mixed_precision else "float32"
+    return inference_dtype(train_cfg.cpu_precision)
 
 
 def _compiled_model(cfg: Config, policy: str, xla: bool, steps_per_epoch: int, source: Path):

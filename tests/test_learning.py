@@ -196,3 +196,33 @@ def test_training_uses_the_configured_dice(tmp_path):
     model = keras.saving.load_model(run / "model.keras")  # compiled: the loss it trained with
     assert model.loss.dice == "sample"
     assert "dice: sample" in (run / "config.yaml").read_text()
+
+
+def test_cpu_bfloat16_training_computes_in_bfloat16_and_predicts_in_float32(tmp_path, monkeypatch):
+    """train.cpu_precision bfloat16: the U-Net trains in bfloat16 (float32 weights and softmax head)
+    and learns (finite, falling loss); the run predicts in float32 like any other. A GPU keeps
+    float16 whatever cpu_precision says, and auto follows the CPU's native bfloat16."""
+    import slice2d.hardware as hardware
+    from slice2d.train import compute_policy
+
+    write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
+    cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
+                                       train={"epochs": 3, "jit_compile": False, "cpu_precision": "bfloat16",
+                                              "learning_rate": 1e-2})
+    prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    run = train(tmp_path / "s.h5", tmp_path / "run", cfg, verbose=0)
+    trained = keras.saving.load_model(run / "model.keras", compile=False)
+    policies = {layer.dtype_policy.name for layer in trained.layers if layer.weights}
+    assert "mixed_bfloat16" in policies and all(w.dtype == "float32" for w in trained.weights)
+    losses = [float(r["loss"]) for r in csv.DictReader((run / "history.csv").open())]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert "cpu_precision: bfloat16" in (run / "config.yaml").read_text()
+    assert {layer.dtype_policy.name for layer in load_run(run).model.layers} == {"float32"}
+
+    monkeypatch.setattr(hardware, "has_gpu", lambda: True)
+    assert compute_policy(cfg.train) == "mixed_float16"
+    monkeypatch.setattr(hardware, "has_gpu", lambda: False)
+    for native, expected in ((True, "mixed_bfloat16"), (False, "float32")):
+        monkeypatch.setattr(hardware, "native_bfloat16", lambda native=native: native)
+        assert compute_policy(cfg.train.model_copy(update={"cpu_precision": "auto"})) == expected
+    assert compute_policy(cfg.train.model_copy(update={"cpu_precision": "float32"})) == "float32"

@@ -66,13 +66,19 @@ def lesions_near_lungs(lesions: np.ndarray, lungs: np.ndarray, geometry: Geometr
     lungs = to_canonical(lungs, geometry)
     disc = margin_disc(geometry, margin_mm)
     for k in np.flatnonzero(kept.any(axis=(0, 1))):  # only slices with lesions need the lung margin
-        near = cv2.dilate((lungs[:, :, k] > 0).astype(np.uint8), disc) > 0
-        n, pieces = cv2.connectedComponents((kept[:, :, k] > 0).astype(np.uint8), connectivity=8)
-        touching = np.zeros(n, bool)
-        touching[pieces[near]] = True
-        touching[0] = False
-        kept[:, :, k][~touching[pieces]] = 0
+        _drop_pieces_away(kept[:, :, k], lungs[:, :, k], disc)
     return from_canonical(kept, geometry)
+
+
+def _drop_pieces_away(lesion: np.ndarray, lung: np.ndarray, disc: np.ndarray) -> None:
+    """One axial slice of ``lesions_near_lungs``: clear (in place) the lesion pieces with no pixel
+    within ``disc`` of the lung slice."""
+    near = cv2.dilate((lung > 0).astype(np.uint8), disc) > 0
+    n, pieces = cv2.connectedComponents((lesion > 0).astype(np.uint8), connectivity=8)
+    touching = np.zeros(n, bool)
+    touching[pieces[near]] = True
+    touching[0] = False
+    lesion[~touching[pieces]] = 0
 
 
 def lungs_with_lesions(lungs: np.ndarray, lesions: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -82,19 +88,27 @@ def lungs_with_lesions(lungs: np.ndarray, lesions: np.ndarray, geometry: Geometr
     the severity report. Use on ``lesions_near_lungs``' output, whose lesions all touch the lungs;
     slices without lung gain nothing."""
     out = np.array(to_canonical(lungs, geometry))
-    extra = to_canonical(lesions, geometry) > 0
-    extra &= out == 0
-    for k in np.flatnonzero(extra.any(axis=(0, 1)) & out.any(axis=(0, 1))):
-        rows, cols = np.nonzero((out[:, :, k] > 0) | extra[:, :, k])  # the box holds every lung pixel
-        box = np.s_[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-        lung, where = out[:, :, k][box], extra[:, :, k][box]
-        # every pixel gets the index of its nearest lung pixel (each lung pixel its own index)
-        _, nearest = cv2.distanceTransformWithLabels((lung == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5,
-                                                     labelType=cv2.DIST_LABEL_PIXEL)
-        side = np.zeros(int(nearest.max()) + 1, out.dtype)
-        side[nearest[lung > 0]] = lung[lung > 0]
-        lung[where] = side[nearest[where]]  # a view: writes into ``out``
+    canon = to_canonical(lesions, geometry)
+    for k in np.flatnonzero(canon.any(axis=(0, 1))):
+        _add_lesion_to_lung(out[:, :, k], canon[:, :, k])
     return from_canonical(out, geometry)
+
+
+def _add_lesion_to_lung(lung: np.ndarray, lesion: np.ndarray) -> None:
+    """One axial slice of ``lungs_with_lesions``: the lesion pixels outside the lung slice get (in
+    place) the label of their nearest lung pixel; nothing when the slice has no lung."""
+    extra = (lesion > 0) & (lung == 0)
+    if not extra.any() or not lung.any():
+        return
+    rows, cols = np.nonzero((lung > 0) | extra)  # the box holds every lung pixel
+    box = np.s_[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    lung, where = lung[box], extra[box]
+    # every pixel gets the index of its nearest lung pixel (each lung pixel its own index)
+    _, nearest = cv2.distanceTransformWithLabels((lung == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5,
+                                                 labelType=cv2.DIST_LABEL_PIXEL)
+    side = np.zeros(int(nearest.max()) + 1, lung.dtype)
+    side[nearest[lung > 0]] = lung[lung > 0]
+    lung[where] = side[nearest[where]]  # a view: writes into the caller's slice
 
 
 @dataclass(frozen=True)
@@ -175,47 +189,49 @@ def keep_lesions(lesions: np.ndarray, anatomy: ScanAnatomy, geometry: Geometry,
     image: the CT in HU; lesion pixels outside the lung map that are air-like (below ``AIR_HU``)
     are dropped first: lesion the lungs missed is dense (consolidation), while air next to a lung
     outside its map is gas, airway or the air around the patient.
+
+    Every rule works within one axial slice, so all of them run slice by slice, on the slices
+    that hold lesion only (on a whole scan, a fraction of them).
     """
-    lesions = np.array(lesions)  # a copy, cleared in place (one mask at a time: a long scan's masks are large)
-    if anatomy.body is not None:
-        lesions[~anatomy.body] = 0
-    if image is not None:
-        from slice2d.lungs import AIR_HU
+    from slice2d.lungs import AIR_HU
 
-        air_outside = np.asarray(image) < AIR_HU
-        air_outside &= anatomy.lungs == 0
-        lesions[air_outside] = 0
-        del air_outside
-    kept = lesions_near_lungs(lesions, anatomy.lungs, geometry)
-    del lesions
-    if anatomy.body is not None:  # HU volume: the lungs are the built-in extraction's (or combined)
-        kept = _trim_pieces_outside(kept, anatomy.lungs, geometry)
-    return kept, lungs_with_lesions(anatomy.lungs, kept, geometry)
+    kept = np.array(to_canonical(lesions, geometry))  # canonical (rows, cols, Z), a copy cleared in place
+    lungs = to_canonical(anatomy.lungs, geometry)
+    out_lungs = np.array(lungs)
+    body = None if anatomy.body is None else to_canonical(anatomy.body, geometry)
+    hu = None if image is None else to_canonical(np.asarray(image), geometry)
+    disc = margin_disc(geometry)
+    for k in np.flatnonzero(kept.any(axis=(0, 1))):
+        lesion, lung = kept[:, :, k], lungs[:, :, k]
+        if body is not None:
+            lesion[~body[:, :, k]] = 0
+        if hu is not None:
+            lesion[(hu[:, :, k] < AIR_HU) & (lung == 0)] = 0
+        _drop_pieces_away(lesion, lung, disc)
+        if body is not None:  # HU volume: the lungs are the built-in extraction's (or combined)
+            _trim_piece_outside(lesion, lung, disc)
+        _add_lesion_to_lung(out_lungs[:, :, k], lesion)
+    return from_canonical(kept, geometry), from_canonical(out_lungs, geometry)
 
 
-def _trim_pieces_outside(lesions: np.ndarray, lungs: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Lesion pieces (in-plane, 8-connected) that lie mostly outside the lungs keep only their
-    pixels within ``LUNG_MARGIN_MM`` of them (a new array).
+def _trim_piece_outside(lesion: np.ndarray, lung: np.ndarray, disc: np.ndarray) -> None:
+    """One axial slice: lesion pieces (8-connected) that lie mostly outside the lungs keep (in
+    place) only their pixels within ``disc`` of them.
 
     At the lung bases the liver and spleen domes, and the stomach wall, sit in the same slice as
     the lung, touching it; a lesion network that fires there gives a piece that touches the lung
     but lies mostly outside it. Consolidation the extraction left out is a piece mostly inside
     the lungs (the extraction's 15 mm closing takes in subpleural bites), and stays whole.
     """
-    out = np.array(to_canonical(lesions, geometry))
-    lung = to_canonical(lungs, geometry) > 0
-    disc = margin_disc(geometry)
-    for k in np.flatnonzero(out.any(axis=(0, 1))):
-        n, pieces = cv2.connectedComponents((out[:, :, k] > 0).astype(np.uint8), connectivity=8)
-        inside = np.bincount(pieces[lung[:, :, k]], minlength=n)
-        sizes = np.bincount(pieces.ravel(), minlength=n)
-        mostly_outside = inside < MIN_INSIDE_FRACTION * sizes
-        mostly_outside[0] = False
-        if not mostly_outside.any():
-            continue
-        near = cv2.dilate(lung[:, :, k].astype(np.uint8), disc) > 0
-        out[:, :, k][mostly_outside[pieces] & ~near] = 0
-    return from_canonical(out, geometry)
+    n, pieces = cv2.connectedComponents((lesion > 0).astype(np.uint8), connectivity=8)
+    inside = np.bincount(pieces[lung > 0], minlength=n)
+    sizes = np.bincount(pieces.ravel(), minlength=n)
+    mostly_outside = inside < MIN_INSIDE_FRACTION * sizes
+    mostly_outside[0] = False
+    if not mostly_outside.any():
+        return
+    near = cv2.dilate((lung > 0).astype(np.uint8), disc) > 0
+    lesion[mostly_outside[pieces] & ~near] = 0
 
 
 def sanity(anatomy: ScanAnatomy, lungs: np.ndarray, affine: np.ndarray, image: np.ndarray | None = None,
@@ -240,11 +256,15 @@ def sanity(anatomy: ScanAnatomy, lungs: np.ndarray, affine: np.ndarray, image: n
 
 
 def _air_outside_body(image: np.ndarray, body: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """The values below -500 outside ``body``: the air around the patient, not the table.
-    Gathered a block of the last axis at a time, so that no mask of the whole scan is made."""
+    """The values below -500 outside ``body``: the air around the patient, not the table (in no
+    particular order: the caller takes their median). Gathered a block of the image's slowest
+    axis at a time, so that no mask of the whole scan is made, and in the image's memory order
+    (the axes transposed so: the gather is then several times faster than across strides)."""
+    order = np.argsort([-abs(s) for s in image.strides], kind="stable")
+    image, body = image.transpose(order), body.transpose(order)
     parts = []
-    for start in range(0, image.shape[-1], chunk):
-        values = image[..., start:start + chunk][~body[..., start:start + chunk]]
+    for start in range(0, image.shape[0], chunk):
+        values = image[start:start + chunk][~body[start:start + chunk]]
         parts.append(values[values < -500])
     return np.concatenate(parts)
 

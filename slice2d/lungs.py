@@ -70,47 +70,44 @@ def _body_mask(image: np.ndarray, spacing) -> np.ndarray:
     r = max(1, int(round(TABLE_OPENING_MM / min(spacing[0], spacing[1]))))
     disk = ndimage.generate_binary_structure(2, 1)
     disk = ndimage.iterate_structure(disk, r)
-    tissue = image >= AIR_HU
-    body = np.zeros(image.shape, bool)
+    opened = dilate(erode(image >= AIR_HU, disk), disk)  # each slice one block of memory
+    largest = np.zeros_like(opened)
     for z in range(image.shape[2]):
-        opened = dilate(erode(tissue[:, :, z], disk), disk)
-        lab, n = ndimage.label(opened)
-        if n == 0:
-            continue
-        biggest = np.argmax(np.bincount(lab.ravel())[1:]) + 1
-        filled = ndimage.binary_fill_holes(lab == biggest)
-        body[:, :, z] = dilate(filled, disk)
-    return body
+        lab, n = ndimage.label(opened[:, :, z])
+        if n:
+            largest[:, :, z] = lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1
+    # holes filled as scipy.ndimage.binary_fill_holes fills them (background not 4-connected to the border)
+    return np.ascontiguousarray(dilate(fill_holes_inplane(largest), disk))
 
 
-def _largest_components(mask: np.ndarray, voxel_ml: float) -> np.ndarray:
-    lab, n = ndimage.label(mask)
-    if n == 0:
-        return np.zeros_like(mask)
-    sizes = np.bincount(lab.ravel())[1:]
-    keep_min = max(MIN_COMPONENT_FRACTION * sizes.max(), MIN_COMPONENT_ML / voxel_ml)
-    keep = np.nonzero(sizes >= keep_min)[0] + 1
-    return select(lab, keep)
+def _large_ids(sizes: np.ndarray, ids, voxel_ml: float) -> np.ndarray:
+    """Among the components ``ids`` (``sizes``: voxels per label), those of at least
+    ``MIN_COMPONENT_FRACTION`` of the largest of them and of ``MIN_COMPONENT_ML``."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size == 0:
+        return ids
+    keep_min = max(MIN_COMPONENT_FRACTION * sizes[ids].max(), MIN_COMPONENT_ML / voxel_ml)
+    return ids[sizes[ids] >= keep_min]
 
 
-def _drop_gas(cand: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """``cand`` without its gas pockets: components whose interior median HU is below ``GAS_HU``."""
-    lab, n = ndimage.label(cand)
-    if n == 0:
-        return cand
-    interior = erode(cand)
-    inner_lab = np.where(interior, lab, 0)
+def _not_gas(lab: np.ndarray, ids: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """The components ``ids`` of ``lab`` less the gas pockets: those whose interior median HU is
+    below ``GAS_HU`` (all of ``ids`` when every one of them is gas)."""
+    if ids.size == 0:
+        return ids
+    inner_lab = np.where(erode(select(lab, ids)), lab, 0)
+    boxes, whole = ndimage.find_objects(inner_lab), None
     keep = []
-    for i, where in enumerate(ndimage.find_objects(inner_lab), start=1):
+    for i in ids:
+        where = boxes[i - 1] if i <= len(boxes) else None
         values = image[where][inner_lab[where] == i] if where is not None else np.empty(0)
         if values.size == 0:  # too thin to have an interior: judge the whole component
-            where = ndimage.find_objects(lab)[i - 1]
+            whole = ndimage.find_objects(lab) if whole is None else whole
+            where = whole[i - 1]
             values = image[where][lab[where] == i]
         if float(np.median(values)) >= GAS_HU:
             keep.append(i)
-    if not keep:
-        return cand
-    return select(lab, keep)
+    return np.asarray(keep, dtype=np.int64) if keep else ids
 
 
 def _find_airways(cand: np.ndarray, spacing) -> np.ndarray:
@@ -200,8 +197,12 @@ def _extract_work(image: np.ndarray, spacing) -> np.ndarray:
     air = image < AIR_HU
     body = _body_mask(image, spacing)
     inner = remove_border_regions(air) & body
-    cand = _largest_components(inner, voxel_ml)
-    cand = _largest_components(_drop_gas(cand, image), voxel_ml)
+    # the large components less the gas pockets (what is left is large by the same measure: the
+    # largest of it is at most the largest of all)
+    lab, n = ndimage.label(inner)
+    ids = _large_ids(np.bincount(lab.ravel()), np.arange(1, n + 1), voxel_ml)
+    cand = select(lab, _not_gas(lab, ids, image))
+    del lab
     if cand.sum() * voxel_ml < MIN_LUNGS_ML:
         raise ValueError(
             f"no lung-like air region found (largest enclosed air {cand.sum() * voxel_ml:.0f} mL, "
@@ -229,25 +230,39 @@ def _extract_work(image: np.ndarray, spacing) -> np.ndarray:
             parts.append(full)
         rest = lungs & ~big
     markers = np.zeros(image.shape, np.uint8)
-    cx = [np.nonzero(p)[0].mean() for p in parts]
+    cx = [_mean_x(p) for p in parts]
     right, left = (parts[0], parts[1]) if cx[0] > cx[1] else (parts[1], parts[0])
     markers[right], markers[left] = 1, 2
     if rest.any():
-        # each voxel's nearest lung, found in the box that holds the lungs and the pieces (the same
-        # answer as on the whole grid, where nothing outside the box is lung); the indices only:
-        # the distances would cost several float64 copies of the grid
-        box = bbox((markers > 0) | rest, margin=0)
-        idx = ndimage.distance_transform_edt(markers[box] == 0, sampling=spacing, return_distances=False,
-                                             return_indices=True)
-        near = np.zeros_like(markers)
-        near[box] = markers[box][tuple(idx)]
-        del idx
-        small = ndimage.label(rest)[0]
-        # Only pieces touching a lung are attached; isolated air (bowel gas) is dropped.
-        touching = np.unique(small[ndimage.binary_dilation(markers > 0) & (small > 0)])
-        keep = select(small, touching) & ~airway
-        markers[keep] = near[keep]
+        _attach_pieces(markers, rest, airway, spacing)
     return markers, body, airway
+
+
+def _mean_x(mask: np.ndarray) -> float:
+    """The mean first index of a mask's voxels (``np.nonzero(mask)[0].mean()``, from the counts
+    per index instead of a list of every voxel; the sums are exact integers either way)."""
+    counts = np.count_nonzero(mask, axis=(1, 2))
+    return float((counts * np.arange(counts.size)).sum() / counts.sum())
+
+
+def _attach_pieces(markers: np.ndarray, rest: np.ndarray, airway: np.ndarray, spacing) -> None:
+    """The pieces of ``rest`` (3D components) touching a lung (6-neighbours) join the nearest lung
+    voxel by voxel (in ``markers``, in place); isolated air (bowel gas) and the airways are dropped."""
+    # which pieces touch, found in the pieces' box one voxel wider: the same answer as on the whole grid
+    box = bbox(rest, margin=1)
+    pieces = ndimage.label(rest[box])[0]
+    touching = np.unique(pieces[ndimage.binary_dilation(markers[box] > 0) & (pieces > 0)])
+    keep = np.zeros_like(rest)
+    keep[box] = select(pieces, touching) & ~airway[box]
+    if not keep.any():
+        return
+    # each voxel's nearest lung, found in the box that holds the lungs and the pieces (the same
+    # answer as on the whole grid, where nothing outside the box is lung); the indices only:
+    # the distances would cost several float64 copies of the grid
+    box = bbox((markers > 0) | rest, margin=0)
+    sub, where = markers[box], keep[box]
+    idx = ndimage.distance_transform_edt(sub == 0, sampling=spacing, return_distances=False, return_indices=True)
+    sub[where] = sub[tuple(i[where] for i in idx)]  # a view: writes into ``markers``
 
 
 def _fill_and_close(labels: np.ndarray, spacing) -> np.ndarray:
@@ -301,7 +316,7 @@ def _trim_partial_volume(labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     # a dense rim voxel whose neighbour inside the lung is dense too is a lesion or vessel with
     # depth (subpleural consolidation), not a partial-volume voxel: it stays
     lesion_like = dilate(inner & dense, SQUARE)
-    out = labels.copy()
+    out = labels.copy(order="K")
     out[box][sub & ~inner & dense & ~lesion_like] = 0
     return out
 
@@ -341,11 +356,11 @@ def extract_anatomy(image_hu: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarr
         markers, body, airway = _extract_work(image, spacing)
         return _trim_partial_volume(_fill_and_close(markers, spacing), image), body, airway
     nx, ny = image.shape[0] // factor * factor, image.shape[1] // factor * factor
-    small = image[:nx, :ny].reshape(nx // factor, factor, ny // factor, factor, -1).mean(axis=(1, 3), dtype=np.float32)
+    small = _block_means(image, factor)
     sp_small = (spacing[0] * factor, spacing[1] * factor, spacing[2])
     markers, body_small, airway_small = _extract_work(small, sp_small)
     del small
-    grid = (image.shape, factor, nx, ny)
+    grid = (image, factor, nx, ny)
     out = _refine(_upsample(_fill_and_close(markers, sp_small), *grid), image, factor)
     airway = _upsample(airway_small, *grid)
     if airway.any():  # the same dilation, within the airways' box
@@ -355,11 +370,40 @@ def extract_anatomy(image_hu: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarr
     return _trim_partial_volume(out, image), _upsample(body_small, *grid), airway
 
 
-def _upsample(a: np.ndarray, shape: tuple[int, ...], factor: int, nx: int, ny: int) -> np.ndarray:
-    """A map of the working grid on the image's grid of ``shape`` (nearest neighbour; the last
-    rows and columns, which the working grid leaves out, stay 0)."""
-    out = np.zeros(shape, a.dtype)
-    out[:nx, :ny] = np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)
+def _block_means(image: np.ndarray, factor: int) -> np.ndarray:
+    """The working grid: means of ``factor`` x ``factor`` in-plane blocks of ``image`` (the last
+    rows and columns that fill no block left out), float32, in C order (scipy.ndimage labels and
+    measures it several times faster than in the image's Fortran order).
+
+    Equal bit for bit to ``image[:nx, :ny].reshape(nx // factor, factor, ny // factor, factor,
+    -1).mean(axis=(1, 3), dtype=np.float32)``: for integers of up to 16 bits the block sums are
+    exact in float32, in any order, so the sum of the factor² strided sub-grids, divided as
+    ``np.mean`` divides, is the same number; other images take ``np.mean`` itself.
+    """
+    nx, ny = image.shape[0] // factor * factor, image.shape[1] // factor * factor
+    if image.dtype.kind not in "iu" or factor * factor * 2 ** (8 * image.dtype.itemsize) > 2 ** 24:
+        means = image[:nx, :ny].reshape(nx // factor, factor, ny // factor, factor, -1).mean(axis=(1, 3),
+                                                                                          dtype=np.float32)
+        return np.ascontiguousarray(means)
+    total = np.zeros_like(image[:nx:factor, :ny:factor], dtype=np.float32)  # the image's layout: fast sums
+    for i in range(factor):
+        for j in range(factor):
+            total += image[i:nx:factor, j:ny:factor]
+    np.true_divide(total, np.intp(factor * factor), out=total, casting="unsafe")  # as np.mean divides
+    return np.ascontiguousarray(total)
+
+
+def _upsample(a: np.ndarray, image: np.ndarray, factor: int, nx: int, ny: int) -> np.ndarray:
+    """A map of the working grid on the grid of ``image`` (nearest neighbour; the last rows and
+    columns, which the working grid leaves out, stay 0), in the image's memory layout (nibabel
+    reads Fortran order): the full-resolution steps combine it with the image voxel by voxel,
+    several times faster in one layout."""
+    out = np.zeros_like(image, dtype=a.dtype)
+    src = np.empty_like(out[:nx:factor, :ny:factor])  # ``a`` in that layout: one small copy
+    src[...] = a
+    for i in range(factor):
+        for j in range(factor):
+            out[i:nx:factor, j:ny:factor] = src
     return out
 
 
@@ -369,22 +413,20 @@ def _refine(up_all: np.ndarray, image: np.ndarray, factor: int) -> np.ndarray:
     voxels near each coarse lung become that lung; then the in-plane holes (vessels) are filled
     again at full resolution. A function of its own, so that its box-sized masks are gone before
     the next step."""
-    out = np.zeros(image.shape, np.uint8)
+    out = np.zeros_like(up_all)  # the layout of ``up_all``, the image's
     if not up_all.any():
         return out
     box = bbox(up_all > 0, margin=factor + 1)
     up, air = up_all[box], image[box] < AIR_HU
     near = [dilate(up == v, iterations=factor) for v in (1, 2)]
-    sub = np.zeros(up.shape, np.uint8)
+    sub = np.zeros_like(up)
     sub[air & near[0] & ~near[1]] = 1
     sub[air & near[1] & ~near[0]] = 2
-    both = air & near[0] & near[1]
-    sub[both] = up[both]
+    np.copyto(sub, up, where=air & near[0] & near[1])
     for v in (1, 2):
         sub[fill_holes_inplane(sub == v) & (sub == 0)] = v
     # dense lung (pathology brought back by the closing) keeps the coarse label
-    dense = ~air & (up > 0) & (sub == 0)
-    sub[dense] = up[dense]
+    np.copyto(sub, up, where=~air & (up > 0) & (sub == 0))
     out[box] = sub
     return out
 
@@ -414,6 +456,5 @@ def extract_anatomy_nifti(img, data: np.ndarray | None = None) -> tuple[np.ndarr
     canon = apply_orientation(data, ornt)
     spacing = nib.affines.voxel_sizes(img.affine)[[int(a) for a in np.argsort(ornt[:, 0])]]
     back = ornt_transform(axcodes2ornt(("R", "A", "S")), ornt)
-    lungs, body, airways = (np.ascontiguousarray(apply_orientation(m, back))
-                            for m in extract_anatomy(canon, spacing))
-    return lungs.astype(np.uint8), body.astype(bool), airways.astype(bool)
+    lungs, body, airways = (apply_orientation(m, back) for m in extract_anatomy(canon, spacing))
+    return lungs.astype(np.uint8, copy=False), body.astype(bool, copy=False), airways.astype(bool, copy=False)

@@ -348,12 +348,10 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
         geometry = geometry_of(img)
     except InputError as exc:  # this case's input: a cohort goes on
         raise CaseError(str(exc)) from None
-    for r in (run, lung_run, lobe_run):  # loaded in the background: a model that cannot be
-        if r is not None:                # loaded stops the whole run, whatever this case holds
-            _ = r.model
     name, case = output_name(path), case_name(path)
     outputs = case_outputs(path, out_dir, options, assess, lobe_run is not None)
     if not assess:
+        _wait_for_models(run, lung_run, lobe_run)
         try:
             (labels, probs), = predict_volume([run], image, geometry, options.batch_size, options.probabilities,
                                               str(path))
@@ -367,10 +365,15 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
             save_like(labels, img, out_dir / name)
         return None
     scoring, lobes_path, lobes = options.scoring, None, None
-    try:
-        if lung_run is None:  # the built-in extraction first: the networks then only see slices with lung
+    if lung_run is None:  # the built-in extraction first, while the models load: the networks then only see slices with lung
+        try:
             anatomy = scan_anatomy(img, None, "builtin", str(path), image)
-            with_lung = np.flatnonzero(to_canonical(anatomy.lungs, geometry).any(axis=(0, 1)))
+        except InputError as exc:  # this case's input: a cohort goes on (unless a model cannot be loaded)
+            _wait_for_models(run, lung_run, lobe_run)
+            raise CaseError(str(exc)) from None
+        with_lung = np.flatnonzero(to_canonical(anatomy.lungs, geometry).any(axis=(0, 1)))
+    _wait_for_models(run, lung_run, lobe_run)
+    try:
         others = [r for r in (lung_run, lobe_run) if r is not None]
         (lesions, probs), *rest = predict_volume([run, *others], image, geometry, options.batch_size,
                                                  options.probabilities, str(path), lung_run=lung_run,
@@ -407,6 +410,15 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
                            run.cfg.n_classes, scoring.lobe_labels, lung_source)
         write_case_report(report, image, lesions, lungs, lobes, img.affine, out_dir / "severity" / f"{case}.json")
     return report
+
+
+def _wait_for_models(*runs: Run | None) -> None:
+    """Wait for the models loading in the background (called only when a network is needed, so
+    that the built-in lung extraction runs meanwhile). A model that cannot be loaded stops the
+    whole run, whatever this case holds: it is not caught as a ``CaseError``."""
+    for r in runs:
+        if r is not None:
+            _ = r.model
 
 
 def _write_png(labels: np.ndarray, path: Path) -> None:

@@ -87,7 +87,7 @@ def severity_figure(
     reg = None if regions_map is None else to_canonical(np.asarray(regions_map), geometry)
     rows_mm, cols_mm, _ = geometry.canonical_spacing
     aspect = rows_mm / cols_mm
-    zs = np.nonzero([lun[:, :, z].any() for z in range(lun.shape[2])])[0]
+    zs = np.flatnonzero(lun.any(axis=(0, 1)))
     if zs.size == 0:
         zs = np.arange(img.shape[2])
     inner = np.quantile(zs, [0.8, 0.6, 0.4, 0.2]).round().astype(int)

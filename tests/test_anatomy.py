@@ -249,3 +249,64 @@ def test_lesions_outside_the_lung_map_join_the_nearest_lung(order):
     np.testing.assert_array_equal(out, np.transpose(expected, order))
     assert out.dtype == lungs_in.dtype
     np.testing.assert_array_equal(lungs_in, before)
+
+
+def _keep_lesions_whole_volume(lesions, anatomy, geometry, image):
+    """``keep_lesions`` the straightforward way: each rule over the whole volume in turn."""
+    import cv2
+
+    from slice2d.anatomy import MIN_INSIDE_FRACTION, lesions_near_lungs, lungs_with_lesions, margin_disc
+    from slice2d.io import from_canonical, to_canonical
+
+    lesions = np.array(lesions)
+    lesions[~anatomy.body] = 0
+    lesions[(image < -320.0) & (anatomy.lungs == 0)] = 0
+    kept = np.array(to_canonical(lesions_near_lungs(lesions, anatomy.lungs, geometry), geometry))
+    lung = to_canonical(anatomy.lungs, geometry) > 0
+    for k in range(kept.shape[2]):  # lesion pieces mostly outside the lungs keep only their part near them
+        n, pieces = cv2.connectedComponents((kept[:, :, k] > 0).astype(np.uint8), connectivity=8)
+        outside = np.bincount(pieces[lung[:, :, k]], minlength=n) < MIN_INSIDE_FRACTION * np.bincount(pieces.ravel())
+        outside[0] = False
+        near = cv2.dilate(lung[:, :, k].astype(np.uint8), margin_disc(geometry)) > 0
+        kept[:, :, k][outside[pieces] & ~near] = 0
+    kept = from_canonical(kept, geometry)
+    return kept, lungs_with_lesions(anatomy.lungs, kept, geometry)
+
+
+def test_keep_lesions_slice_by_slice_equals_the_whole_volume_rules():
+    """The rules run slice by slice on the slices with lesion give, voxel for voxel, what each rule
+    over the whole volume gives, here on random lesions over a phantom (LPS grid, as most scans)."""
+    ph = make_phantom(shape=(80, 80, 40), spacing=(4.0, 4.0, 8.0), seed=5)
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # the same voxels on an LPS grid
+    img = nib.Nifti1Image(np.asfortranarray(ph.image[::-1, ::-1]), flip @ ph.affine @ flip)
+    found = scan_anatomy(img, None, "builtin")
+    body = found.body.copy()
+    body[:, :, 25:] = False  # a body mask that leaves out lung: there the body rule alone drops lesion
+    anatomy = ScanAnatomy(found.lungs, body, found.airways, found.source)
+    rng = np.random.default_rng(0)
+    noise = rng.random(ph.image.shape)
+    from scipy import ndimage
+
+    lesions = (ndimage.uniform_filter(noise, size=(5, 5, 1)) > 0.55).astype(np.uint8)
+    lesions[lesions > 0] = rng.integers(1, 3, np.count_nonzero(lesions))  # two lesion classes
+    image = np.asanyarray(img.dataobj)
+    geometry = geometry_of(img)
+    kept, lungs = keep_lesions(lesions, anatomy, geometry, image)
+    want_kept, want_lungs = _keep_lesions_whole_volume(lesions, anatomy, geometry, image)
+    assert 0 < np.count_nonzero(kept) < np.count_nonzero(lesions)
+    assert np.count_nonzero(lungs) > np.count_nonzero(anatomy.lungs)  # lesion outside the lungs added
+    np.testing.assert_array_equal(kept, want_kept)
+    np.testing.assert_array_equal(lungs, want_lungs)
+
+
+def test_air_outside_body_gathers_the_same_values_in_any_layout():
+    from slice2d.anatomy import _air_outside_body
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(-1100, 200, (30, 20, 9)).astype(np.int16)
+    body = rng.random(image.shape) < 0.5
+    want = np.sort(image[~body & (image < -500)])
+    assert want.size > 100
+    for im in (image, np.asfortranarray(image), np.asfortranarray(image[::-1])[::-1]):
+        for b in (body, np.asfortranarray(body), np.ascontiguousarray(body[:, ::-1])[:, ::-1]):
+            np.testing.assert_array_equal(np.sort(_air_outside_body(im, b, chunk=4)), want)

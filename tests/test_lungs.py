@@ -126,3 +126,112 @@ def test_surface_voxels_more_tissue_than_lung_are_trimmed():
     assert np.all(out[5, 20:30] == 1)
     assert np.all(out[33:35, 10:20] == 1)
     assert np.array_equal(out[6:33], labels[6:33])        # only the surface changes
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.uint16])
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_block_means_equal_numpy_mean_bit_for_bit(dtype, factor):
+    """The working grid's block means (strided sums) are numpy's reshape-mean to the last bit, for
+    integer images in nibabel's Fortran order and flipped, as the canonical reorientation gives."""
+    from slice2d.lungs import _block_means
+
+    info = np.iinfo(dtype)
+    raw = np.random.default_rng(factor).integers(info.min, info.max, (37, 29, 5), endpoint=True).astype(dtype)
+    for image in (raw, np.asfortranarray(raw)[::-1, ::-1]):
+        nx, ny = image.shape[0] // factor * factor, image.shape[1] // factor * factor
+        expected = image[:nx, :ny].reshape(nx // factor, factor, ny // factor, factor, -1).mean(axis=(1, 3),
+                                                                                             dtype=np.float32)
+        got = _block_means(image, factor)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+def _blobs(seed, shape=(40, 36, 12), level=0.6):
+    from scipy import ndimage
+
+    noise = np.random.default_rng(seed).random(shape)
+    return ndimage.uniform_filter(noise, size=(5, 5, 3)) > level
+
+
+def test_component_selection_equals_labelling_each_step_anew():
+    """Large components less gas: one labelling gives what labelling each step's result anew
+    gives, the large ones taken again after the gas (the straightforward version, written out
+    here)."""
+    from scipy import ndimage
+
+    from slice2d.lungs import GAS_HU, MIN_COMPONENT_FRACTION, MIN_COMPONENT_ML, _large_ids, _not_gas
+    from slice2d.morphology import erode, select
+
+    def largest(mask, voxel_ml):
+        lab, n = ndimage.label(mask)
+        sizes = np.bincount(lab.ravel())[1:]
+        if n == 0:
+            return mask & False
+        keep_min = max(MIN_COMPONENT_FRACTION * sizes.max(), MIN_COMPONENT_ML / voxel_ml)
+        return select(lab, np.nonzero(sizes >= keep_min)[0] + 1)
+
+    def drop_gas(cand, image):
+        lab, n = ndimage.label(cand)
+        inner_lab = np.where(erode(cand), lab, 0)
+        keep = []
+        for i in range(1, n + 1):
+            values = image[inner_lab == i]
+            if values.size == 0:
+                values = image[lab == i]
+            if float(np.median(values)) >= GAS_HU:
+                keep.append(i)
+        return select(lab, keep) if keep else cand
+
+    rng = np.random.default_rng(7)
+    checked = 0
+    for seed in range(6):
+        inner = _blobs(seed, level=0.55)
+        lab, n = ndimage.label(inner)
+        gas = rng.random(n + 1) < 0.4  # some components are gas, whole
+        gas[np.argmax(np.bincount(lab.ravel())[1:]) + 1] = seed % 2 == 0  # the largest too, at times
+        image = np.where(gas[lab], -1000, -850).astype(np.int16) + rng.integers(-40, 40, inner.shape).astype(np.int16)
+        for voxel_ml in (0.05, 0.5):
+            want = largest(drop_gas(largest(inner, voxel_ml), image), voxel_ml)
+            got = select(lab, _not_gas(lab, _large_ids(np.bincount(lab.ravel()), np.arange(1, n + 1), voxel_ml), image))
+            np.testing.assert_array_equal(got, want)
+            checked += int(0 < np.count_nonzero(want) < np.count_nonzero(inner))
+    assert checked >= 4  # the rules dropped some components and kept others
+
+
+def test_attach_pieces_equals_the_whole_grid_version():
+    """Pieces touching a lung join the nearest lung: the same markers as computing the touching
+    pieces and the nearest lung on the whole grid."""
+    from scipy import ndimage
+
+    from slice2d.lungs import _attach_pieces
+    from slice2d.morphology import select
+
+    spacing = (1.5, 1.5, 3.0)
+    for seed in range(4):
+        lungs = _blobs(seed, level=0.5)
+        lab, n = ndimage.label(lungs)
+        order = np.argsort(np.bincount(lab.ravel())[1:])[::-1] + 1
+        markers = np.zeros(lungs.shape, np.uint8)
+        markers[lab == order[0]], markers[lab == order[1]] = 1, 2
+        rest = (_blobs(seed + 10, level=0.62) | (lungs & (markers == 0))) & (markers == 0)
+        airway = _blobs(seed + 20, level=0.65)
+        want = markers.copy()
+        idx = ndimage.distance_transform_edt(markers == 0, sampling=spacing, return_distances=False,
+                                             return_indices=True)
+        pieces = ndimage.label(rest)[0]
+        touching = np.unique(pieces[ndimage.binary_dilation(markers > 0) & (pieces > 0)])
+        keep = select(pieces, touching) & ~airway
+        want[keep] = markers[tuple(idx)][keep]
+        got = markers.copy()
+        _attach_pieces(got, rest, airway, spacing)
+        assert np.count_nonzero(want != markers) > 0
+        np.testing.assert_array_equal(got, want)
+    # a piece that meets a lung only across the face of its own box, and one that meets none
+    markers = np.zeros((12, 10, 6), np.uint8)
+    markers[:5, :, :] = 1
+    markers[9:, :, :] = 2
+    rest = np.zeros(markers.shape, bool)
+    rest[5:7, 2:4, 1:3] = True
+    rest[7, 8, 5] = True
+    _attach_pieces(markers, rest, np.zeros_like(rest), spacing)
+    assert np.all(markers[5:7, 2:4, 1:3] == 1) and markers[7, 8, 5] == 0

@@ -135,7 +135,7 @@ def severity_figure(
     ax.set_title(f"{case}{report['scheme']} TSS {report['tss']}/{report['tss_max']}{category}; "
                  f"total PI {report['total_pi']:.1f} %, lesion {report['lesion_ml']:.0f} mL of "
                  f"{report['lung_ml']:.0f} mL lung")
-    notes = [report["note"]] if report.get("note") else []
+    notes = [report[key] for key in ("note", "coverage_warning") if report.get(key)]
     if report.get("sanity"):
         notes.append("checks: " + ", ".join(f"{k} {v}" for k, v in report["sanity"].items()))
     if notes:
@@ -214,7 +214,20 @@ def case_report(lesions: np.ndarray, lungs: np.ndarray | None, lobes: np.ndarray
                              zone_joint=options.zones.joint)
     if checks is not None:
         report["sanity"] = checks
+        if warning := coverage_warning(checks, zones=lobes is None):
+            report["coverage_warning"] = warning
     return report
+
+
+def coverage_warning(checks: dict, zones: bool) -> str | None:
+    """What a scan that stops short of the lung apices or bases means for its report (``None`` when
+    it covers both): PI% and the score describe only the lung inside the scan, and lung zones are
+    thirds of that part, not of the whole lungs."""
+    short = [end for end, key in (("apices", "reaches_apex"), ("bases", "reaches_bases")) if checks.get(key) is False]
+    if not short:
+        return None
+    return (f"the scan stops short of the lung {' and '.join(short)}: PI% and the score cover only the lung inside "
+            "the scan" + ("; the zones are thirds of that part, not of the whole lungs" if zones else ""))
 
 
 def write_case_report(report: dict, image: np.ndarray | None, lesions: np.ndarray, lungs: np.ndarray | None,

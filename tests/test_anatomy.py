@@ -89,6 +89,31 @@ def test_sanity_says_when_the_scan_stops_short_of_the_apex_or_bases(kind):
     assert block["reaches_apex"] is not superior_is_high and block["reaches_bases"] is superior_is_high
 
 
+def test_a_report_of_a_scan_that_stops_short_says_what_its_numbers_cover():
+    """A scan that misses the apices (or bases) gets a coverage warning in its report:
+    its PI% and score cover only the lung in the scan, and its zones are thirds of that part."""
+    from slice2d.report import case_report
+    from slice2d.severity import SeverityOptions
+
+    lungs = np.zeros((20, 20, 30), np.uint8)
+    lungs[3:9, 5:15, 4:30], lungs[11:17, 5:15, 4:30] = 1, 2  # both lungs run out of the top slice
+    lesions = np.zeros_like(lungs)
+    lesions[4:7, 6:9, 20:28] = 1
+    affine = make_affine("RAS", (2.0, 2.0, 2.0))
+    anatomy = ScanAnatomy(lungs, np.ones(lungs.shape, bool), None, "builtin")
+    report = case_report(lesions, lungs, None, affine, "c", SeverityOptions(), sanity(anatomy, lungs, affine))
+    assert report["sanity"]["reaches_apex"] is False and report["sanity"]["reaches_bases"] is True
+    warning = report["coverage_warning"]
+    assert "apices" in warning and "bases" not in warning and "zones are thirds" in warning
+    lobes = np.where(lungs == 1, 3, np.where(lungs == 2, 5, 0)).astype(np.uint8)  # slice2d labels: R lower, L lower
+    with_lobes = case_report(lesions, lungs, lobes, affine, "c", SeverityOptions(), sanity(anatomy, lungs, affine))
+    assert "zones" not in with_lobes["coverage_warning"]
+    whole = lungs.copy()
+    whole[:, :, 26:] = 0  # now the lungs end inside the scan at both ends
+    full = case_report(lesions, whole, None, affine, "c", SeverityOptions(), sanity(anatomy, whole, affine))
+    assert "coverage_warning" not in full
+
+
 def test_no_lungs_is_a_one_line_error():
     body = np.full((40, 40, 12), -1000.0, np.float32)
     yy, xx = np.mgrid[:40, :40]

@@ -13,7 +13,7 @@ corrections with one function (instead of an 8-way classifier) makes the answer 
 equivariant: turning the input turns the answer with it. One export has one orientation, so a
 folder is decided by adding the per-slice log-probabilities. The weights
 (``checkpoints/orientation/weights.npz``, about 130 kB) were trained on real HU volumes windowed to
-8 bits (``bench/orientation.py train``); inference is plain NumPy, so neither TensorFlow nor a
+8 bits and on real 8-bit exports turned upright (``bench/orientation.py train``); inference is plain NumPy, so neither TensorFlow nor a
 download is needed.
 """
 

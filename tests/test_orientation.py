@@ -96,6 +96,8 @@ def test_a_synthetic_phantom_export_is_detected(o):
 
 @pytest.mark.parametrize("o", ORIENTATIONS, ids=lambda o: f"code{o.code}")
 def test_real_exports_are_detected_in_every_orientation(o):
+    # the shipped scorer learned from both sets: this guards the shipped weights, while the
+    # held-out accuracy is measured by bench/orientation.py's cross-validation
     upright = [read_slice(CT_SLICES / "images" / name) for name in _coronacases(6)]
     # covid-semiseg is stored transposed: a quarter turn clockwise and a mirror make it upright
     upright += [read_slice(p, Orientation(3, True)) for p in sorted(_need(SEMISEG).glob("*.jpg"))[:6]]

@@ -93,9 +93,14 @@ def severity_figure(
     inner = np.quantile(zs, [0.8, 0.6, 0.4, 0.2]).round().astype(int)
     picks = list(dict.fromkeys([img.shape[2] - 1, *inner, 0]))  # superior to inferior, each slice once
 
+    notes = [report[key] for key in ("note", "coverage_warning") if report.get(key)]
+    if report.get("sanity"):
+        notes.append("checks: " + ", ".join(f"{k} {v}" for k, v in report["sanity"].items()))
     fig = plt.figure(figsize=(18, 7.5))
-    # a fixed layout: tight_layout measured every label first, a third of the figure's time
-    grid = fig.add_gridspec(2, len(picks), height_ratios=[1.15, 1], left=0.045, right=0.99, top=0.96, bottom=0.07,
+    # a fixed layout (tight_layout measured every label first, a third of the figure's time); the
+    # bottom margin holds the bar labels and the notes, about 2 % of the height per line past two
+    grid = fig.add_gridspec(2, len(picks), height_ratios=[1.15, 1], left=0.045, right=0.99, top=0.96,
+                            bottom=0.07 + 0.02 * max(0, len(notes) - 2),
                             wspace=0.04, hspace=0.16)
     tint = ListedColormap(["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b"])
     for k, z in enumerate(picks):
@@ -135,9 +140,6 @@ def severity_figure(
     ax.set_title(f"{case}{report['scheme']} TSS {report['tss']}/{report['tss_max']}{category}; "
                  f"total PI {report['total_pi']:.1f} %, lesion {report['lesion_ml']:.0f} mL of "
                  f"{report['lung_ml']:.0f} mL lung")
-    notes = [report[key] for key in ("note", "coverage_warning") if report.get(key)]
-    if report.get("sanity"):
-        notes.append("checks: " + ", ".join(f"{k} {v}" for k, v in report["sanity"].items()))
     if notes:
         fig.text(0.01, 0.005, "\n".join(notes), fontsize=8, color="dimgray")
     with atomic_path(path) as tmp:

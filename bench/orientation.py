@@ -260,11 +260,12 @@ def folds_of(patients: Sequence[str], n_folds: int = 5) -> dict[str, int]:
     return {p: i % n_folds for i, p in enumerate(sorted(patients))}
 
 
-def evaluate(groups: dict[str, list[np.ndarray]], weights: dict[str, np.ndarray]) -> dict:
-    """Per-orientation slice accuracy and per-folder decisions, each group stored in each of the 8 ways."""
-    per_slice = {o.code: [0, 0] for o in ORIENTATIONS}
-    folders = {o.code: [0, 0] for o in ORIENTATIONS}
-    wrong: list[str] = []
+def evaluate(groups: dict[str, list[np.ndarray]], weights: dict[str, np.ndarray], into: dict | None = None) -> dict:
+    """Per-orientation slice accuracy and per-folder decisions, each group stored in each of the 8
+    ways; added to the counts of ``into`` (another evaluation's result) when given."""
+    result = into or {"per_slice": {o.code: [0, 0] for o in ORIENTATIONS},
+                      "folders": {o.code: [0, 0] for o in ORIENTATIONS}, "wrong_folders": []}
+    per_slice, folders, wrong = result["per_slice"], result["folders"], result["wrong_folders"]
     for name, upright in groups.items():
         for o in ORIENTATIONS:
             lp = slice_log_probs([o.stored(u) for u in upright], weights)
@@ -276,19 +277,7 @@ def evaluate(groups: dict[str, list[np.ndarray]], weights: dict[str, np.ndarray]
             folders[o.code][1] += 1
             if d.orientation != o:
                 wrong.append(f"{name} stored {o.describe_stored()}: {d.message()}")
-    return {"per_slice": per_slice, "folders": folders, "wrong_folders": wrong}
-
-
-def _merge(parts: list[dict]) -> dict:
-    merged = {"per_slice": {o.code: [0, 0] for o in ORIENTATIONS}, "folders": {o.code: [0, 0] for o in ORIENTATIONS},
-              "wrong_folders": []}
-    for part in parts:
-        for key in ("per_slice", "folders"):
-            for code, (ok, n) in part[key].items():
-                merged[key][code][0] += ok
-                merged[key][code][1] += n
-        merged["wrong_folders"] += part["wrong_folders"]
-    return merged
+    return result
 
 
 def _scorer(work: Path, name: str, exports: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -308,13 +297,13 @@ def cross_validate(work: Path) -> dict:
     the HU volumes and all of covid-ct-slices."""
     ct, seg = covid_ct_slices(), semiseg()
     fold = folds_of(list(ct))
-    parts = []
+    held_out = None
     for k in sorted(set(fold.values())):
         exports = [u for p, slices in ct.items() if fold[p] != k for u in slices] + seg
         weights = _scorer(work, f"fold{k}", exports)
-        parts.append(evaluate({p: s for p, s in ct.items() if fold[p] == k}, weights))
+        held_out = evaluate({p: s for p, s in ct.items() if fold[p] == k}, weights, held_out)
     weights = _scorer(work, "without-semiseg", [u for slices in ct.values() for u in slices])
-    return {"covid-ct-slices": _merge(parts), "covid-semiseg": evaluate({"covid-semiseg": seg}, weights)}
+    return {"covid-ct-slices": held_out, "covid-semiseg": evaluate({"covid-semiseg": seg}, weights)}
 
 
 def main(work: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slice2d.config import Config, config_from_yaml, load_config
+from slice2d.config import Config, TrainConfig, config_from_yaml, load_config
 from slice2d.dataset import SliceFile, Split, split_cases
 from slice2d.hardware import has_gpu, onednn_enabled
 from slice2d.io import InputError, atomic_path, writable_folder, write_text
@@ -373,7 +373,7 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
     write_model_card(out, cfg, paths + extra_paths, split, history)
 
 
-def compute_policy(train_cfg) -> str:
+def compute_policy(train_cfg: TrainConfig) -> str:
     """The Keras dtype policy training computes in: float16 on a GPU (``mixed_precision``),
     else ``cpu_precision`` on the CPU (bfloat16 with float32 weights, or float32)."""
     from slice2d.hardware import has_gpu, inference_dtype

@@ -1,6 +1,7 @@
 """Speed and memory of slice2d on this machine; each part writes its section of BENCHMARKS.md.
 
     python bench/performance.py train     # training slices/s, batch 16, 128x128: depth 4/16 (default) and 5/8, XLA on/off, bfloat16
+    python bench/performance.py devices   # training slices/s: one device against two logical CPU devices (--strategy mirrored)
     python bench/performance.py memory    # peak memory of one training step: default 2D U-Net vs a 3D U-Net (MIScnn setup)
     python bench/performance.py prepare   # `slice2d prepare` of a 512x512x300 volume: seconds, peak memory; 1 vs 3 cases
     python bench/performance.py predict   # `slice2d predict` of a 512x512x300 volume, whole process, float32 and bfloat16; the model alone
@@ -24,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from record import ROOT, cpu_times, machine, median, steal_percent, write_section
+from record import ROOT, cpu_times, machine, median, simd, steal_percent, write_section
 
 ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 CLI = [sys.executable, str(ROOT / "cli.py")]
@@ -70,14 +71,20 @@ def _rss_gb(field: str) -> float:
 
 
 def child_train(variant: str, work: str) -> dict:
-    """variant "DEPTHxFILTERS:XLA[:PRECISION]", e.g. "5x8:on" or "4x16:off:bfloat16" (XLA: on, off or
-    auto; PRECISION: train.cpu_precision, float32 when absent)."""
+    """variant "DEPTHxFILTERS:XLA[:PRECISION[:DEVICES]]", e.g. "5x8:on", "4x16:off:bfloat16" or
+    "4x16:auto:float32:2" (XLA: on, off or auto; PRECISION: train.cpu_precision, float32 when absent;
+    DEVICES: 1, or N logical CPU devices trained with ``--strategy mirrored``)."""
     import keras
+    import tensorflow as tf
 
     from slice2d.config import load_config
     from slice2d.train import train, use_xla
 
     shape, xla, *precision = variant.split(":")
+    devices = int(precision[1]) if len(precision) > 1 else 1
+    if devices > 1:  # before TensorFlow initialises its devices
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
     depth, base = (int(v) for v in shape.split("x"))
     cfg = load_config("lesions").updated(
         model={"depth": depth, "base_filters": base},
@@ -103,7 +110,8 @@ def child_train(variant: str, work: str) -> dict:
     timer = Timer()
     out = Path(work) / f"train-{variant.replace(':', '-')}"
     shutil.rmtree(out, ignore_errors=True)
-    train(Path(work) / "train.h5", out, cfg, verbose=0, callbacks=[timer])
+    train(Path(work) / "train.h5", out, cfg, verbose=0, callbacks=[timer],
+          strategy="mirrored" if devices > 1 else "none")
     with (out / "history.csv").open() as f:
         last = list(csv.DictReader(f))[-1]
     return {"variant": variant, "auto_xla": use_xla("auto"), "slices_per_s_by_epoch": timer.epochs,
@@ -185,7 +193,8 @@ def child_model_speed(run_dir: str, jit: str, precision: str = "float32") -> dic
 
 # ---- parts -------------------------------------------------------------------------------
 
-def part_train(work: Path, repeats: int) -> None:
+def _phantom_slices(work: Path) -> None:
+    """The training slices of the throughput runs (four phantoms), made once: work/train.h5."""
     from slice2d.config import load_config
     from slice2d.dataset import prepare
     from slice2d.synth import write_phantoms
@@ -194,6 +203,10 @@ def part_train(work: Path, repeats: int) -> None:
         write_phantoms(work / "phantoms", cases=4, shape=(128, 128, 64), spacing=(2.8, 2.8, 5.0), seed=0)
         prepare(work / "phantoms" / "images", work / "phantoms" / "lesions", work / "train.h5",
                 load_config("lesions").updated(data={"empty_fraction": 1.0}))
+
+
+def part_train(work: Path, repeats: int) -> None:
+    _phantom_slices(work)
     variants = ["4x16:on", "4x16:off", "4x16:off:bfloat16", "5x8:on", "5x8:off", "5x8:off:bfloat16"]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for _ in range(repeats):  # alternating, so that a slow spell of the machine hits every variant
@@ -242,6 +255,35 @@ bfloat16 still learns, not an accuracy result.
 {row("5x8", "lung, lobe and 3-class presets: depth 5, 8 base filters")}
 """
     write_section("train", md, {"machine": machine(), "rows": rows})
+
+
+def part_devices(work: Path, repeats: int) -> None:
+    """Training slices/s on one device against two logical CPU devices under ``--strategy mirrored``."""
+    _phantom_slices(work)
+    variants = {"1": "4x16:auto:float32:1", "2": "4x16:auto:float32:2"}
+    runs: dict[str, list[dict]] = {k: [] for k in variants}
+    for _ in range(repeats):  # alternating
+        for key, variant in variants.items():
+            runs[key].append(child("train", variant, str(work)))
+    rate = {k: median([r["slices_per_s"] for r in v]) for k, v in runs.items()}
+    dice = {k: median([r["val_dice_last_epoch"] for r in v]) for k, v in runs.items()}
+    md = f"""## Training on one and two devices
+
+`python bench/performance.py devices`, {time.strftime('%Y-%m-%d')}, on {machine()}.
+Training slices/s of the default U-Net (depth 4 / 16, batch 16, 128x128, XLA as `auto` chooses),
+measured like [Training throughput](#training-throughput): one device with Keras's `model.fit`,
+against `slice2d train --strategy mirrored` over two logical CPU devices made from this machine's
+CPU (the custom training step under `strategy.run`, each replica 8 slices of the global batch of
+16, losses reduced per sample over the global batch). Two logical devices share the same
+{os.cpu_count()} cores, so this measures what the distributed path costs, not a speed-up; on a
+machine with two GPUs each replica has its own. Median of {repeats} runs, alternating.
+
+| devices | slices/s | validation Dice after 5 epochs (phantoms) |
+|---|---|---|
+| 1 (`model.fit`) | **{rate['1']:.1f}** (runs: {', '.join(f"{r['slices_per_s']:.1f}" for r in runs['1'])}) | {dice['1']:.3f} |
+| 2 logical CPU devices (`--strategy mirrored`) | **{rate['2']:.1f}** (runs: {', '.join(f"{r['slices_per_s']:.1f}" for r in runs['2'])}) | {dice['2']:.3f} |
+"""
+    write_section("devices", md, {"machine": machine(), "runs": runs})
 
 
 def part_memory(work: Path, repeats: int) -> None:
@@ -337,7 +379,9 @@ def part_predict(work: Path, repeats: int) -> None:
         return f"**{median(values):.1f}** (runs: {', '.join(f'{v:.1f}' for v in values)})"
 
     native = "has" if native_bfloat16() else "has no"
-    md = f"""## Predict: one 512x512x300 volume
+    # one section per kind of CPU, so that the AVX-512 and the AVX2 machines' tables stand side by side
+    section, title = ("predict", "") if simd() == "AVX-512" else (f"predict-{simd().lower().replace(' ', '-')}", f", {simd()} CPU")
+    md = f"""## Predict: one 512x512x300 volume{title}
 
 `python bench/performance.py predict`, {time.strftime('%Y-%m-%d')}, on {machine()}.
 `slice2d predict VOLUME --out OUT --precision P` with the defaults otherwise (the built-in lung
@@ -356,7 +400,7 @@ The host took {steal:.0f} % of this virtual machine's CPU time for other guests 
 | lesion model alone with XLA, slices/s | {speed['xla-float32']:.0f} (first call {first['xla-float32']:.1f} s with compilation, against {first['none-float32']:.1f} s) | |
 | lung volume found (both lungs, as written) | {report['lung_ml']:.0f} mL | |
 """
-    write_section("predict", md, {"machine": machine(), "runs": runs, "model": model, "steal_percent": steal})
+    write_section(section, md, {"machine": machine(), "runs": runs, "model": model, "steal_percent": steal})
 
 
 def main() -> None:
@@ -366,12 +410,12 @@ def main() -> None:
         print(json.dumps(result))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["train", "memory", "prepare", "predict", "all"])
+    parser.add_argument("part", choices=["train", "devices", "memory", "prepare", "predict", "all"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/slice2d-bench"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    parts = {"train": part_train, "memory": part_memory, "prepare": part_prepare, "predict": part_predict}
+    parts = {"train": part_train, "devices": part_devices, "memory": part_memory, "prepare": part_prepare, "predict": part_predict}
     for name, part in parts.items():
         if args.part in (name, "all"):
             part(args.work, args.repeats)

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 import versus_miniseg
@@ -215,6 +216,8 @@ def main() -> None:
     parser.add_argument("--dice", choices=["batch", "sample"], default=None, help="train.dice (default: the config's)")
     parser.add_argument("--augment", nargs="*", default=[], metavar="NAME=P",
                         help="train.augment probabilities, e.g. horizontal_flip=0.5 gamma=0.3 (default: the config's)")
+    parser.add_argument("--train", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="other train.* settings, e.g. focal_gamma=0 val_fraction=0.1 batch_size=8 (YAML values)")
     parser.add_argument("--name", default=None, help="run folder name prefix (default: <task>-<size>)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +242,8 @@ def main() -> None:
                 cfg = cfg.updated(train={"learning_rate": args.learning_rate})
             if args.dice:
                 cfg = cfg.updated(train={"dice": args.dice})
+            if args.train:
+                cfg = cfg.updated(train={k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.train)})
             if args.augment:
                 cfg = cfg.updated(train={"augment": {k: float(v) for k, v in (a.split("=", 1) for a in args.augment)}})
             train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2,

@@ -18,6 +18,15 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 RESULTS = ROOT / "bench" / "results"
 
 
+def simd() -> str:
+    """The widest vector instructions the CPU offers: "AVX-512", "AVX2", "no AVX2" (or "?")."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "?"
+    return "AVX-512" if "avx512f" in flags.split() else "AVX2" if "avx2" in flags.split() else "no AVX2"
+
+
 def machine() -> str:
     """One line: CPU model, cores, memory, GPU (if any), Python / TensorFlow / Keras versions."""
     cpu = platform.processor() or platform.machine()
@@ -26,10 +35,8 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-        simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    except (OSError, StopIteration):
-        simd = "?"
+    except OSError:
+        pass
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     try:
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
@@ -39,7 +46,7 @@ def machine() -> str:
     import keras
     import tensorflow as tf
 
-    return (f"{cpu} ({simd}), {os.cpu_count()} cores, {mem_gb:.0f} GB RAM, {gpu}; Python {platform.python_version()}, "
+    return (f"{cpu} ({simd()}), {os.cpu_count()} cores, {mem_gb:.0f} GB RAM, {gpu}; Python {platform.python_version()}, "
             f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
 
 

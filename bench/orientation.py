@@ -265,6 +265,8 @@ def evaluate(groups: dict[str, list[np.ndarray]], weights: dict[str, np.ndarray]
     ways; added to the counts of ``into`` (another evaluation's result) when given."""
     result = into or {"per_slice": {o.code: [0, 0] for o in ORIENTATIONS},
                       "folders": {o.code: [0, 0] for o in ORIENTATIONS}, "wrong_folders": []}
+    # slices put upright as predict and prepare do it: each slice takes its folder's decision
+    as_predicted = result.setdefault("as_predicted", {o.code: [0, 0] for o in ORIENTATIONS})
     per_slice, folders, wrong = result["per_slice"], result["folders"], result["wrong_folders"]
     for name, upright in groups.items():
         for o in ORIENTATIONS:
@@ -275,6 +277,8 @@ def evaluate(groups: dict[str, list[np.ndarray]], weights: dict[str, np.ndarray]
             d = decide(lp)
             folders[o.code][0] += int(d.orientation == o)
             folders[o.code][1] += 1
+            as_predicted[o.code][0] += len(upright) * int(d.orientation == o)
+            as_predicted[o.code][1] += len(upright)
             if d.orientation != o:
                 wrong.append(f"{name} stored {o.describe_stored()}: {d.message()}")
     return result
@@ -332,7 +336,10 @@ def main(work: Path) -> None:
         n = sum(v[1] for v in results[name]["per_slice"].values())
         fok = sum(v[0] for v in results[name]["folders"].values())
         fn = sum(v[1] for v in results[name]["folders"].values())
-        totals.append(f"{name}: {100 * ok / n:.2f} % of slices ({ok}/{n}), {fok}/{fn} folders")
+        pok = sum(v[0] for v in results[name]["as_predicted"].values())
+        totals.append(f"{name}: {100 * ok / n:.2f} % of slices ({ok}/{n}) each on its own, {fok}/{fn} folders, "
+                      f"{100 * pok / n:.2f} % of slices ({pok}/{n}) upright as `predict` and `prepare` turn them "
+                      "(every slice of a folder by the folder's decision)")
     n_params = sum(v.size for v in np.load(WEIGHTS).values())
     wrong = [w for r in results.values() for w in r["wrong_folders"]]
     markdown = "\n".join([

@@ -121,7 +121,7 @@ def record(name: str, result: dict, cv_results: Path, command: str, partial: boo
                   "semiseg_mean": float(np.mean([m["dice_mean"] for m in semiseg])) if semiseg else None,
                   "semiseg_pooled": float(np.mean([m["dice_pooled"] for m in semiseg])) if semiseg else None}
     anchor = result["overall"]["miniseg"]
-    lines = ["| recipe | covid-ct-slices per-slice mean | pooled | patients ahead of MiniSeg | covid-semiseg per-slice / pooled (mean of folds) | folds, training hours (2 cores) | date |",
+    lines = ["| recipe | covid-ct-slices per-slice mean | pooled | patients ahead of MiniSeg | covid-semiseg per-slice / pooled (mean of folds) | folds, training hours (2 cores) | date, CPU |",
              "|---|---|---|---|---|---|---|"]
     if not partial:
         lines.append(f"| MiniSeg (published out-of-fold maps, 512x512, 80 epochs) | {anchor['mean']:.3f} | {anchor['pooled']:.3f} "
@@ -133,7 +133,8 @@ def record(name: str, result: dict, cv_results: Path, command: str, partial: boo
         versus = f" (MiniSeg {m['mean']:.3f})" if partial else ""
         versus_pooled = f" (MiniSeg {m['pooled']:.3f})" if partial else ""
         lines.append(f"| {row_name} | {o['mean']:.3f}{versus} | {o['pooled']:.3f}{versus_pooled} | {row['result']['ahead_per_slice_mean']} of "
-                     f"{len(row['result']['patients'])} | {semi} | {row['folds']}, {row['hours']:.1f} | {row['date']} |")
+                     f"{len(row['result']['patients'])} | {semi} | {row['folds']}, {row['hours']:.1f} | {row['date']}, "
+                     f"{row['machine'].split(' (')[0].replace('(R)', '')} |")
     best = max(rows, key=lambda r: rows[r]["result"]["overall"]["ours"]["mean"])
     commands = "\n".join(f"- {n}: `{r['command']}`" for n, r in rows.items())
     if partial:
@@ -152,7 +153,8 @@ def record(name: str, result: dict, cv_results: Path, command: str, partial: boo
     write_section(section, f"""{title}
 
 {scope} Training hours: wall time from the first to the last file of each fold's run folder,
-whatever else the machine ran meanwhile. Machine: {rows[best]['machine']}.
+whatever else the machine ran meanwhile. Machines (2 cores, 24 GB RAM, no GPU each):
+{"; ".join(sorted({r['machine'] for r in rows.values()}))}.
 
 {chr(10).join(lines)}
 

@@ -380,7 +380,8 @@ def part_predict(work: Path, repeats: int) -> None:
 
     native = "has" if native_bfloat16() else "has no"
     # one section per kind of CPU, so that the AVX-512 and the AVX2 machines' tables stand side by side
-    section, title = ("predict", "") if simd() == "AVX-512" else (f"predict-{simd().lower().replace(' ', '-')}", f", {simd()} CPU")
+    kind = simd()
+    section, title = ("predict", "") if kind == "AVX-512" else (f"predict-{kind.lower().replace(' ', '-')}", f", {kind} CPU")
     md = f"""## Predict: one 512x512x300 volume{title}
 
 `python bench/performance.py predict`, {time.strftime('%Y-%m-%d')}, on {machine()}.

@@ -137,9 +137,9 @@ class TrainConfig(_Frozen):
     fold: int = Field(0, ge=0)
     seed: int = 0
     # XLA compilation of the training step. "auto": on, unless TensorFlow runs its oneDNN CPU
-    # kernels (on Linux it turns them on by itself for CPUs with AVX-512 VNNI or BF16, AVX-VNNI
-    # or AMX, e.g. the Intel Xeon measured here), which trained faster than XLA there
-    # (BENCHMARKS.md, "Training throughput"); on a GPU, on.
+    # kernels (TensorFlow's own choice on CPUs with AVX-512 VNNI or BF16, AVX-VNNI or AMX;
+    # slice2d asks for them on any CPU with AVX2, ``hardware.prefer_onednn``), which trained
+    # faster than XLA on the Xeon and the AMD EPYC measured (BENCHMARKS.md); on a GPU, on.
     jit_compile: Literal[True, False, "auto"] = "auto"
     mixed_precision: bool = True  # float16 compute with float32 weights, on a GPU
     # compute precision on a CPU: float32, bfloat16 (float32 weights; native where the CPU has

@@ -3,11 +3,18 @@
 Inference in bfloat16 is worth it only where the CPU multiplies bfloat16 natively (Intel AMX or
 AVX-512 BF16) and TensorFlow runs its oneDNN kernels, which use those instructions; elsewhere
 bfloat16 is emulated and slower than float32 (BENCHMARKS.md, "Predict").
+
+TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with AVX-512 VNNI or BF16,
+AVX-VNNI or AMX; ``prefer_onednn`` (run when slice2d is imported) asks for them on any CPU with
+AVX2 too, where they ran the networks about twice as fast as TensorFlow's own kernels, with the
+same maps (BENCHMARKS.md, "oneDNN kernels against TensorFlow's own").
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from pathlib import Path
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names of native bfloat16 arithmetic
@@ -25,6 +32,16 @@ def cpu_flags() -> frozenset[str]:
         if line.startswith("flags"):
             return frozenset(line.partition(":")[2].split())
     return frozenset()
+
+
+def prefer_onednn() -> bool:
+    """Ask TensorFlow for its oneDNN CPU kernels where the CPU has AVX2, unless the user chose
+    (``TF_ENABLE_ONEDNN_OPTS`` set either way). TensorFlow reads the switch when it is imported,
+    so this must run before; afterwards it changes nothing. Returns whether it set the switch."""
+    if "TF_ENABLE_ONEDNN_OPTS" in os.environ or "tensorflow" in sys.modules or "avx2" not in cpu_flags():
+        return False
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    return True
 
 
 def onednn_enabled() -> bool:

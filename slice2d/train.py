@@ -191,7 +191,8 @@ def use_xla(setting: bool | str) -> bool:
     """Whether to compile the training step with XLA; ``setting`` is ``train.jit_compile``.
 
     ``auto``: on a GPU, yes; on a CPU, unless TensorFlow runs its oneDNN kernels, which trained
-    faster than XLA where it turns them on (BENCHMARKS.md, "Training throughput").
+    faster than XLA on both CPUs measured (BENCHMARKS.md, "Training throughput" and "oneDNN
+    kernels on an AVX2 CPU").
     """
     if setting != "auto":
         return bool(setting)

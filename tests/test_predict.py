@@ -92,6 +92,42 @@ def test_auto_precision_follows_what_the_cpu_offers(monkeypatch):
         hardware.inference_dtype("half")
 
 
+
+def test_onednn_asked_for_on_avx2_unless_the_user_chose(monkeypatch):
+    """prefer_onednn sets TF_ENABLE_ONEDNN_OPTS=1 only with AVX2, before TensorFlow is imported,
+    and never over the user's own setting; importing slice2d runs it."""
+    import subprocess
+    import sys
+
+    from slice2d import hardware
+
+    real_avx2 = "avx2" in hardware.cpu_flags()
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "was")  # recorded, so that the end of the test restores it
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    assert hardware.prefer_onednn() is True
+    assert hardware.os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # the user's choice stays
+    assert hardware.prefer_onednn() is False
+    assert hardware.os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"sse4_2"}))  # no AVX2: left to TensorFlow
+    assert hardware.prefer_onednn() is False
+    assert "TF_ENABLE_ONEDNN_OPTS" not in hardware.os.environ
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setitem(sys.modules, "tensorflow", object())  # too late once TensorFlow is imported
+    assert hardware.prefer_onednn() is False
+    assert "TF_ENABLE_ONEDNN_OPTS" not in hardware.os.environ
+
+    code = "import os, slice2d; print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'))"
+    env = {k: v for k, v in hardware.os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    fresh = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert fresh.stdout.strip() == ("1" if real_avx2 else "None")
+    chosen = subprocess.run([sys.executable, "-c", code], env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"},
+                            capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == "0"
+
 def _threshold_run(classes: tuple[str, ...], below: float | None = None, above: float | None = None):
     """A stand-in Run: class 1 wherever the windowed input is below ``below`` or above ``above``."""
     import keras

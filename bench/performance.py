@@ -27,6 +27,8 @@ from pathlib import Path
 
 from record import ROOT, cpu_times, machine, median, simd, steal_percent, write_section
 
+import slice2d  # noqa: F401, E402  (first: its CPU kernel choice is made before any child imports TensorFlow)
+
 ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 CLI = [sys.executable, str(ROOT / "cli.py")]
 PRECISIONS = ("float32", "bfloat16")
@@ -267,10 +269,12 @@ def part_devices(work: Path, repeats: int) -> None:
             runs[key].append(child("train", variant, str(work)))
     rate = {k: median([r["slices_per_s"] for r in v]) for k, v in runs.items()}
     dice = {k: median([r["val_dice_last_epoch"] for r in v]) for k, v in runs.items()}
+    xla = "XLA on" if runs["1"][0]["auto_xla"] else "XLA off, TensorFlow's oneDNN kernels"
     md = f"""## Training on one and two devices
 
 `python bench/performance.py devices`, {time.strftime('%Y-%m-%d')}, on {machine()}.
-Training slices/s of the default U-Net (depth 4 / 16, batch 16, 128x128, XLA as `auto` chooses),
+Training slices/s of the default U-Net (depth 4 / 16, batch 16, 128x128, XLA as `auto` chooses:
+{xla}),
 measured like [Training throughput](#training-throughput): one device with Keras's `model.fit`,
 against `slice2d train --strategy mirrored` over two logical CPU devices made from this machine's
 CPU (the custom training step under `strategy.run`, each replica 8 slices of the global batch of

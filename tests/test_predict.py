@@ -92,7 +92,6 @@ def test_auto_precision_follows_what_the_cpu_offers(monkeypatch):
         hardware.inference_dtype("half")
 
 
-
 def test_onednn_asked_for_on_avx2_unless_the_user_chose(monkeypatch):
     """prefer_onednn sets TF_ENABLE_ONEDNN_OPTS=1 only with AVX2, before TensorFlow is imported,
     and never over the user's own setting; importing slice2d runs it."""
@@ -127,6 +126,7 @@ def test_onednn_asked_for_on_avx2_unless_the_user_chose(monkeypatch):
     chosen = subprocess.run([sys.executable, "-c", code], env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"},
                             capture_output=True, text=True, check=True)
     assert chosen.stdout.strip() == "0"
+
 
 def _threshold_run(classes: tuple[str, ...], below: float | None = None, above: float | None = None):
     """A stand-in Run: class 1 wherever the windowed input is below ``below`` or above ``above``."""

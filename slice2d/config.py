@@ -146,6 +146,10 @@ class TrainConfig(_Frozen):
     # AMX-BF16 or AVX-512 BF16, emulated and slow elsewhere), or auto (bfloat16 where native)
     cpu_precision: Literal["float32", "bfloat16", "auto"] = "float32"
     augment: AugmentConfig = AugmentConfig()
+    # patch: train on random patch x patch crops of the (augmented) slices, a third of them centred
+    # on a foreground pixel, and predict on whole slices (the U-Net is fully convolutional), as
+    # nnU-Net trains: the full resolution at a fraction of the cost per step. 0: whole slices.
+    patch: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> TrainConfig:
@@ -197,6 +201,14 @@ class Config(_Frozen):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @model_validator(mode="after")
+    def _patch_fits(self) -> Config:
+        patch = self.train.patch
+        if patch and (patch > self.data.size or patch % 2 ** self.model.depth):
+            raise ValueError(f"train.patch {patch}: must be at most data.size ({self.data.size}) and divisible by "
+                             f"2**model.depth = {2 ** self.model.depth}")
+        return self
 
     @model_validator(mode="after")
     def _flips_keep_sides(self) -> Config:

@@ -34,13 +34,14 @@ def _conv_block(x, filters: int, cfg: ModelConfig, name: str, dtype: str | None)
     return x
 
 
-def build_unet(size: int, n_classes: int, cfg: ModelConfig, dtype: str | None = None) -> keras.Model:
+def build_unet(size: int | None, n_classes: int, cfg: ModelConfig, dtype: str | None = None) -> keras.Model:
     """A U-Net for ``size x size`` single-channel slices; ``size`` must be divisible by 2**depth.
+    ``size`` None: any height and width divisible by 2**depth (training on patches, ``train.patch``).
 
     dtype: the dtype policy of every layer but the softmax head (e.g. "mixed_bfloat16"); None: the
     global policy (``keras.config.set_dtype_policy``, which training sets for mixed precision).
     """
-    if size % (2 ** cfg.depth):
+    if size is not None and size % (2 ** cfg.depth):
         raise ValueError(f"slice size {size} is not divisible by 2**depth = {2 ** cfg.depth}; "
                          "change data.size or model.depth")
     inputs = keras.Input((size, size, 1), name="slice")

@@ -89,7 +89,10 @@ def _load_model(path: Path, cfg: Config, warm_up: int | None = None, precision: 
 
     model = load_trained_model(path)
     expected = (None, cfg.data.size, cfg.data.size, len(cfg.data.classes))
-    if tuple(model.output_shape) != expected:
+    shape = tuple(model.output_shape)
+    if cfg.train.patch and shape[1:3] == (None, None):  # trained on patches: any size
+        shape = (shape[0], *expected[1:3], shape[3])
+    if shape != expected:
         raise InputError(f"{path}: model output {model.output_shape} does not match config.yaml {expected}")
     mixed = any(layer.dtype_policy.name.startswith("mixed") for layer in model.layers)
     dtype = inference_dtype(precision)

@@ -83,17 +83,19 @@ def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
 def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Config, start_epoch: int = 0,
              shard: tuple[int, int] = (0, 1), replica_batch: int | None = None):
     """Endless augmented batches of a fixed size (XLA compiles one shape); a resumed run draws new ones.
+    With ``train.patch`` each slice is cut to a patch after augmentation (``augment.crop_patches``).
 
     Every epoch takes global batches of ``batch_size`` slices from one seeded shuffle, the same on
     every worker. shard (i, n): only the i-th of n equal parts of each global batch (worker i of n
     augments and feeds its own part); replica_batch: that part cut into batches of this size, one
     per local replica.
     """
-    from slice2d.augment import augment_batch, build_augmentation
+    from slice2d.augment import augment_batch, build_augmentation, crop_patches
     index, count = shard
     seed = cfg.train.seed + 1000 * start_epoch
     pipeline = build_augmentation(cfg.train.augment, seed + index)
     rng = np.random.default_rng(seed)
+    crops = np.random.default_rng(seed + 1 + index)  # each worker's own windows
     part = batch_size // count
     size = replica_batch or part
     while True:
@@ -102,7 +104,8 @@ def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Confi
             mine = order[start + index * part:start + (index + 1) * part]
             for first in range(0, part, size):
                 idx = np.sort(mine[first:first + size])
-                yield augment_batch(pipeline, images[idx], labels[idx])
+                batch = augment_batch(pipeline, images[idx], labels[idx])
+                yield crop_patches(*batch, cfg.train.patch, crops) if cfg.train.patch else batch
 
 
 def _callbacks(out: Path, history: list[dict[str, float]], keep_last: bool, tensorboard: bool):
@@ -314,7 +317,7 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
     global_batch = batch_size
     if dist is not None:  # shared out evenly over the replicas
         global_batch = replica_batch_size(batch_size, dist.num_replicas_in_sync) * dist.num_replicas_in_sync
-    size = cfg.data.size
+    size = cfg.train.patch or cfg.data.size  # what one training step sees; validation sees whole slices
     policy = compute_policy(cfg.train)
     xla = use_xla(cfg.train.jit_compile)
     log.info("compute precision: %s; XLA %s", policy, "on" if xla else "off")
@@ -393,7 +396,8 @@ def _compiled_model(cfg: Config, policy: str, xla: bool, steps_per_epoch: int, s
 
     keras.mixed_precision.set_global_policy(policy)
     try:
-        model = build_unet(cfg.data.size, len(cfg.data.classes), cfg.model)
+        # trained on patches: one network for patches and whole slices alike
+        model = build_unet(None if cfg.train.patch else cfg.data.size, len(cfg.data.classes), cfg.model)
     except ValueError as exc:  # the slices' size does not suit the network's depth
         raise InputError(f"{source}: {exc}") from None
     finally:

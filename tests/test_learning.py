@@ -226,3 +226,25 @@ def test_cpu_bfloat16_training_computes_in_bfloat16_and_predicts_in_float32(tmp_
         monkeypatch.setattr(hardware, "native_bfloat16", lambda native=native: native)
         assert compute_policy(cfg.train.model_copy(update={"cpu_precision": "auto"})) == expected
     assert compute_policy(cfg.train.model_copy(update={"cpu_precision": "float32"})) == "float32"
+
+
+def test_training_on_patches_predicts_whole_slices(tmp_path):
+    """train.patch: the steps see patches (history: the loss falls), the saved network takes any
+    size, and the run predicts whole slices onto the input's grid, like a run trained on them."""
+    write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
+    cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
+                                       train={"epochs": 3, "jit_compile": False, "patch": 16, "learning_rate": 1e-2})
+    prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    run = train(tmp_path / "s.h5", tmp_path / "run", cfg, verbose=0)
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    assert tuple(model.input_shape) == (None, None, None, 1)
+    losses = [float(r["loss"]) for r in csv.DictReader((run / "history.csv").open())]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    img = nib.load(sorted((tmp_path / "ph" / "images").glob("*.nii.gz"))[0])
+    labels, probs = predict_array(load_run(run), np.asarray(img.dataobj, np.float32), geometry_of(img),
+                                  probabilities=True)
+    assert labels.shape[:3] == img.shape and probs.shape[:3] == img.shape
+    with pytest.raises(Exception, match="train.patch 18"):
+        cfg.updated(train={"patch": 18})  # not divisible by 2**depth
+    with pytest.raises(Exception, match="at most data.size"):
+        cfg.updated(train={"patch": 64})

@@ -1,8 +1,9 @@
 """The U-Net (Ronneberger et al. 2015), built with the Keras functional API from built-in layers only.
 
 Input (size, size, 1) normalised slices; output (size, size, n_classes) softmax probabilities.
-Each level has two 3x3 convolutions (optionally a residual block), max-pooling on the way down,
-transposed convolutions and skip connections on the way up; filters double at each level.
+Each level has two 3x3 convolutions (optionally depthwise-separable, optionally a residual block),
+max-pooling on the way down, transposed convolutions and skip connections on the way up; filters
+double at each level.
 """
 
 from __future__ import annotations
@@ -16,11 +17,21 @@ from slice2d.config import ModelConfig
 BACKGROUND_PRIOR_FOREGROUND = 0.01  # initial probability mass of all foreground classes together
 
 
+def _conv(x, filters: int, cfg: ModelConfig, name: str, dtype: str | None):
+    """One 3x3 convolution: plain, or depthwise-separable (``model.block``) where the input has
+    more than one channel."""
+    if cfg.block == "separable" and x.shape[-1] > 1:
+        return layers.SeparableConv2D(filters, 3, padding="same", use_bias=not cfg.batch_norm,
+                                      depthwise_initializer="he_normal", pointwise_initializer="he_normal",
+                                      name=name, dtype=dtype)(x)
+    return layers.Conv2D(filters, 3, padding="same", use_bias=not cfg.batch_norm, kernel_initializer="he_normal",
+                         name=name, dtype=dtype)(x)
+
+
 def _conv_block(x, filters: int, cfg: ModelConfig, name: str, dtype: str | None):
     shortcut = x
     for i in (1, 2):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=not cfg.batch_norm, kernel_initializer="he_normal",
-                          name=f"{name}_conv{i}", dtype=dtype)(x)
+        x = _conv(x, filters, cfg, f"{name}_conv{i}", dtype)
         if cfg.batch_norm:
             # momentum 0.9: the moving statistics must settle within the few hundred steps of a small run
             x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}", dtype=dtype)(x)
@@ -94,7 +105,8 @@ def fold_batch_norm(model: keras.Model, size: int, n_classes: int, cfg: ModelCon
             bn = model.get_layer(bn_name)
             gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
             scale = gamma / np.sqrt(var + bn.epsilon)
-            kernel = weights[0].astype(np.float64) * scale
-            weights = [kernel.astype(np.float32), (beta - mean * scale).astype(np.float32)]
+            # the last kernel makes the output channels: the 3x3 one, or a separable one's pointwise
+            kernel = weights[-1].astype(np.float64) * scale
+            weights = [*weights[:-1], kernel.astype(np.float32), (beta - mean * scale).astype(np.float32)]
         layer.set_weights(weights)
     return folded

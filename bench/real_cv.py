@@ -218,6 +218,8 @@ def main() -> None:
                         help="train.augment probabilities, e.g. horizontal_flip=0.5 gamma=0.3 (default: the config's)")
     parser.add_argument("--train", nargs="*", default=[], metavar="NAME=VALUE",
                         help="other train.* settings, e.g. focal_gamma=0 val_fraction=0.1 batch_size=8 (YAML values)")
+    parser.add_argument("--model", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="other model.* settings, e.g. block=separable dropout=0 (YAML values)")
     parser.add_argument("--name", default=None, help="run folder name prefix (default: <task>-<size>)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -234,6 +236,7 @@ def main() -> None:
             if args.epochs:
                 cfg = cfg.updated(train={"epochs": args.epochs})
             model = {k: v for k, v in {"depth": args.depth, "base_filters": args.base_filters}.items() if v}
+            model |= {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.model)}
             if model:
                 cfg = cfg.updated(model=model)
             if args.schedule:

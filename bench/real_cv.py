@@ -45,7 +45,7 @@ import yaml
 from PIL import Image
 
 import versus_miniseg
-from slice2d.config import PredictConfig, load_config
+from slice2d.config import ANY_FOREGROUND, PredictConfig, load_config
 from slice2d.dataset import SliceFile, prepare, remap_labels, split_lungs_by_side
 from slice2d.images import read_label_slice, read_patients, read_slice, slice_geometry
 from slice2d.io import write_text
@@ -56,9 +56,12 @@ from slice2d.train import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = {
+    # its infection masks do not tell ground-glass from consolidation: for lesions3 they are partial
+    # labels (configs/real-lesions3.yaml maps 255 to -1)
     "covid-ct-slices": dict(images=DATA / "covid-ct-slices" / "images", patients=DATA / "covid-ct-slices" / "cases.csv",
                             labels={"lungs": DATA / "covid-ct-slices" / "lungs",
-                                    "lesions": DATA / "covid-ct-slices" / "infection"}, rotate=0),
+                                    "lesions": DATA / "covid-ct-slices" / "infection",
+                                    "lesions3": DATA / "covid-ct-slices" / "infection"}, rotate=0),
     # MedSeg slices are stored rotated: a quarter turn clockwise puts anterior at the top
     "covid-semiseg": dict(images=DATA / "covid-semiseg" / "train" / "images", patients=None,
                           labels={"lesions": DATA / "covid-semiseg" / "train" / "masks",
@@ -99,6 +102,29 @@ def _dice(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int]:
     return int(np.count_nonzero(pred & ref)), int(np.count_nonzero(pred) + np.count_nonzero(ref))
 
 
+def _groups(data) -> tuple[dict[int, str], dict[int, tuple[int, ...]]]:
+    """What is scored: each class, and the classes as one (lungs of both sides; lesions of every
+    kind, "infection", for a model that tells ground-glass from consolidation)."""
+    names = dict(enumerate(data.classes))
+    groups = {c: (c,) for c in range(1, len(data.classes))}
+    whole = "lungs_merged" if data.split_lungs else "infection" if data.task == "lesions" and len(names) > 2 else None
+    if whole:
+        groups[len(names)] = tuple(range(1, len(data.classes)))
+        names[len(names)] = whole
+    return names, groups
+
+
+def _overlaps(pred: np.ndarray, ref: np.ndarray, groups: dict[int, tuple[int, ...]]):
+    """(group, intersection, pixels of prediction + reference) of one slice. A reference with
+    partial labels (ANY_FOREGROUND: infection whose kind it does not tell) scores the classes
+    as one only."""
+    partial = bool((ref == ANY_FOREGROUND).any())
+    for c, members in groups.items():
+        if len(members) == 1 and partial:
+            continue
+        yield c, *_dice(np.isin(pred, members), np.isin(ref, members + ((ANY_FOREGROUND,) if len(members) > 1 else ())))
+
+
 def write_map(folder: Path, name: str, rotate: int, foreground: np.ndarray) -> None:
     """An out-of-fold mask as the anchors store them: 8-bit 0 / 255 PNG named like the slice, in the
     slice file's own orientation."""
@@ -114,11 +140,7 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
     test = set(json.loads((run_dir / "splits.json").read_text())["test"])  # the fold: unseen by training
     result = {}
     for set_name, path in files.items():
-        names = dict(enumerate(data.classes))
-        groups = {c: (c,) for c in range(1, len(data.classes))}
-        if data.split_lungs:  # also score the lungs as one mask, as the published lung figures do
-            groups[len(names)] = tuple(range(1, len(data.classes)))
-            names[len(names)] = "lungs_merged"
+        names, groups = _groups(data)
         # per patient [intersection, pixels of prediction + reference]; the set's pooled Dice sums them
         per_class = {c: {"dice": [], "iou": [], "patients": {}} for c in groups}
         for patient, image, ref, (file_name, rotate) in _labelled_slices(path, test, data):
@@ -130,8 +152,8 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
             pred = pred[:, :, 0]
             if maps is not None:  # the union of the foreground classes, as the anchor's maps are
                 write_map(maps / set_name, file_name, rotate, pred > 0)
-            for c, acc in per_class.items():
-                inter, total = _dice(np.isin(pred, groups[c]), np.isin(ref, groups[c]))
+            for c, inter, total in _overlaps(pred, ref, groups):
+                acc = per_class[c]
                 acc["dice"].append(1.0 if total == 0 else 2 * inter / total)
                 acc["iou"].append(1.0 if total == 0 else inter / (total - inter))
                 counts = acc["patients"].setdefault(patient, [0, 0])
@@ -145,7 +167,7 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
                                        # per-volume Dice that published 3D results report
                                        "dice_by_patient": {p: 1.0 if t == 0 else 2 * i / t
                                                            for p, (i, t) in sorted(acc["patients"].items())}}
-                            for c, acc in per_class.items()}
+                            for c, acc in per_class.items() if acc["dice"]}
     return result
 
 
@@ -163,8 +185,10 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> di
     data = run.cfg.data
     val = set(json.loads((run_dir / "splits.json").read_text())["val"])
     scores = {t: [] for t in THRESHOLDS}
+    _, groups = _groups(data)
+    groups = {c: g for c, g in groups.items() if len(g) == 1 or data.partial}  # lungs: each side
     for path in files.values():
-        per = {t: {c: [] for c in range(1, len(data.classes))} for t in THRESHOLDS}
+        per = {t: {c: [] for c in groups} for t in THRESHOLDS}
         for _, image, ref, _ in _labelled_slices(path, val, data):
             _, probs = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8",
                                      probabilities=True)
@@ -173,9 +197,8 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> di
                 weighted = probs.copy()
                 weighted[..., 0] *= PredictConfig(foreground_threshold=t).background_weight
                 pred = weighted.argmax(axis=-1)
-                for c, dices in per[t].items():
-                    inter, total = _dice(pred == c, ref == c)
-                    dices.append(1.0 if total == 0 else 2 * inter / total)
+                for c, inter, total in _overlaps(pred, ref, groups):
+                    per[t][c].append(1.0 if total == 0 else 2 * inter / total)
         for t in THRESHOLDS:
             scores[t] += [float(np.mean(d)) for d in per[t].values() if d]
     mean = {t: float(np.mean(v)) for t, v in scores.items()}

@@ -22,6 +22,9 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+ANY_FOREGROUND = 255  # in label arrays: foreground of an unknown class (label_map target -1)
+
+
 class IntensityConfig(_Frozen):
     """How raw intensities become the network's [0, 1] input.
 
@@ -54,7 +57,10 @@ class DataConfig(_Frozen):
     size: side of the square slice the network sees (pixels).
     classes: names of the learned classes, index 0 is background.
     label_map: source label value -> class index; source values not listed become background.
-        ``None`` keeps values as they are (they must then be < len(classes)).
+        ``None`` keeps values as they are (they must then be < len(classes)). Target -1: foreground
+        of a class the source does not tell (a binary infection mask for a model that tells
+        ground-glass from consolidation): stored as ``ANY_FOREGROUND``, such pixels train the
+        foreground as a whole and none of its classes (``losses``), a partial label.
     empty_fraction: fraction of slices without any foreground class that ``prepare`` keeps
         (seeded); 1.0 keeps every slice.
     split_lungs: a merged lung mask (any non-zero) is split into 1 right / 2 left lung by side
@@ -78,10 +84,19 @@ class DataConfig(_Frozen):
         if len(self.classes) < 2:
             raise ValueError("classes needs background and at least one foreground class")
         if self.label_map is not None:
-            bad = {k: v for k, v in self.label_map.items() if not 0 <= v < len(self.classes)}
+            bad = {k: v for k, v in self.label_map.items() if not -1 <= v < len(self.classes)}
             if bad:
-                raise ValueError(f"label_map targets {bad} are not class indices 0..{len(self.classes) - 1}")
+                raise ValueError(f"label_map targets {bad} are not class indices 0..{len(self.classes) - 1} "
+                                 "(or -1: foreground of an unknown class)")
+            if self.partial and len(self.classes) < 3:
+                raise ValueError("label_map target -1 (foreground of an unknown class) needs two or more "
+                                 "foreground classes; with one, map the value to 1")
         return self
+
+    @property
+    def partial(self) -> bool:
+        """Whether some source labels name only "foreground", not which class (label_map target -1)."""
+        return self.label_map is not None and -1 in self.label_map.values()
 
 
 class ModelConfig(_Frozen):

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from slice2d import __version__
-from slice2d.config import Config, DataConfig
+from slice2d.config import ANY_FOREGROUND, Config, DataConfig
 from slice2d.dicom import image_cases, load_image, on_series_grid
 from slice2d.images import is_image, list_images, read_label_slice, read_slice, slice_geometry
 from slice2d.layouts import check_single_channel, dataset_labels, is_raw_dataset, raw_dataset_folders
@@ -70,7 +70,7 @@ def remap_labels(labels: np.ndarray, data: DataConfig, path: Path | str) -> np.n
                          "(add them to data.label_map, mapped to 0 to ignore them)")
     lut = np.zeros(256, dtype=np.uint8)
     for src, dst in data.label_map.items():
-        lut[src] = dst
+        lut[src] = ANY_FOREGROUND if dst == -1 else dst
     return lut[labels]
 
 

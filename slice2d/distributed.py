@@ -164,7 +164,7 @@ def _evaluator(model, batch_size: int, classes, xla: bool) -> Callable[[np.ndarr
 
     from slice2d.losses import overlap_metrics
 
-    metrics, mean_loss = overlap_metrics(classes), keras.metrics.Mean()
+    metrics, mean_loss = overlap_metrics(classes, model.loss.partial), keras.metrics.Mean()
 
     @tf.function(jit_compile=xla, reduce_retracing=True)
     def update(images, labels):
@@ -208,7 +208,7 @@ def fit(model, strategy, batches: Callable[[int, int, int], Iterator], size: int
 
     data = iter(strategy.distribute_datasets_from_function(dataset))
     with strategy.scope():  # every variable before the first step: none may be created inside it
-        metrics = overlap_metrics(classes)
+        metrics = overlap_metrics(classes, model.loss.partial)
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
     step = _train_step(model, strategy, metrics, global_batch, xla)

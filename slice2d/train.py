@@ -44,9 +44,11 @@ def _resolve_config(files: list[SliceFile], cfg: Config) -> Config:
         if (d.size, d.classes, d.intensity, d.task) != (datas[0].size, datas[0].classes, datas[0].intensity, datas[0].task):
             raise InputError(f"{f.path}: prepared with other data settings (size, classes, intensity or task) than "
                              f"{files[0].path}; prepare all slice files with one config")
-    if datas[0] != cfg.data:
-        log.info("using the data settings stored in %s (they define the slices)", files[0].path)
-    return Config(data=datas[0], model=cfg.model, train=cfg.train)
+    # a file with partial labels (label_map target -1) makes the loss handle them
+    data = next((d for d in datas if d.partial), datas[0])
+    if data != cfg.data:
+        log.info("using the data settings stored in %s (they define the slices)", files[datas.index(data)].path)
+    return Config(data=data, model=cfg.model, train=cfg.train)
 
 
 def _gather(files: list[SliceFile], names: list[str], cases: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -409,8 +411,9 @@ def _compiled_model(cfg: Config, policy: str, xla: bool, steps_per_epoch: int, s
             alpha=min(1.0, cfg.train.min_learning_rate / learning_rate))
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=FocalDiceLoss(cfg.train.focal_weight, cfg.train.dice_weight, cfg.train.focal_gamma, cfg.train.dice),
-        metrics=overlap_metrics(cfg.data.classes),
+        loss=FocalDiceLoss(cfg.train.focal_weight, cfg.train.dice_weight, cfg.train.focal_gamma, cfg.train.dice,
+                           partial=cfg.data.partial),
+        metrics=overlap_metrics(cfg.data.classes, partial=cfg.data.partial),
         jit_compile=xla,
     )
     return model

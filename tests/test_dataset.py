@@ -39,3 +39,17 @@ def test_damaged_or_foreign_slice_files_are_refused(slices, tmp_path, damage, me
                 del h5["cases"][sorted(h5["cases"])[0]]["label"]
     assert_user_error(invoke("train", path, "--out", tmp_path / "run"), message, "bad.h5")
     assert no_output(tmp_path / "run")
+
+
+def test_label_map_minus_one_marks_foreground_of_an_unknown_class():
+    """label_map target -1: the source value becomes ANY_FOREGROUND (a partial label), only for
+    configs with two or more foreground classes."""
+    from slice2d.config import ANY_FOREGROUND, DataConfig
+    from slice2d.dataset import remap_labels
+
+    data = DataConfig(classes=("background", "ground_glass", "consolidation"), label_map={1: 1, 2: 2, 255: -1})
+    assert data.partial and not DataConfig().partial
+    labels = np.array([[0, 1, 2, 255]], np.uint8)
+    np.testing.assert_array_equal(remap_labels(labels, data, "x.png"), [[0, 1, 2, ANY_FOREGROUND]])
+    with pytest.raises(ValueError, match="two or more foreground classes"):
+        DataConfig(classes=("background", "lesion"), label_map={255: -1})

@@ -119,3 +119,49 @@ def test_sample_dice_scores_each_slice():
     assert again.dice == "sample"
     with pytest.raises(ValueError, match="batch' or 'sample"):
         FocalDiceLoss(dice="pixel")
+
+
+def test_partial_labels_train_the_foreground_as_a_whole():
+    """A pixel labelled "foreground, class unknown" (ANY_FOREGROUND): any split of the foreground
+    probability between the classes costs the same there, background costs more; the classes'
+    Dice leave it out and the foreground-as-a-whole term counts it."""
+    from slice2d.config import ANY_FOREGROUND
+    from slice2d.losses import _dice_sums, focal_loss_per_sample
+
+    y = np.array([[[1, 2, ANY_FOREGROUND, 0]]], np.int32)
+    base = np.array([[[[0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.0, 0.0, 0.0], [0.9, 0.05, 0.05]]]], np.float32)
+    splits = []
+    for there in ([0.1, 0.9, 0.0], [0.1, 0.0, 0.9], [0.1, 0.45, 0.45], [0.9, 0.05, 0.05]):
+        p = base.copy()
+        p[0, 0, 2] = there
+        splits.append(p)
+    loss = FocalDiceLoss(gamma=2.0, partial=True)
+    values = [float(np.asarray(loss(y, p))) for p in splits]
+    assert values[0] == pytest.approx(values[1], rel=1e-5) == pytest.approx(values[2], rel=1e-5)
+    assert values[3] > values[0] + 0.1
+    # the focal term there is that of the foreground's total probability, 0.9
+    known = focal_loss_per_sample(np.array([[[1, 2, 0, 0]]], np.int32), splits[0])
+    partial = focal_loss_per_sample(y, splits[0])
+    assert float(partial[0] - known[0]) * 4 == pytest.approx(-(0.1 ** 2) * np.log(0.9) + (0.9 ** 2) * np.log(0.1),
+                                                             rel=1e-4)
+    inter, total = (np.asarray(a) for a in _dice_sums(y, splits[0], (0, 1, 2), partial=True))
+    # class 1: truth 1 pixel; its probability summed over the known pixels only (0.8 + 0.1 + 0.05)
+    assert total[0] == pytest.approx(1 + 0.95, rel=1e-5) and inter[0] == pytest.approx(0.8, rel=1e-5)
+    # foreground as a whole: truth 3 pixels (the partial one among them), probability 0.9 + 0.9 + 0.9 + 0.1
+    assert total[2] == pytest.approx(3 + 2.8, rel=1e-5) and inter[2] == pytest.approx(2.7, rel=1e-5)
+    assert inter.shape == (3,)  # two classes and the whole
+
+
+def test_overlap_scores_with_partial_labels():
+    from slice2d.config import ANY_FOREGROUND
+
+    y = np.array([[[1, ANY_FOREGROUND, ANY_FOREGROUND, 0]]], np.int32)
+    pred_labels = np.array([[[1, 2, 0, 1]]], np.int32)
+    p = _onehot_probs(pred_labels, 3, 0.9)
+    scores = {m.name: m for m in overlap_metrics(("bg", "a", "b"), partial=True)}
+    for m in scores.values():
+        m.update_state(y, p)
+    assert float(scores["dice_a"].result()) == pytest.approx(2 * 1 / (1 + 2), rel=1e-5)
+    assert float(scores["dice_b"].result()) == pytest.approx(1.0)  # its prediction lies on a partial label: left out
+    assert float(scores["dice_foreground"].result()) == pytest.approx(2 * 2 / (3 + 3), rel=1e-5)
+    assert "dice_foreground" not in {m.name for m in overlap_metrics(("bg", "a", "b"))}

@@ -45,7 +45,7 @@ import yaml
 from PIL import Image
 
 import versus_miniseg
-from slice2d.config import ANY_FOREGROUND, PredictConfig, load_config
+from slice2d.config import ANY_FOREGROUND, PredictConfig, config_from_yaml, load_config
 from slice2d.dataset import SliceFile, prepare, remap_labels, split_lungs_by_side
 from slice2d.images import read_label_slice, read_patients, read_slice, slice_geometry
 from slice2d.io import write_text
@@ -57,11 +57,12 @@ from slice2d.train import train
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = {
     # its infection masks do not tell ground-glass from consolidation: for lesions3 they are partial
-    # labels (configs/real-lesions3.yaml maps 255 to -1)
+    # labels (their 1, the mask, maps to -1: foreground of an unknown class)
     "covid-ct-slices": dict(images=DATA / "covid-ct-slices" / "images", patients=DATA / "covid-ct-slices" / "cases.csv",
                             labels={"lungs": DATA / "covid-ct-slices" / "lungs",
                                     "lesions": DATA / "covid-ct-slices" / "infection",
-                                    "lesions3": DATA / "covid-ct-slices" / "infection"}, rotate=0),
+                                    "lesions3": DATA / "covid-ct-slices" / "infection"}, rotate=0,
+                            label_map={"lesions3": {1: -1}}),
     # MedSeg slices are stored rotated: a quarter turn clockwise puts anterior at the top
     "covid-semiseg": dict(images=DATA / "covid-semiseg" / "train" / "images", patients=None,
                           labels={"lesions": DATA / "covid-semiseg" / "train" / "masks",
@@ -78,17 +79,21 @@ def slice_files(task: str, out: Path, size: int) -> dict[str, Path]:
         path = out / f"{task}-{name}-{size}.h5"
         if not path.exists():
             patients = read_patients(spec["patients"]) if spec["patients"] else None
-            prepare(spec["images"], spec["labels"][task], path, cfg, patients=patients, rotate=spec["rotate"])
+            own = spec.get("label_map", {}).get(task)
+            prepare(spec["images"], spec["labels"][task], path, cfg.updated(data={"label_map": own}) if own else cfg,
+                    patients=patients, rotate=spec["rotate"])
         files[name] = path
     return files
 
 
-def _labelled_slices(path: Path, cases: set[str], data):
+def _labelled_slices(path: Path, cases: set[str]):
     """(patient, image, reference labels) of the slices of ``cases`` in a prepared file, read from
-    their original image files (original resolution), labels in the run's convention."""
+    their original image files (original resolution), labels mapped as that file was prepared
+    (the files of one run may map their sources differently: partial labels)."""
     with SliceFile(path) as sf:
         names = [c for c in sf.cases if c in cases]
         attrs = {c: dict(sf.h5["cases"][c].attrs) for c in names}
+        data = config_from_yaml(sf.data_config_yaml).data  # the file's own label map
     for case in names:
         rotate = int(attrs[case]["rotate"])
         image = read_slice(attrs[case]["image_path"], rotate)
@@ -143,7 +148,7 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
         names, groups = _groups(data)
         # per patient [intersection, pixels of prediction + reference]; the set's pooled Dice sums them
         per_class = {c: {"dice": [], "iou": [], "patients": {}} for c in groups}
-        for patient, image, ref, (file_name, rotate) in _labelled_slices(path, test, data):
+        for patient, image, ref, (file_name, rotate) in _labelled_slices(path, test):
             geometry = slice_geometry(image.shape)
             pred = predict_array(run, image[:, :, None], geometry, batch_size=1, kind="uint8")[0]
             if lung_run is not None:
@@ -189,7 +194,7 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> di
     groups = {c: g for c, g in groups.items() if len(g) == 1 or data.partial}  # lungs: each side
     for path in files.values():
         per = {t: {c: [] for c in groups} for t in THRESHOLDS}
-        for _, image, ref, _ in _labelled_slices(path, val, data):
+        for _, image, ref, _ in _labelled_slices(path, val):
             _, probs = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8",
                                      probabilities=True)
             probs = probs[:, :, 0]

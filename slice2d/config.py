@@ -113,7 +113,7 @@ class ModelConfig(_Frozen):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     residual: bool = False
     # conv: two 3x3 convolutions per level; separable: depthwise 3x3 then pointwise 1x1 (MobileNet's
-    # factorisation: about 8 times fewer multiply-adds at 16+ filters), a plain convolution on the
+    # factorisation: 5.8 to 8.7 times fewer multiply-adds at 16 to 256 filters), a plain convolution on the
     # one-channel input
     block: Literal["conv", "separable"] = "conv"
 

@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("task", choices=["lungs", "lesions", "lesions3"])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only", type=int, nargs="*", help="train/evaluate only these folds")
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=None, help="slice size (default: the config's data.size)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--depth", type=int, default=None, help="U-Net depth (default: the config's)")
     parser.add_argument("--base-filters", type=int, default=None, help="U-Net base filters (default: the config's)")
@@ -251,6 +251,7 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="run folder name prefix (default: <task>-<size>)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    args.size = args.size or load_config(f"real-{args.task}").data.size
     files = slice_files(args.task, args.out, args.size)
     results_path = args.out / f"{args.name or f'{args.task}-{args.size}'}-cv{'-calibrated' if args.calibrate else ''}{'-tta' if args.tta else ''}{'-with-lungs' if args.with_lungs else ''}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -276,7 +277,7 @@ def main() -> None:
             if args.train:
                 cfg = cfg.updated(train={k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.train)})
             if args.augment:
-                cfg = cfg.updated(train={"augment": {k: float(v) for k, v in (a.split("=", 1) for a in args.augment)}})
+                cfg = cfg.updated(train={"augment": {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.augment)}})
             train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2,
                   init_from=args.init_from, train_only=args.extra)
         calibration = calibrate(run_dir, files, mirror=args.tta) if args.calibrate else None

@@ -22,7 +22,7 @@ def build_augmentation(cfg: AugmentConfig, seed: int) -> A.Compose:
     transforms = [
         A.VerticalFlip(p=cfg.vertical_flip),
         A.HorizontalFlip(p=cfg.horizontal_flip),
-        A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-15, 15),
+        A.Affine(translate_percent=(-0.0625, 0.0625), scale=tuple(cfg.scale), rotate=(-15, 15),
                  border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=cfg.shift_scale_rotate),
         A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=cfg.brightness_contrast),
         A.GridDistortion(num_steps=5, distort_limit=0.2, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0,

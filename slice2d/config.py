@@ -130,6 +130,15 @@ class AugmentConfig(_Frozen):
     gamma: float = Field(0.0, ge=0, le=1)   # intensity curve (gamma 0.8-1.25): windows and exports differ
     noise: float = Field(0.0, ge=0, le=1)   # Gaussian noise (sd 1-4 % of the range): dose and kernel
     blur: float = Field(0.0, ge=0, le=1)    # Gaussian blur (3-5 px): reconstruction kernel, thick slices
+    # zoom range of shift_scale_rotate (nnU-Net draws 0.7-1.4): body sizes and fields of view differ
+    scale: tuple[float, float] = (0.9, 1.1)
+
+    @model_validator(mode="after")
+    def _scale_is_a_range(self) -> AugmentConfig:
+        low, high = self.scale
+        if not 0 < low <= high:
+            raise ValueError(f"train.augment.scale {list(self.scale)}: must be [low, high] with 0 < low <= high")
+        return self
 
 
 class TrainConfig(_Frozen):

@@ -43,6 +43,27 @@ def test_intensity_transforms_leave_labels_alone(transform):
     assert out_i.min() >= 0.0 and out_i.max() <= 1.0
 
 
+@pytest.mark.parametrize("zoom", [0.5, 1.0, 1.5])
+def test_scale_range_sets_the_zoom(zoom):
+    # a square in the middle: whatever the shift and rotation, its area scales with the zoom squared
+    images = np.zeros((4, 64, 64, 1), np.float32)
+    labels = np.zeros((4, 64, 64), np.uint8)
+    labels[:, 24:40, 24:40] = 1
+    images[labels == 1] = 1.0
+    cfg = AugmentConfig(**{**NONE, "shift_scale_rotate": 1.0, "scale": (zoom, zoom)})
+    _, out = augment_batch(build_augmentation(cfg, 0), images, labels)
+    areas = out.reshape(4, -1).sum(axis=1)
+    np.testing.assert_allclose(areas, 256 * zoom ** 2, rtol=0.12)
+
+
+def test_scale_range_must_be_ordered_and_positive():
+    from slice2d.config import ConfigError
+
+    for bad in ([1.4, 0.7], [0.0, 1.0]):
+        with pytest.raises(ConfigError, match="train.augment.scale"):
+            load_config("real-lesions").updated(train={"augment": {"scale": bad}})
+
+
 @pytest.mark.parametrize("preset", ["real-lungs", "lobes"])
 def test_left_right_flips_refused_for_sided_labels(preset):
     with pytest.raises(ValueError, match="swaps right and left"):

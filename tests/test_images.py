@@ -93,7 +93,7 @@ def test_prepare_image_folder_round_trip(slices_dir, tmp_path):
 
 def test_predict_slice_folder_writes_pngs_stack_and_severity(slices_dir, tmp_path):
     small = {"data": {"size": 32}, "model": {"depth": 2, "base_filters": 4},
-             "train": {"epochs": 1, "jit_compile": False, "batch_size": 4}}
+             "train": {"epochs": 1, "jit_compile": False, "batch_size": 4, "patch": 0}}
     patients = read_patients(slices_dir / "cases.csv")
     runs = {}
     for task, labels in (("lungs", "lungs"), ("lesions", "lesions")):

@@ -43,6 +43,14 @@ def main() -> None:
                 rows.append(f"| {set_name} | {cls} | {fold} | {m['n_slices']} | {m['dice_mean']:.3f} | "
                             f"{m['iou_mean']:.3f} | {m['dice_pooled']:.3f} |")
     sets = sorted({s for res in cv.values() for s in res["sets"]})
+    # each test patient's slices pooled, by the fold model that never trained on the patient
+    patients = [f"| {set_name} | {cls} | {patient} | {fold} | {dice:.3f} |"
+                for fold, res in sorted(cv.items()) for set_name, classes in res["sets"].items()
+                for cls, m in classes.items() if set_name != "covid-semiseg"  # its "patients" are single slices
+                for patient, dice in sorted(m.get("dice_by_patient", {}).items())]
+    per_patient = ("\n## Per patient (pooled Dice of the patient's test slices)\n\n"
+                   "| set | class | patient | fold | pooled Dice |\n|---|---|---|---|---|\n" + "\n".join(patients) + "\n"
+                   ) if patients else ""
     cfg = run.cfg
     if cfg.train.folds > 1:
         provenance = (f"- This is the model of fold {cfg.train.fold} of a {cfg.train.folds}-fold cross-validation (trained on\n"
@@ -69,7 +77,7 @@ def main() -> None:
 | set | class | fold | slices | per-slice Dice | per-slice IoU | pooled Dice |
 |---|---|---|---|---|---|---|
 {chr(10).join(rows)}
-
+{per_patient}
 ## Training data and licences
 {chr(10).join(f'- {DATA_NOTES[s]}' for s in sets)}
 

@@ -121,17 +121,8 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose slice2d runs `predict`")
-    parser.add_argument("--label", default="this checkout")
-    parser.add_argument("--no-record", action="store_true", help="print only; leave BENCHMARKS.md alone")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--before", type=Path, nargs="*", default=[],
-                        help="results JSONs of other runs (--json), shown after this one, each under its label")
-    args, extra = parser.parse_known_args()
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} not found; this benchmark needs the real scans")
+def _predict_and_score(args, extra) -> tuple[float, dict]:
+    """`slice2d predict` of the scans by the checkout ``args.code``, scored; figures copied to bench/figures."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "in").mkdir()
@@ -143,6 +134,28 @@ def main() -> None:
             figures.mkdir(exist_ok=True)
             for png in (tmp / "out" / "severity").glob("*.png"):
                 shutil.copy(png, figures / f"whole-{png.stem.replace('-ct-64', '').replace('-ct', '')}.png")
+    return seconds, results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose slice2d runs `predict`")
+    parser.add_argument("--label", default="this checkout")
+    parser.add_argument("--no-record", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--before", type=Path, nargs="*", default=[],
+                        help="results JSONs of other runs (--json), shown after this one, each under its label")
+    parser.add_argument("--recorded", type=Path, default=None,
+                        help="results JSON (--json) of a run already made with this checkout: record it (and --before) "
+                             "without predicting again; its figures must already be in bench/figures")
+    args, extra = parser.parse_known_args()
+    if not DATA.is_dir():
+        sys.exit(f"{DATA} not found; this benchmark needs the real scans")
+    if args.recorded:
+        done = json.loads(args.recorded.read_text())
+        seconds, results = done["seconds"], done["results"]
+    else:
+        seconds, results = _predict_and_score(args, extra)
     md = table(results)
     print(f"{args.label}: {seconds:.0f} s for {len(results)} scans\n{md}")
     if args.json:
@@ -160,8 +173,8 @@ whole real scans ({seconds:.0f} s for all six, one run). Lung Dice against copdg
 reference mask and the lungs of the TotalSegmentator example's five lobes; only RICORD 000082
 has COVID-19, so lesion volume written on the others is false positive. Body and airways are
 those found by `slice2d.lungs.extract_anatomy`. Figures: `bench/figures/whole-*.png`.
-The shipped lesion model was fine-tuned with every slice of cmb-crc, CPTAC and LIDC (LIDC on the
-validation side) as negatives: on those three its false positives are not held-out figures;
+The shipped lesion model was fine-tuned with every slice of cmb-crc, CPTAC and LIDC as
+negatives (all three on the training side): on those three its false positives are not held-out figures;
 copdgene, the TotalSegmentator example and RICORD were in no training.
 
 {md}

@@ -17,10 +17,11 @@ import nibabel as nib
 import numpy as np
 from record import machine, write_section
 
+from slice2d.anatomy import LUNG_MARGIN_MM, lesions_near_lungs, lungs_with_lesions
 from slice2d.io import geometry_of, read_array
 from slice2d.lungs import extract_lungs_nifti
-from slice2d.predict import load_run, predict_volume, shipped_model
-from slice2d.anatomy import LUNG_MARGIN_MM, lesions_near_lungs, lungs_with_lesions
+from slice2d.predict import load_run, predict_volume
+from slice2d.runs import shipped_model
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct-samples"
 OTHER_LESION_MODELS = ("lesions-128",)

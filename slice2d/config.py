@@ -119,7 +119,7 @@ class ModelConfig(_Frozen):
 
 
 class AugmentConfig(_Frozen):
-    """Probability of each albumentations transform (0 disables it)."""
+    """Probability of each albumentations transform (0 disables it), and the zoom range of shift_scale_rotate."""
 
     vertical_flip: float = Field(0.5, ge=0, le=1)
     # left-right flips swap the patient's sides: only for labels without a side (lesions)

@@ -119,11 +119,12 @@ def _groups(data) -> tuple[dict[int, str], dict[int, tuple[int, ...]]]:
     return names, groups
 
 
-def _overlaps(pred: np.ndarray, ref: np.ndarray, groups: dict[int, tuple[int, ...]]):
+def _overlaps(pred: np.ndarray, ref: np.ndarray, groups: dict[int, tuple[int, ...]], partial: bool = False):
     """(group, intersection, pixels of prediction + reference) of one slice. A reference with
-    partial labels (ANY_FOREGROUND: infection whose kind it does not tell) scores the classes
+    partial labels (ANY_FOREGROUND: infection whose kind it does not tell), or of a set prepared
+    with them (``partial``: its slices without infection tell no kind either), scores the classes
     as one only."""
-    partial = bool((ref == ANY_FOREGROUND).any())
+    partial = partial or bool((ref == ANY_FOREGROUND).any())
     for c, members in groups.items():
         if len(members) == 1 and partial:
             continue
@@ -146,6 +147,8 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
     result = {}
     for set_name, path in files.items():
         names, groups = _groups(data)
+        with SliceFile(path) as sf:
+            partial = config_from_yaml(sf.data_config_yaml).data.partial
         # per patient [intersection, pixels of prediction + reference]; the set's pooled Dice sums them
         per_class = {c: {"dice": [], "iou": [], "patients": {}} for c in groups}
         for patient, image, ref, (file_name, rotate) in _labelled_slices(path, test):
@@ -157,7 +160,7 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
             pred = pred[:, :, 0]
             if maps is not None:  # the union of the foreground classes, as the anchor's maps are
                 write_map(maps / set_name, file_name, rotate, pred > 0)
-            for c, inter, total in _overlaps(pred, ref, groups):
+            for c, inter, total in _overlaps(pred, ref, groups, partial):
                 acc = per_class[c]
                 acc["dice"].append(1.0 if total == 0 else 2 * inter / total)
                 acc["iou"].append(1.0 if total == 0 else inter / (total - inter))
@@ -193,6 +196,8 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> di
     _, groups = _groups(data)
     groups = {c: g for c, g in groups.items() if len(g) == 1 or data.partial}  # lungs: each side
     for path in files.values():
+        with SliceFile(path) as sf:
+            partial = config_from_yaml(sf.data_config_yaml).data.partial
         per = {t: {c: [] for c in groups} for t in THRESHOLDS}
         for _, image, ref, _ in _labelled_slices(path, val):
             _, probs = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8",
@@ -202,7 +207,7 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> di
                 weighted = probs.copy()
                 weighted[..., 0] *= PredictConfig(foreground_threshold=t).background_weight
                 pred = weighted.argmax(axis=-1)
-                for c, inter, total in _overlaps(pred, ref, groups):
+                for c, inter, total in _overlaps(pred, ref, groups, partial):
                     per[t][c].append(1.0 if total == 0 else 2 * inter / total)
         for t in THRESHOLDS:
             scores[t] += [float(np.mean(d)) for d in per[t].values() if d]

@@ -30,6 +30,8 @@ def build_augmentation(cfg: AugmentConfig, seed: int) -> A.Compose:
         A.RandomGamma(gamma_limit=(80, 125), p=cfg.gamma),
         A.GaussNoise(std_range=(0.01, 0.04), p=cfg.noise),
         A.GaussianBlur(blur_limit=(3, 5), p=cfg.blur),
+        A.Downscale(scale_range=(0.25, 0.9), interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
+                    p=cfg.downscale),
     ]
     return A.Compose([t for t in transforms if t.p > 0], seed=seed)
 

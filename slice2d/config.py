@@ -130,6 +130,9 @@ class AugmentConfig(_Frozen):
     gamma: float = Field(0.0, ge=0, le=1)   # intensity curve (gamma 0.8-1.25): windows and exports differ
     noise: float = Field(0.0, ge=0, le=1)   # Gaussian noise (sd 1-4 % of the range): dose and kernel
     blur: float = Field(0.0, ge=0, le=1)    # Gaussian blur (3-5 px): reconstruction kernel, thick slices
+    # the slice shrunk to 25-90 % of its size and grown back: coarse pixels (small matrices,
+    # resampled or low-resolution scans), whose blurred vessels look like lesion to a model that never saw them
+    downscale: float = Field(0.0, ge=0, le=1)
     # zoom range of shift_scale_rotate (nnU-Net draws 0.7-1.4): body sizes and fields of view differ
     scale: tuple[float, float] = (0.9, 1.1)
 
@@ -178,6 +181,12 @@ class TrainConfig(_Frozen):
     # on a foreground pixel, and predict on whole slices (the U-Net is fully convolutional), as
     # nnU-Net trains: the full resolution at a fraction of the cost per step. 0: whole slices.
     patch: int = Field(0, ge=0)
+    # How often each slice file's slices are drawn when a run trains on several: file f's share of
+    # the draws is proportional to n_f ** (1 - source_balance), n_f its training slices. 0: every
+    # slice equally often (files in proportion to their size); 1: every file equally often; 0.5:
+    # in proportion to the square root of their size (a small file with labels the others lack,
+    # e.g. ground-glass told apart from consolidation, is then drawn more often).
+    source_balance: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> TrainConfig:

@@ -51,10 +51,22 @@ def _resolve_config(files: list[SliceFile], cfg: Config) -> Config:
     return Config(data=data, model=cfg.model, train=cfg.train)
 
 
-def _gather(files: list[SliceFile], names: list[str], cases: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of the named cases, from whichever file holds each."""
+def _gather(files: list[SliceFile], names: list[str], cases: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images and labels of the named cases, from whichever file holds each, and the index in
+    ``files`` of each slice's file."""
     parts = [f.arrays([c for c in names if cases[c][0] is f]) for f in files]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    sources = np.concatenate([np.full(len(p[0]), i, np.int32) for i, p in enumerate(parts)])
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), sources
+
+
+def draw_weights(sources: np.ndarray, balance: float) -> np.ndarray | None:
+    """Probability of drawing each slice, given the index of its file (``train.source_balance``):
+    file f's slices together get a share proportional to n_f ** (1 - balance). None: uniform."""
+    if balance == 0 or len(np.unique(sources)) < 2:
+        return None
+    counts = np.bincount(sources).astype(np.float64)
+    weights = counts[sources] ** (1.0 - balance) / counts[sources]
+    return weights / weights.sum()
 
 
 def _read_history(path: Path) -> list[dict[str, float]]:
@@ -83,14 +95,15 @@ def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Config, start_epoch: int = 0,
-             shard: tuple[int, int] = (0, 1), replica_batch: int | None = None):
+             shard: tuple[int, int] = (0, 1), replica_batch: int | None = None, weights: np.ndarray | None = None):
     """Endless augmented batches of a fixed size (XLA compiles one shape); a resumed run draws new ones.
     With ``train.patch`` each slice is cut to a patch after augmentation (``augment.crop_patches``).
 
     Every epoch takes global batches of ``batch_size`` slices from one seeded shuffle, the same on
     every worker. shard (i, n): only the i-th of n equal parts of each global batch (worker i of n
     augments and feeds its own part); replica_batch: that part cut into batches of this size, one
-    per local replica.
+    per local replica. weights: the probability of drawing each slice (``draw_weights``); then an
+    epoch draws as many slices as there are, with replacement, in place of the shuffle.
     """
     from slice2d.augment import augment_batch, build_augmentation, crop_patches
     index, count = shard
@@ -101,7 +114,7 @@ def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Confi
     part = batch_size // count
     size = replica_batch or part
     while True:
-        order = rng.permutation(len(images))
+        order = rng.permutation(len(images)) if weights is None else rng.choice(len(images), len(images), p=weights)
         for start in range(0, len(order) - batch_size + 1, batch_size):
             mine = order[start + index * part:start + (index + 1) * part]
             for first in range(0, part, size):
@@ -297,8 +310,8 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
                           test=[c for p in parts for c in p.test])
             if init_from is not None and (Path(init_from) / "splits.json").is_file():
                 split = _keep_sides(split, json.loads((Path(init_from) / "splits.json").read_text()))
-        train_x, train_y = _gather(files, split.train, cases)
-        val_x, val_y = _gather(files, split.val, cases)
+        train_x, train_y, sources = _gather(files, split.train, cases)
+        val_x, val_y, _ = _gather(files, split.val, cases)
     finally:
         for f in files:
             f.h5.close()
@@ -315,6 +328,7 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
 
     import tensorflow as tf
 
+    draws = draw_weights(sources, cfg.train.source_balance)
     batch_size = min(cfg.train.batch_size, len(train_x))
     global_batch = batch_size
     if dist is not None:  # shared out evenly over the replicas
@@ -358,7 +372,7 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
         ]
     if dist is None:
         train_ds = tf.data.Dataset.from_generator(
-            lambda: _batches(train_x, train_y, batch_size, cfg, initial_epoch),
+            lambda: _batches(train_x, train_y, batch_size, cfg, initial_epoch, weights=draws),
             output_signature=(tf.TensorSpec((batch_size, size, size, 1), tf.float32),
                               tf.TensorSpec((batch_size, size, size), tf.uint8)),
         ).prefetch(2)
@@ -367,7 +381,7 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
     else:
         fit(model, dist, lambda index, count, replica_batch: _batches(
-                train_x, train_y, global_batch, cfg, initial_epoch, (index, count), replica_batch),
+                train_x, train_y, global_batch, cfg, initial_epoch, (index, count), replica_batch, draws),
             size=size, global_batch=global_batch, steps_per_epoch=steps_per_epoch, val=(val_x, val_y),
             val_batch=batch_size, classes=cfg.data.classes, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
             callbacks=callbacks, verbose=verbose, xla=xla)

@@ -9,7 +9,7 @@ from slice2d.augment import augment_batch, build_augmentation
 from slice2d.config import AugmentConfig, load_config
 
 NONE = dict(vertical_flip=0.0, horizontal_flip=0.0, shift_scale_rotate=0.0, brightness_contrast=0.0,
-            grid_distortion=0.0, gamma=0.0, noise=0.0, blur=0.0)
+            grid_distortion=0.0, gamma=0.0, noise=0.0, blur=0.0, downscale=0.0)
 
 
 def _batch():
@@ -34,13 +34,24 @@ def test_horizontal_flip_mirrors_image_and_labels_together():
     np.testing.assert_array_equal(out_l, labels[:, :, ::-1])
 
 
-@pytest.mark.parametrize("transform", ["gamma", "noise", "blur"])
+@pytest.mark.parametrize("transform", ["gamma", "noise", "blur", "downscale"])
 def test_intensity_transforms_leave_labels_alone(transform):
     images, labels = _batch()
     out_i, out_l = augment_batch(build_augmentation(AugmentConfig(**{**NONE, transform: 1.0}), 0), images, labels)
     np.testing.assert_array_equal(out_l, labels)
     assert not np.allclose(out_i, images)
     assert out_i.min() >= 0.0 and out_i.max() <= 1.0
+
+
+def test_downscale_coarsens_the_pixels():
+    """Shrunk and grown back, a slice of pixel-sized detail loses most of it: neighbouring pixels
+    come closer than they were, and the mean stays."""
+    images, labels = _batch()
+    out_i, _ = augment_batch(build_augmentation(AugmentConfig(**{**NONE, "downscale": 1.0}), 0), images, labels)
+    before = np.abs(np.diff(images, axis=2)).mean()
+    after = np.abs(np.diff(out_i, axis=2)).mean()
+    assert after < 0.7 * before
+    np.testing.assert_allclose(out_i.mean(axis=(1, 2, 3)), images.mean(axis=(1, 2, 3)), atol=0.03)
 
 
 @pytest.mark.parametrize("zoom", [0.5, 1.0, 1.5])

@@ -302,3 +302,23 @@ def test_tensorboard_without_the_package_is_one_clear_error(tmp_path, monkeypatc
     result = invoke("train", tmp_path / "s.h5", "--out", tmp_path / "run", "--tensorboard")
     assert_user_error(result, "tensorboard package", "pip install 'slice2d[tensorboard]'")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("balance, share", [(0.0, 0.1), (0.5, 0.25), (1.0, 0.5)])
+def test_source_balance_draws_a_small_file_more_often(balance, share):
+    """``train.source_balance``: with 90 slices from one file and 10 from another, the small file's
+    share of the draws is 10**(1-b) / (90**(1-b) + 10**(1-b)): 0.1, 0.25 and 0.5 for b = 0, 0.5, 1;
+    under 0 every slice is drawn once an epoch."""
+    from slice2d.train import draw_weights
+
+    n = 100
+    images = (np.arange(n, dtype=np.float32) / n).reshape(n, 1, 1, 1) * np.ones((n, 4, 4, 1), np.float32)
+    labels = np.zeros((n, 4, 4), np.uint8)
+    sources = np.array([0] * 90 + [1] * 10)
+    cfg = load_config("demo").updated(train={"source_balance": balance, "augment": AugmentConfig(
+        **{k: 0.0 for k in AugmentConfig.model_fields if k != "scale"})})
+    batches = _batches(images, labels, 10, cfg, weights=draw_weights(sources, cfg.train.source_balance))
+    drawn = np.array([round(float(v) * n) for _ in range(200) for v in next(batches)[0][:, 0, 0, 0]])
+    assert abs(np.mean(drawn >= 90) - share) < 0.03
+    if balance == 0:
+        assert sorted(drawn[:n]) == list(range(n))  # one epoch: a shuffle

@@ -2,16 +2,13 @@
 
     python bench/precision.py                    # bfloat16 against float32: section "precision"
     python bench/precision.py --compare kernels  # oneDNN against TensorFlow's own CPU kernels: "kernels"
-    python bench/precision.py --compare windows  # windows around the lungs against whole slices: "windows"
 
 Inputs: the whole real scans of bench/whole_scans.py (three NIfTI scans and the three chest DICOM
 series, read by ``slice2d.dicom``), and two folders of real 8-bit slices (covid-semiseg's 50
 slices, and the first 100 of covid-ct-slices). Each is predicted with the defaults twice: with
 ``--precision float32`` and ``--precision bfloat16``, or (``--compare kernels``) in float32 with
 TensorFlow's oneDNN CPU kernels off and on (``TF_ENABLE_ONEDNN_OPTS`` 0 and 1, see
-``slice2d.hardware.prefer_onednn``), or (``--compare windows``, HU scans only: slice folders use
-the lung model, not windows) with ``--whole-slices`` and with ``--windows`` (windows around the
-built-in lungs, ``predict.predict_slices`` with boxes). The table gives the Dice of the second way's lesion and lung
+``slice2d.hardware.prefer_onednn``). The table gives the Dice of the second way's lesion and lung
 maps against the first's (all voxels of a scan, or all pixels of a folder, pooled) and the lesion
 volumes (mL; pixels for slice folders).
 """
@@ -30,8 +27,6 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 from record import machine, write_section
-
-from slice2d.predict import WINDOW_MARGIN, WINDOW_STEP
 from whole_scans import DATA, materialise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +36,6 @@ COMPARISONS = {
                   ("bfloat16", "bfloat16", {}, ["--precision", "bfloat16"])),
     "kernels": (("eigen", "TensorFlow's own kernels", {"TF_ENABLE_ONEDNN_OPTS": "0"}, ["--precision", "float32"]),
                 ("onednn", "oneDNN", {"TF_ENABLE_ONEDNN_OPTS": "1"}, ["--precision", "float32"])),
-    "windows": (("whole", "whole slices", {}, ["--whole-slices"]),
-                ("windows", "windows", {}, ["--windows"])),
 }
 
 
@@ -109,10 +102,6 @@ def verdict(results: dict, compare: str) -> str:
     if compare == "kernels":
         return ("Every map stays within Dice 0.999 of those of TensorFlow's own kernels." if worst >= 0.999 else
                 "Not every map stays within Dice 0.999 of those of TensorFlow's own kernels.")
-    if compare == "windows":
-        return (f"Every map stays within Dice {worst:.3f} of the whole slices' ones, not within 0.999: the "
-                "lesion network's view of the rest of the slice changes its probabilities near the threshold, "
-                "so windows are an option (`--windows`), not the default.")
     if worst >= 0.999:
         return "Every map stays within Dice 0.999 of float32's."
     return ("The lesion maps do not stay within Dice 0.999 of float32's (bfloat16 moves probabilities near the "
@@ -141,7 +130,7 @@ def main() -> None:
                 predict(path, outs[w[0]], w)
         results[path.name.removesuffix(".nii.gz")] = compare_volume(outs, path.name, ways)
         print(path.name, results[path.name.removesuffix(".nii.gz")], flush=True)
-    for name, folder in (slice_folders(work / "slices") if args.compare != "windows" else {}).items():
+    for name, folder in slice_folders(work / "slices").items():
         outs = {w[0]: work / "out" / w[0] / folder.name for w in ways}
         for w in ways:
             if not outs[w[0]].is_dir():
@@ -157,20 +146,6 @@ def main() -> None:
 Each input predicted with the defaults (shipped lesion and lung models, built-in lung extraction
 for HU scans) twice, `--precision float32` and `--precision bfloat16`; Dice of the bfloat16 maps
 against the float32 ones, all voxels of a scan (all pixels of a slice folder) pooled.
-
-{table(results, ways)}
-
-{lowest}
-"""
-    elif args.compare == "windows":
-        text = f"""## Windows around the lungs against whole slices
-
-`python bench/precision.py --compare windows`, {__import__('datetime').date.today()}, on {machine()}.
-Each whole real scan predicted with the defaults twice, with the default `--whole-slices`
-(the lesion network sees every pixel of the slices with lung) and with `--windows` (it sees a
-window of each batch of 16 slices around their built-in lungs, with {WINDOW_MARGIN} network pixels of
-margin, sides rounded up to multiples of {WINDOW_STEP}); Dice of the windowed maps against the whole-slice
-ones, all voxels of a scan pooled. The lung maps come from the built-in extraction either way.
 
 {table(results, ways)}
 

@@ -280,7 +280,6 @@ def predict(
     lungs_only: Annotated[bool, typer.Option("--lungs-only/--anywhere", help="Drop lesions outside the body or wholly away from the lungs (no pixel of an in-plane piece within 5 mm of them) from the written lesion map, and add the kept lesion the lungs missed to the lung map; --anywhere keeps the model's raw map.")] = True,
     series: Annotated[Optional[list[str]], typer.Option(help="DICOM input: the SeriesInstanceUID to read where a study has several axial CT series (the error lists them); repeat for several studies. A folder tree of several studies is a cohort: one case per study's axial CT series, OUT/cases.csv maps each case to its series.")] = None,
     lung_source: Annotated[LungSource, typer.Option(help="HU volumes: lungs from the built-in extraction (builtin; the most accurate on whole scans, BENCHMARKS.md), the extraction plus the dense lung the lung model sees next to it (combined), or the lung model alone (model). Slice images always use the lung model.")] = LungSource.builtin,
-    windows: Annotated[bool, typer.Option("--windows/--whole-slices", help="HU volumes with the built-in lung source: the networks see only a window of each batch of slices around the lungs found (fewer pixels, faster), at the cost of lesion maps within BENCHMARKS.md's Dice of whole slices' (the network's view of the rest of the slice is gone). Default: whole slices.")] = False,
     dicom_seg: Annotated[bool, typer.Option("--dicom-seg", help="DICOM series input only: also write OUT/dicom-seg/<case>.dcm, the lesion, lung and lobe maps as one DICOM Segmentation object referencing the series (needs the dicom-seg extra).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Skip the cases whose outputs in OUT are complete (every file the case writes). Refused if OUT was written with other models or options (OUT/predict.json records them).")] = False,
     shard: Annotated[Optional[str], typer.Option(metavar="I/N", help="Segment part I of N of the cohort (the cases sorted by file name, every N-th from the I-th), e.g. one array job on a cluster; all parts may write into one OUT at once, and the tables cover them all (docs/cluster.md).")] = None,
@@ -304,7 +303,7 @@ def predict(
     options = PredictOptions(severity=severity, lungs_only=lungs_only, lung_source=lung_source.value, lobes_dir=lobes,
                              scoring=SeverityOptions(scheme, lobe_labels, zones), batch_size=batch_size,
                              probabilities=probabilities, rotate=orientation, series=tuple(series or ()),
-                             dicom_seg=dicom_seg, windows=windows)
+                             dicom_seg=dicom_seg)
     with _user_errors():
         part = Shard.parse(shard) if shard is not None else None
         segment(input, out, models, options, progress=_progress, resume=resume, shard=part)

@@ -108,10 +108,6 @@ class PredictOptions:
     rotate: int | Orientation | None = None
     series: tuple[str, ...] = ()
     dicom_seg: bool = False  # DICOM input: also OUT/dicom-seg/<case>.dcm, the maps as a SEG (dicom_seg)
-    # built-in lungs of a HU volume: the networks see a window of each slice around them
-    # (``predict.predict_slices`` with boxes), faster, with lesion maps a little different
-    # from those of whole slices (BENCHMARKS.md); False: whole slices
-    windows: bool = False
 
 
 def _no_progress(total: int, description: str) -> AbstractContextManager[Callable[[Path], None]]:
@@ -375,15 +371,14 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
         except InputError as exc:  # this case's input: a cohort goes on (unless a model cannot be loaded)
             _wait_for_models(run, lung_run, lobe_run)
             raise CaseError(str(exc)) from None
-        lung_mask = to_canonical(anatomy.lungs, geometry)
+        with_lung = np.flatnonzero(to_canonical(anatomy.lungs, geometry).any(axis=(0, 1)))
     _wait_for_models(run, lung_run, lobe_run)
     try:
         others = [r for r in (lung_run, lobe_run) if r is not None]
         (lesions, probs), *rest = predict_volume([run, *others], image, geometry, options.batch_size,
                                                  options.probabilities, str(path), lung_run=lung_run,
                                                  lung_slices_only=options.lungs_only,
-                                                 **_lung_region(lung_mask if lung_run is None and options.lungs_only else None,
-                                                                options.windows))
+                                                 only_slices=with_lung if lung_run is None and options.lungs_only else None)
         maps = {id(r): labels for r, (labels, _) in zip(others, rest, strict=True)}
         if lung_run is not None:
             anatomy = scan_anatomy(img, maps[id(lung_run)], options.lung_source, str(path), image)
@@ -415,14 +410,6 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
                            run.cfg.n_classes, scoring.lobe_labels, lung_source)
         write_case_report(report, image, lesions, lungs, lobes, img.affine, out_dir / "severity" / f"{case}.json")
     return report
-
-
-def _lung_region(lungs: np.ndarray | None, windows: bool) -> dict:
-    """``predict_volume``'s arguments that confine the networks to canonical ``lungs``: their
-    slices, and with ``windows`` a window of each around them; {} with no lungs given."""
-    if lungs is None:
-        return {}
-    return {"within": lungs} if windows else {"only_slices": np.flatnonzero(lungs.any(axis=(0, 1)))}
 
 
 def _wait_for_models(*runs: Run | None) -> None:

@@ -98,8 +98,7 @@ def _load_model(path: Path, cfg: Config, warm_up: int | None = None, precision: 
     dtype = inference_dtype(precision)
     if (cfg.model.batch_norm or mixed or dtype != "float32") and not (mixed and has_gpu()):
         try:
-            # any height and width (a multiple of 2**depth): predict_slices may pass windows of the slices
-            model = fold_batch_norm(model, None, len(cfg.data.classes), cfg.model, dtype)
+            model = fold_batch_norm(model, cfg.data.size, len(cfg.data.classes), cfg.model, dtype)
         except ValueError:  # layers or weights unlike config.yaml's U-Net
             raise InputError(f"{path}: model.keras does not match the U-Net described in config.yaml") from None
     if warm_up:
@@ -107,81 +106,32 @@ def _load_model(path: Path, cfg: Config, warm_up: int | None = None, precision: 
     return model
 
 
-WINDOW_MARGIN = 32  # network pixels of context kept around a window's boxes (predict_slices)
-WINDOW_STEP = 32  # window sides are multiples of this: few distinct shapes, few graph traces
-
-
-def _window(boxes: np.ndarray, size: int) -> tuple[slice, slice]:
-    """The window of a ``size x size`` slice that holds every box (N, 4: row start, row stop,
-    column start, column stop; network pixels) with ``WINDOW_MARGIN`` around them, its sides
-    rounded up to multiples of ``WINDOW_STEP`` (or the whole side), inside the slice."""
-    spans = []
-    for low, high in ((boxes[:, 0].min(), boxes[:, 1].max()), (boxes[:, 2].min(), boxes[:, 3].max())):
-        low, high = max(0, int(low) - WINDOW_MARGIN), min(size, int(high) + WINDOW_MARGIN)
-        length = min(size, -(-(high - low) // WINDOW_STEP) * WINDOW_STEP)
-        start = min(max(0, (low + high - length) // 2), size - length)
-        spans.append(slice(start, start + length))
-    return spans[0], spans[1]
-
-
-def predict_slices(run: Run, slices: np.ndarray, batch_size: int = PREDICT_BATCH,
-                   boxes: np.ndarray | None = None) -> np.ndarray:
+def predict_slices(run: Run, slices: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """Network probabilities (N, size, size, C) for normalised slices (N, size, size).
 
     Batches are padded to one fixed size so that the compiled graph is traced once. With
     ``predict.mirror`` each batch also goes through mirrored (``mirror_axes``) and the
     probabilities, mirrored back, are averaged.
-    boxes: (N, 4) the part of each slice that matters (row start, row stop, column start, column
-    stop in network pixels; e.g. the lungs of a scan); the network then sees only a window of
-    each batch around its slices' boxes (``_window``; the U-Net is fully convolutional), and
-    outside it the probabilities are background's. The lungs fill about half the slice, so the
-    network has fewer pixels to compute; but it no longer sees the rest of the slice, and its
-    labels differ a little from those of whole slices, not only near the window's edge
-    (``bench/precision.py --compare windows``).
     """
-    n, size = len(slices), slices.shape[1]
-    classes = len(run.cfg.data.classes)
+    n = len(slices)
     axes = mirror_axes(run.cfg) if run.cfg.predict.mirror else ()
     flips = [tuple(a for k, a in enumerate(axes) if i >> k & 1) for i in range(2 ** len(axes))]  # every subset
-    out = np.empty((n, *slices.shape[1:], classes), dtype=np.float32)
-    whole = (slice(0, size), slice(0, size))
-    if boxes is not None and tuple(run.model.input_shape[1:3]) != (None, None):
-        boxes = None  # a model of one fixed input size sees whole slices
+    out = np.empty((n, *slices.shape[1:], len(run.cfg.data.classes)), dtype=np.float32)
+    batch = np.zeros((batch_size, *slices.shape[1:], 1), dtype=np.float32)
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
-        rows, cols = whole if boxes is None else _window(boxes[start:stop], size)
-        batch = np.zeros((batch_size, rows.stop - rows.start, cols.stop - cols.start, 1), dtype=np.float32)
-        batch[: stop - start, ..., 0] = slices[start:stop, rows, cols]
+        batch[: stop - start, ..., 0] = slices[start:stop]
         total = np.array(run.model.predict_on_batch(batch), dtype=np.float32)
         for flip in flips[1:]:
             total += np.flip(np.asarray(run.model.predict_on_batch(np.flip(batch, flip).copy())), flip)
-        if (rows, cols) != whole:
-            out[start:stop] = 0.0
-            out[start:stop, ..., 0] = 1.0
-        out[start:stop, rows, cols] = total[: stop - start] / len(flips)
+        out[start:stop] = total[: stop - start] / len(flips)
     return out
-
-
-def network_boxes(mask: np.ndarray, sgeom) -> np.ndarray:
-    """Per axial slice of a canonical mask (rows, cols, Z), the box of its pixels in network
-    pixels of the slice geometry ``sgeom`` (Z, 4: row start, row stop, column start, column stop);
-    (0, 0, 0, 0) for a slice without any."""
-    boxes = np.zeros((mask.shape[2], 4), dtype=np.int64)
-    rows_any, cols_any = mask.any(axis=1), mask.any(axis=0)  # (rows, Z), (cols, Z)
-    for z in np.flatnonzero(rows_any.any(axis=0)):
-        r, c = np.flatnonzero(rows_any[:, z]), np.flatnonzero(cols_any[:, z])
-        boxes[z] = (sgeom.top + (r[0] * sgeom.new_rows) // sgeom.rows,
-                    sgeom.top + -(-(r[-1] + 1) * sgeom.new_rows // sgeom.rows),
-                    sgeom.left + (c[0] * sgeom.new_cols) // sgeom.cols,
-                    sgeom.left + -(-(c[-1] + 1) * sgeom.new_cols // sgeom.cols))
-    return boxes
 
 
 def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch_size: int = PREDICT_BATCH,
                    probabilities: bool = False, source: str = "image", kind: str = "hu",
                    lung_run: Run | None = None, lung_slices_only: bool = False,
-                   only_slices: np.ndarray | None = None, within: np.ndarray | None = None
-                   ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+                   only_slices: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Segment one volume with each of ``runs`` (e.g. lesions and lungs); see ``predict_array``.
 
     Runs that share an intensity convention and slice size share one pass of slicing. With
@@ -192,15 +142,10 @@ def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch
     lung; their maps (and probabilities) are background on the others.
     only_slices: without ``lung_run``, the axial slices (indices along the canonical third axis)
     the runs segment, e.g. those where the built-in extraction found lung; background elsewhere.
-    within: without ``lung_run``, a canonical mask (rows, cols, Z), e.g. the built-in extraction's
-    lungs: the runs segment only the slices where it has pixels, and of each only a window around
-    them (``predict_slices`` with ``boxes``); background elsewhere.
     """
     inputs: dict = {}
     results: list = [None] * len(runs)
     order = sorted(range(len(runs)), key=lambda i: runs[i] is not lung_run)  # the lung model first
-    if within is not None:
-        only_slices = np.flatnonzero(within.any(axis=(0, 1)))
     lung_slices = None if only_slices is None else np.asarray(only_slices, dtype=np.int64)
     for i in order:
         run = runs[i]
@@ -210,8 +155,7 @@ def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch
             inputs[key] = volume_to_network(image, geometry, data.intensity, data.size, kind, source)
         shape, sgeom, slices = inputs[key]
         where = lung_slices if run is not lung_run else None
-        boxes = network_boxes(within, sgeom)[where] if within is not None and where is not None else None
-        probs = predict_slices(run, slices if where is None else slices[where], batch_size, boxes)
+        probs = predict_slices(run, slices if where is None else slices[where], batch_size)
         if run is lung_run:
             drop_small_components(probs, sgeom, background_weight=run.cfg.predict.background_weight)
         labels = probabilities_to_labels(probs, sgeom, run.cfg.predict.background_weight)

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from slice2d.runs import SHIPPED
 
@@ -134,16 +132,14 @@ def test_onednn_asked_for_on_avx2_unless_the_user_chose(monkeypatch):
     assert chosen.stdout.strip() == "0"
 
 
-def _threshold_run(classes: tuple[str, ...], below: float | None = None, above: float | None = None,
-                   size: int = 16, any_size: bool = False):
-    """A stand-in Run: class 1 wherever the windowed input is below ``below`` or above ``above``;
-    slices of ``size``; any_size: a model of any input size, as ``predict._load_model`` makes them."""
+def _threshold_run(classes: tuple[str, ...], below: float | None = None, above: float | None = None):
+    """A stand-in Run: class 1 wherever the windowed input is below ``below`` or above ``above``."""
     import keras
 
     from slice2d.config import Config, DataConfig
     from slice2d.predict import Run
 
-    inputs = keras.Input((None, None, 1) if any_size else (size, size, 1))
+    inputs = keras.Input((16, 16, 1))
     head = keras.layers.Conv2D(len(classes), 1, activation="softmax")
     model = keras.Model(inputs, head(inputs))
     kernel, bias = np.zeros((1, 1, 1, len(classes)), np.float32), np.full(len(classes), -50.0, np.float32)
@@ -153,7 +149,7 @@ def _threshold_run(classes: tuple[str, ...], below: float | None = None, above: 
     else:
         kernel[..., 1], bias[1] = 100.0, -100.0 * above
     head.set_weights([kernel, bias])
-    return Run(path=Path("."), cfg=Config(data=DataConfig(size=size, classes=classes)), loaded=model)
+    return Run(path=Path("."), cfg=Config(data=DataConfig(size=16, classes=classes)), loaded=model)
 
 
 def test_with_lungs_first_the_lesion_model_sees_only_slices_with_lung():
@@ -241,49 +237,3 @@ def test_mirror_averages_over_the_flips_the_labels_allow(task, vertical, axes):
     np.testing.assert_allclose(mirrored, expected, atol=1e-6)
     np.testing.assert_allclose(mirrored.sum(axis=-1), 1.0, atol=1e-6)
     assert np.abs(mirrored - plain).max() > 0.05 if axes else np.array_equal(mirrored, plain)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 255), st.integers(1, 120), st.integers(0, 255), st.integers(1, 120)),
-                min_size=1, max_size=16))
-def test_a_window_holds_its_boxes_and_their_margin_in_sides_of_32(spans):
-    """``_window``: inside the slice, every box and ``WINDOW_MARGIN`` around it (where the slice
-    has room), sides multiples of ``WINDOW_STEP`` or the whole side."""
-    from slice2d.predict import WINDOW_MARGIN, WINDOW_STEP, _window
-
-    size = 256
-    boxes = np.array([(r, min(size, r + h), c, min(size, c + w)) for r, h, c, w in spans])
-    boxes[:, [0, 2]] = np.minimum(boxes[:, [0, 2]], boxes[:, [1, 3]] - 1)
-    rows, cols = _window(boxes, size)
-    for span, low, high in ((rows, boxes[:, 0].min(), boxes[:, 1].max()), (cols, boxes[:, 2].min(), boxes[:, 3].max())):
-        assert 0 <= span.start < span.stop <= size
-        assert (span.stop - span.start) % WINDOW_STEP == 0 or span.stop - span.start == size
-        assert span.start <= max(0, low - WINDOW_MARGIN) and span.stop >= min(size, high + WINDOW_MARGIN)
-        needed = min(size, high + WINDOW_MARGIN) - max(0, low - WINDOW_MARGIN)
-        assert span.stop - span.start < needed + WINDOW_STEP  # no larger than it needs
-
-
-def test_within_the_lungs_the_network_sees_a_window_around_them():
-    """``predict_volume(within=lungs)``: the lesion network segments only the slices with lung,
-    each within a window around the lungs: there its labels are those of whole slices, and far
-    from the lungs (beyond the window) background, as on the slices without lung."""
-    import nibabel as nib
-
-    from slice2d.io import geometry_of
-    from slice2d.predict import predict_volume
-
-    image = np.zeros((128, 128, 6), np.int16)  # soft tissue
-    lungs = np.zeros(image.shape, bool)
-    lungs[40:70, 50:80, 1:5] = True
-    image[lungs] = -850
-    image[45, 55, :] = image[60, 75, :] = 300  # bright "lesions" inside the lungs, on every slice
-    image[5, 120, :] = 300  # and one far from them
-    lesion_run = _threshold_run(("background", "lesion"), above=0.85, size=128, any_size=True)
-    geometry = geometry_of(nib.Nifti1Image(image, np.diag([1.5, 1.5, 4.0, 1.0])))
-    (whole, _), = predict_volume([lesion_run], image, geometry)
-    (windowed, probs), = predict_volume([lesion_run], image, geometry, probabilities=True, within=lungs)
-    assert whole[45, 55].all() and whole[60, 75].all() and whole[5, 120].all()  # the stand-in does what it says
-    with_lung = lungs.any(axis=(0, 1))
-    np.testing.assert_array_equal(windowed[40:70, 50:80], whole[40:70, 50:80] * with_lung)
-    assert not windowed[5, 120].any() and not windowed[:, :, ~with_lung].any()
-    assert np.all(probs[5, 120, :, 0] == 1) and np.all(probs[:, :, ~with_lung, 0] == 1)

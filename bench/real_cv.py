@@ -70,13 +70,19 @@ SETS = {
 }
 
 
-def slice_files(task: str, out: Path, size: int) -> dict[str, Path]:
+def slice_files(task: str, out: Path, size: int, intensity: dict | None = None) -> dict[str, Path]:
+    """The prepared slice files of ``task``'s data sets at ``size`` (prepared if not in ``out``);
+    ``intensity``: data.intensity settings other than the config's, named in the file names."""
     cfg = load_config(f"real-{task}").updated(data={"size": size})
+    tag = ""
+    if intensity:
+        cfg = cfg.updated(data={"intensity": intensity})
+        tag = "".join(f"-{k}{v}" for k, v in sorted(intensity.items()))
     files = {}
     for name, spec in SETS.items():
         if task not in spec["labels"]:
             continue
-        path = out / f"{task}-{name}-{size}.h5"
+        path = out / f"{task}-{name}-{size}{tag}.h5"
         if not path.exists():
             patients = read_patients(spec["patients"]) if spec["patients"] else None
             own = spec.get("label_map", {}).get(task)
@@ -131,6 +137,14 @@ def _overlaps(pred: np.ndarray, ref: np.ndarray, groups: dict[int, tuple[int, ..
         yield c, *_dice(np.isin(pred, members), np.isin(ref, members + ((ANY_FOREGROUND,) if len(members) > 1 else ())))
 
 
+def _partial(path: Path) -> bool:
+    """Whether a slice file prepared by ``slice_files`` (``<task>-<set>-...``) holds partial labels
+    only (its masks name no class), by its SETS entry (the file's own label map may list a -1
+    that its masks never hold)."""
+    task, name = next((t, n) for n, spec in SETS.items() for t in spec["labels"] if path.name.startswith(f"{t}-{n}-"))
+    return -1 in SETS[name].get("label_map", {}).get(task, {}).values()
+
+
 def write_map(folder: Path, name: str, rotate: int, foreground: np.ndarray) -> None:
     """An out-of-fold mask as the anchors store them: 8-bit 0 / 255 PNG named like the slice, in the
     slice file's own orientation."""
@@ -147,8 +161,7 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
     result = {}
     for set_name, path in files.items():
         names, groups = _groups(data)
-        with SliceFile(path) as sf:
-            partial = config_from_yaml(sf.data_config_yaml).data.partial
+        partial = _partial(path)
         # per patient [intersection, pixels of prediction + reference]; the set's pooled Dice sums them
         per_class = {c: {"dice": [], "iou": [], "patients": {}} for c in groups}
         for patient, image, ref, (file_name, rotate) in _labelled_slices(path, test):
@@ -196,8 +209,7 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> di
     _, groups = _groups(data)
     groups = {c: g for c, g in groups.items() if len(g) == 1 or data.partial}  # lungs: each side
     for path in files.values():
-        with SliceFile(path) as sf:
-            partial = config_from_yaml(sf.data_config_yaml).data.partial
+        partial = _partial(path)
         per = {t: {c: [] for c in groups} for t in THRESHOLDS}
         for _, image, ref, _ in _labelled_slices(path, val):
             _, probs = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8",
@@ -253,11 +265,14 @@ def main() -> None:
                         help="other train.* settings, e.g. focal_gamma=0 val_fraction=0.1 batch_size=8 (YAML values)")
     parser.add_argument("--model", nargs="*", default=[], metavar="NAME=VALUE",
                         help="other model.* settings, e.g. block=separable dropout=0 (YAML values)")
+    parser.add_argument("--intensity", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="data.intensity settings, e.g. mode=window clahe_clip=1 (slice files prepared anew, named by them)")
     parser.add_argument("--name", default=None, help="run folder name prefix (default: <task>-<size>)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.size = args.size or load_config(f"real-{args.task}").data.size
-    files = slice_files(args.task, args.out, args.size)
+    files = slice_files(args.task, args.out, args.size,
+                        {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.intensity)})
     results_path = args.out / f"{args.name or f'{args.task}-{args.size}'}-cv{'-calibrated' if args.calibrate else ''}{'-tta' if args.tta else ''}{'-with-lungs' if args.with_lungs else ''}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     folds = [None] if args.final else args.only if args.only is not None else range(args.folds)

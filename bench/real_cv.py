@@ -71,8 +71,9 @@ SETS = {
 
 
 def slice_files(task: str, out: Path, size: int, intensity: dict | None = None) -> dict[str, Path]:
-    """The prepared slice files of ``task``'s data sets at ``size`` (prepared if not in ``out``);
-    ``intensity``: data.intensity settings other than the config's, named in the file names."""
+    """The prepared slice files of ``task``'s data sets at ``size``, prepared anew unless ``out``
+    holds one prepared with the same data settings; ``intensity``: data.intensity settings other
+    than the config's, named in the file names."""
     cfg = load_config(f"real-{task}").updated(data={"size": size})
     tag = ""
     if intensity:
@@ -83,11 +84,11 @@ def slice_files(task: str, out: Path, size: int, intensity: dict | None = None) 
         if task not in spec["labels"]:
             continue
         path = out / f"{task}-{name}-{size}{tag}.h5"
-        if not path.exists():
+        own = spec.get("label_map", {}).get(task)
+        wanted = cfg.updated(data={"label_map": own}) if own else cfg
+        if not path.exists() or _prepared_with(path) != wanted.data:  # a file of older settings is replaced
             patients = read_patients(spec["patients"]) if spec["patients"] else None
-            own = spec.get("label_map", {}).get(task)
-            prepare(spec["images"], spec["labels"][task], path, cfg.updated(data={"label_map": own}) if own else cfg,
-                    patients=patients, rotate=spec["rotate"])
+            prepare(spec["images"], spec["labels"][task], path, wanted, patients=patients, rotate=spec["rotate"])
         files[name] = path
     return files
 
@@ -137,12 +138,10 @@ def _overlaps(pred: np.ndarray, ref: np.ndarray, groups: dict[int, tuple[int, ..
         yield c, *_dice(np.isin(pred, members), np.isin(ref, members + ((ANY_FOREGROUND,) if len(members) > 1 else ())))
 
 
-def _partial(path: Path) -> bool:
-    """Whether a slice file prepared by ``slice_files`` (``<task>-<set>-...``) holds partial labels
-    only (its masks name no class), by its SETS entry (the file's own label map may list a -1
-    that its masks never hold)."""
-    task, name = next((t, n) for n, spec in SETS.items() for t in spec["labels"] if path.name.startswith(f"{t}-{n}-"))
-    return -1 in SETS[name].get("label_map", {}).get(task, {}).values()
+def _prepared_with(path: Path):
+    """The data settings a slice file was prepared with (``DataConfig``)."""
+    with SliceFile(path) as sf:
+        return config_from_yaml(sf.data_config_yaml).data
 
 
 def write_map(folder: Path, name: str, rotate: int, foreground: np.ndarray) -> None:
@@ -161,7 +160,7 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
     result = {}
     for set_name, path in files.items():
         names, groups = _groups(data)
-        partial = _partial(path)
+        partial = _prepared_with(path).partial
         # per patient [intersection, pixels of prediction + reference]; the set's pooled Dice sums them
         per_class = {c: {"dice": [], "iou": [], "patients": {}} for c in groups}
         for patient, image, ref, (file_name, rotate) in _labelled_slices(path, test):
@@ -209,7 +208,7 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> di
     _, groups = _groups(data)
     groups = {c: g for c, g in groups.items() if len(g) == 1 or data.partial}  # lungs: each side
     for path in files.values():
-        partial = _partial(path)
+        partial = _prepared_with(path).partial
         per = {t: {c: [] for c in groups} for t in THRESHOLDS}
         for _, image, ref, _ in _labelled_slices(path, val):
             _, probs = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8",

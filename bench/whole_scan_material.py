@@ -12,7 +12,9 @@ material, in two prepared slice files:
   mask and split by side as ``configs/real-lungs.yaml`` does for covid-ct-slices. Check them by eye:
   ``<out>/check-<scan>.png`` draws them on twelve slices from the top of the scan to the bottom.
 - ``<out>/lesions-wholescan-<size>.h5``: the same slices with empty lesion maps, as negatives for
-  the lesion model (trachea, shoulders, table, bowel gas and normal lung are not infection).
+  the lesion model (trachea, shoulders, table, bowel gas and normal lung are not infection);
+  ``--lesion-config real-lesions3`` writes ``<out>/lesions3-wholescan-<size>.h5`` with the
+  three-class recipe's data settings instead.
 
 Scans kept out of the material, for testing the models trained with it: copdgene-10002K and the
 TotalSegmentator example (whose reference lung masks score the lung map), RICORD 000082 (COVID-19,
@@ -85,6 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/material"))
     parser.add_argument("--lesion-size", type=int, default=256, help="slice size of the lesion material")
+    parser.add_argument("--lesion-config", default="real-lesions",
+                        help="the lesion recipe whose data settings (classes, intensity) the negatives take: "
+                             "real-lesions (binary) or real-lesions3 (ground-glass and consolidation)")
     args = parser.parse_args()
     from slice2d.config import load_config
     from slice2d.dataset import prepare
@@ -93,10 +98,11 @@ def main() -> None:
     lungs = args.out / "lungs-wholescan-128.h5"
     if not lungs.exists():
         prepare(args.out / "images", args.out / "lungs", lungs, load_config("real-lungs"))
-    lesions = args.out / f"lesions-wholescan-{args.lesion_size}.h5"
+    task = args.lesion_config.removeprefix("real-")  # lesions-wholescan-256.h5, lesions3-wholescan-256.h5
+    lesions = args.out / f"{task}-wholescan-{args.lesion_size}.h5"
     if not lesions.exists():
         prepare(args.out / "images", args.out / "lesions", lesions,
-                load_config("real-lesions").updated(data={"size": args.lesion_size}))
+                load_config(args.lesion_config).updated(data={"size": args.lesion_size}))
     print(f"wrote {lungs} and {lesions}")
 
 

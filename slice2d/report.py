@@ -18,6 +18,8 @@ from slice2d.io import Geometry, atomic_path, to_canonical, write_text
 from slice2d.severity import SeverityOptions, severity_report
 
 BOX_METRICS = ("dice", "iou", "hd95_mm", "surface_dice")
+GGO_COLOUR = "#ffd900"  # ground-glass, in the slices' overlay and the bars
+CONSOLIDATION_COLOUR = "#d62728"  # consolidation, or infection where the classes are not told apart
 
 
 def _pyplot():
@@ -126,10 +128,17 @@ def severity_figure(
     ax = fig.add_subplot(grid[1, :])
     names = list(report["regions"])
     pis = [report["regions"][n]["pi"] for n in names]
-    pis = [0.0 if p is None or (isinstance(p, float) and np.isnan(p)) else p for p in pis]
-    bars = ax.bar(names, pis, color="#d62728")
+    pis = [_pi_or_zero(p) for p in pis]
+    if report.get("lesion_classes") == 2:  # ground-glass below, consolidation stacked on it
+        ggo = [_pi_or_zero(report["regions"][n].get("ggo_pi")) for n in names]
+        con = [_pi_or_zero(report["regions"][n].get("consolidation_pi")) for n in names]
+        ax.bar(names, ggo, color=GGO_COLOUR, label="ground-glass")
+        bars = ax.bar(names, con, bottom=ggo, color=CONSOLIDATION_COLOUR, label="consolidation")
+        ax.legend(loc="upper right", fontsize=8, frameon=False)
+    else:
+        bars = ax.bar(names, pis, color=CONSOLIDATION_COLOUR)
     for bar, name in zip(bars, names, strict=True):
-        ax.annotate(f"score {report['regions'][name]['score']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+        ax.annotate(f"score {report['regions'][name]['score']}", (bar.get_x() + bar.get_width() / 2, bar.get_y() + bar.get_height()),
                     ha="center", va="bottom", fontsize=9, xytext=(0, 2), textcoords="offset points")
     for edge in report.get("cut_points_percent", []):
         ax.axhline(edge, color="grey", lw=0.6, ls="--")
@@ -137,8 +146,10 @@ def severity_figure(
     ax.set_ylabel("PI % (lesion / region volume)")
     category = f", {report['category']}" if report.get("category") else ""
     case = f"{report['case']}: " if report.get("case") else ""
+    split = (f" (ground-glass {report['ggo_ml']:.0f}, consolidation {report['consolidation_ml']:.0f})"
+             if report.get("lesion_classes") == 2 else "")
     ax.set_title(f"{case}{report['scheme']} TSS {report['tss']}/{report['tss_max']}{category}; "
-                 f"total PI {report['total_pi']:.1f} %, lesion {report['lesion_ml']:.0f} mL of "
+                 f"total PI {report['total_pi']:.1f} %, lesion {report['lesion_ml']:.0f} mL{split} of "
                  f"{report['lung_ml']:.0f} mL lung")
     if notes:
         fig.text(0.01, 0.005, "\n".join(notes), fontsize=8, color="dimgray")
@@ -146,6 +157,11 @@ def severity_figure(
         fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return Path(path)
+
+
+def _pi_or_zero(p) -> float:
+    """A region's PI% for the bar chart: 0 where the region has no voxels (PI null or NaN)."""
+    return 0.0 if p is None or (isinstance(p, float) and np.isnan(p)) else float(p)
 
 
 def _json_ready(obj):

@@ -267,6 +267,32 @@ def test_severity_figure_writes_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _has_colour(png: Path, hex_colour: str) -> bool:
+    import matplotlib.image
+
+    rgb = (matplotlib.image.imread(png)[..., :3] * 255).round().astype(int)
+    want = [int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)]
+    return bool((rgb == want).all(axis=-1).any())
+
+
+def test_severity_figure_stacks_ground_glass_and_consolidation(tmp_path):
+    """Two-class lesion maps: the bars show ground-glass and consolidation apart; binary maps do not."""
+    from slice2d.report import CONSOLIDATION_COLOUR, GGO_COLOUR
+
+    lobes = _lobe_volume()
+    lungs = _lungs_from(lobes)
+    image = np.where(lungs > 0, -850, 40).astype(np.int16)
+    lesions = _lesions_with_counts(lobes, {"RUL": 300, "LLL": 800})
+    two = lesions.copy()
+    two[(lesions > 0) & (lobes == 5)] = 2  # LLL's lesion is consolidation, RUL's ground-glass
+    pngs = {}
+    for name, les in (("binary", lesions), ("two", two)):
+        r = severity_report(les, lungs, AFFINE, lobes=lobes, scheme="pan", case=name)
+        pngs[name] = severity_figure(image, lungs, les, AFFINE, r, tmp_path / f"{name}.png")
+    assert _has_colour(pngs["two"], GGO_COLOUR) and _has_colour(pngs["two"], CONSOLIDATION_COLOUR)
+    assert not _has_colour(pngs["binary"], GGO_COLOUR) and _has_colour(pngs["binary"], CONSOLIDATION_COLOUR)
+
+
 @needs_data
 def test_zones_agree_with_copdgene_reference():
     lungs_img = nib.load(str(DATA / "copdgene-10002K-lungs-64.nii.gz"))

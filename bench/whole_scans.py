@@ -129,9 +129,9 @@ def _predict_and_score(args, extra) -> tuple[float, dict]:
         materialise(tmp / "in")
         seconds = run_predict(args.code, tmp / "in", tmp / "out", extra)
         results = score(tmp / "in", tmp / "out")
-        if not args.no_record:
-            figures = ROOT / "bench" / "figures"
-            figures.mkdir(exist_ok=True)
+        figures = args.figures or (None if args.no_record else ROOT / "bench" / "figures")
+        if figures is not None:
+            figures.mkdir(parents=True, exist_ok=True)
             for png in (tmp / "out" / "severity").glob("*.png"):
                 shutil.copy(png, figures / f"whole-{png.stem.replace('-ct-64', '').replace('-ct', '')}.png")
     return seconds, results
@@ -142,6 +142,8 @@ def main() -> None:
     parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose slice2d runs `predict`")
     parser.add_argument("--label", default="this checkout")
     parser.add_argument("--no-record", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--figures", type=Path, default=None,
+                        help="where the one-page figures go (default: bench/figures when recording, nowhere with --no-record)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--before", type=Path, nargs="*", default=[],
                         help="results JSONs of other runs (--json), shown after this one, each under its label")

@@ -334,4 +334,32 @@ def test_air_outside_body_gathers_the_same_values_in_any_layout():
     assert want.size > 100
     for im in (image, np.asfortranarray(image), np.asfortranarray(image[::-1])[::-1]):
         for b in (body, np.asfortranarray(body), np.ascontiguousarray(body[:, ::-1])[:, ::-1]):
-            np.testing.assert_array_equal(np.sort(_air_outside_body(im, b, chunk=4)), want)
+            np.testing.assert_array_equal(np.sort(np.concatenate(list(_air_outside_body(im, b, chunk=4)))), want)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int8, np.uint8, np.float32, np.int32])
+@pytest.mark.parametrize("odd", [False, True])
+def test_median_of_the_air_outside_the_body_is_numpys_median(dtype, odd):
+    """The histogram median of 8- and 16-bit scans is np.median's number exactly, for odd and even
+    counts (the mean of the two middle values); other types, and scans without such air, too."""
+    from slice2d.anatomy import _median_air_outside_body
+
+    rng = np.random.default_rng(2)
+    shape = (12, 10, 9)
+    if dtype in (np.int8, np.uint8):  # they cannot hold -500: no air, whatever the image
+        image = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, shape).astype(dtype)
+    else:  # distinct values, so that the two middle values of an even count differ
+        image = rng.permutation(np.arange(-1100, 200))[:np.prod(shape)].reshape(shape).astype(dtype)
+    body = rng.random(image.shape) < 0.5
+    values = image[~body & (image < -500)]
+    if values.size and values.size % 2 != odd:  # one more air voxel outside the body makes the count odd / even
+        body[np.unravel_index(np.flatnonzero(body & (image < -500))[0], body.shape)] = False
+        values = image[~body & (image < -500)]
+    assert values.size % 2 == odd or values.size == 0
+    got = _median_air_outside_body(np.asfortranarray(image), body, chunk=4)
+    if values.size == 0:
+        assert got is None and dtype in (np.int8, np.uint8)
+    else:
+        assert got == float(np.median(values)) and values.size > 100
+        middle = np.sort(values)[(values.size - 1) // 2:values.size // 2 + 1]
+        assert odd or middle[0] != middle[1]  # an even count: the median lies between two values

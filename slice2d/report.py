@@ -18,8 +18,8 @@ from slice2d.io import Geometry, atomic_path, to_canonical, write_text
 from slice2d.severity import SeverityOptions, severity_report
 
 BOX_METRICS = ("dice", "iou", "hd95_mm", "surface_dice")
-GGO_COLOUR = "#ffd900"  # ground-glass, in the slices' overlay and the bars
-CONSOLIDATION_COLOUR = "#d62728"  # consolidation, or infection where the classes are not told apart
+GGO_COLOUR = "#ffd900"  # bars of ground-glass (the yellow of its overlay on the slices)
+CONSOLIDATION_COLOUR = "#d62728"  # bars of consolidation, or of infection where the classes are not told apart
 
 
 def _pyplot():

@@ -282,9 +282,8 @@ def _median_air_outside_body(image: np.ndarray, body: np.ndarray, chunk: int = 6
     if low > -501:  # uint8, int8, uint16: no value below -500
         return None
     counts = np.zeros(-500 - low, np.int64)  # the values low .. -501
-    for values in blocks:
-        if values.size:
-            counts += np.bincount((values.astype(np.int32) - low), minlength=counts.size)[:counts.size]
+    for values in blocks:  # each below -500: its count lands within counts
+        counts += np.bincount(values.astype(np.int32) - low, minlength=counts.size)
     n = int(counts.sum())
     if n == 0:
         return None

@@ -127,8 +127,6 @@ def severity_figure(
 
     ax = fig.add_subplot(grid[1, :])
     names = list(report["regions"])
-    pis = [report["regions"][n]["pi"] for n in names]
-    pis = [_pi_or_zero(p) for p in pis]
     if report.get("lesion_classes") == 2:  # ground-glass below, consolidation stacked on it
         ggo = [_pi_or_zero(report["regions"][n].get("ggo_pi")) for n in names]
         con = [_pi_or_zero(report["regions"][n].get("consolidation_pi")) for n in names]
@@ -136,7 +134,7 @@ def severity_figure(
         bars = ax.bar(names, con, bottom=ggo, color=CONSOLIDATION_COLOUR, label="consolidation")
         ax.legend(loc="upper right", fontsize=8, frameon=False)
     else:
-        bars = ax.bar(names, pis, color=CONSOLIDATION_COLOUR)
+        bars = ax.bar(names, [_pi_or_zero(report["regions"][n]["pi"]) for n in names], color=CONSOLIDATION_COLOUR)
     for bar, name in zip(bars, names, strict=True):
         ax.annotate(f"score {report['regions'][name]['score']}", (bar.get_x() + bar.get_width() / 2, bar.get_y() + bar.get_height()),
                     ha="center", va="bottom", fontsize=9, xytext=(0, 2), textcoords="offset points")

@@ -15,6 +15,11 @@ material, in two prepared slice files:
   the lesion model (trachea, shoulders, table, bowel gas and normal lung are not infection);
   ``--lesion-config real-lesions3`` writes ``<out>/lesions3-wholescan-<size>.h5`` with the
   three-class recipe's data settings instead.
+- ``--coarse`` also writes ``<out>/<task>-wholescan-coarse-<size>.h5``: the same three scans
+  resampled to thick slices with coarse pixels (5 mm slices; 3 mm and 5 mm pixels), as a scanner
+  reconstructing a small matrix, or a user's downsampled archive, gives them. Their vessels blur
+  into soft blobs that a model taught only on fine pixels calls ground-glass; as negatives they
+  teach it otherwise. Averaged over each new voxel's extent (anti-aliased), not sampled.
 
 Scans kept out of the material, for testing the models trained with it: copdgene-10002K and the
 TotalSegmentator example (whose reference lung masks score the lung map), RICORD 000082 (COVID-19,
@@ -83,6 +88,43 @@ def write_volumes(out: Path) -> None:
         print(f"{name}: {image.shape}, lungs {np.count_nonzero(lungs) * abs(np.linalg.det(img.affine[:3, :3])) / 1e6:.2f} L")
 
 
+COARSE_SPACINGS_MM = ((3.0, 3.0, 5.0), (5.0, 5.0, 5.0))  # (in-plane, in-plane, slice) of the coarse copies
+
+
+def coarse_copy(img, spacing_mm: tuple[float, float, float]):
+    """``img`` resampled to ``spacing_mm`` (its own axes), each new voxel the anti-aliased average
+    of the old ones it covers; the affine keeps every voxel centre where it lies in space."""
+    from skimage.transform import resize
+
+    old = np.asarray(img.header.get_zooms()[:3], float)
+    factor = np.asarray(spacing_mm) / old
+    shape = tuple(max(1, round(n / f)) for n, f in zip(img.shape, factor, strict=True))
+    factor = np.asarray(img.shape) / np.asarray(shape)  # the exact factors of the rounded shape
+    image = resize(np.asarray(img.dataobj, np.float32), shape, order=1, anti_aliasing=True, preserve_range=True)
+    affine = img.affine.copy()
+    affine[:3, :3] = img.affine[:3, :3] * factor  # column k scaled by axis k's factor
+    affine[:3, 3] = img.affine[:3, :3] @ ((factor - 1) / 2) + img.affine[:3, 3]  # new voxel 0's centre
+    return nib.Nifti1Image(np.round(image).astype(np.int16), affine)
+
+
+def write_coarse_volumes(out: Path) -> None:
+    """coarse/images/ and coarse/lesions/ (empty): every training scan at each of ``COARSE_SPACINGS_MM``."""
+    for sub in ("images", "lesions"):
+        (out / "coarse" / sub).mkdir(parents=True, exist_ok=True)
+    for name in TRAIN_SCANS:
+        img = nib.load(out / "images" / f"{name}.nii.gz")
+        for spacing in COARSE_SPACINGS_MM:
+            case = f"{name}-{spacing[0]:g}mm"
+            if (out / "coarse" / "lesions" / f"{case}.nii.gz").is_file():
+                continue
+            small = coarse_copy(img, spacing)
+            nib.save(small, out / "coarse" / "images" / f"{case}.nii.gz")
+            label_img = nib.Nifti1Image(np.zeros(small.shape, np.uint8), small.affine)
+            label_img.set_data_dtype(np.uint8)
+            nib.save(label_img, out / "coarse" / "lesions" / f"{case}.nii.gz")
+            print(f"{case}: {small.shape}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/material"))
@@ -90,6 +132,8 @@ def main() -> None:
     parser.add_argument("--lesion-config", default="real-lesions",
                         help="the lesion recipe whose data settings (classes, intensity) the negatives take: "
                              "real-lesions (binary) or real-lesions3 (ground-glass and consolidation)")
+    parser.add_argument("--coarse", action="store_true",
+                        help="also the negatives at thick slices and coarse pixels (<task>-wholescan-coarse-<size>.h5)")
     args = parser.parse_args()
     from slice2d.config import load_config
     from slice2d.dataset import prepare
@@ -104,6 +148,13 @@ def main() -> None:
         prepare(args.out / "images", args.out / "lesions", lesions,
                 load_config(args.lesion_config).updated(data={"size": args.lesion_size}))
     print(f"wrote {lungs} and {lesions}")
+    if args.coarse:
+        write_coarse_volumes(args.out)
+        coarse = args.out / f"{task}-wholescan-coarse-{args.lesion_size}.h5"
+        if not coarse.exists():
+            prepare(args.out / "coarse" / "images", args.out / "coarse" / "lesions", coarse,
+                    load_config(args.lesion_config).updated(data={"size": args.lesion_size}))
+        print(f"wrote {coarse}")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ anatomy of the whole volume to bear on their maps, one place for every input kin
 - **Lesions** are kept only where they can be: nothing outside the body, nothing air-like outside
   the lungs (gas, airways), a lesion piece (in-plane, connected) with no pixel within
   ``LUNG_MARGIN_MM`` of the lungs is dropped, and on HU volumes a piece mostly outside the lungs
-  (the liver or spleen dome, the stomach wall) keeps only its part near them; lesion the lung map
-  missed is added to it, so that PI% counts it.
+  (the liver or spleen dome, the stomach wall) keeps only its part near them, and the top of a
+  dome cut by the slice (a soft round blob inside the lung, denser tissue right below it) is
+  dropped; lesion the lung map missed is added to it, so that PI% counts it.
 - **A sanity block** for every report: body found, lungs found and their volume, whether the
   scan reaches above the apex and below the bases, the intensity convention seen.
 
@@ -42,6 +43,9 @@ DENSE_HU = -500.0  # halfway between air and soft tissue: a voxel above it is mo
 MIN_INSIDE_FRACTION = 0.5  # a lesion piece with less of itself inside the lungs is cut to them (HU volumes)
 EDGE_AREA_FRACTION = 0.05  # a lung cut by the scan's first or last slice: more than 5 % of its largest section there
 LUNG_MARGIN_MM = 5.0  # lesions this close to the lung map (in-plane) are kept: a lung map may miss a pleural rim
+DOME_HEIGHT_MM = 7.5  # a lesion no taller than this ...
+DOME_BELOW_HU = -200.0  # ... lying over tissue denser than this in the slice below ...
+DOME_BELOW_FRACTION = 0.9  # ... with this share of its lowest slice is the top of a dome (``_drop_dome_tops``)
 
 
 def margin_disc(geometry: Geometry, margin_mm: float = LUNG_MARGIN_MM) -> np.ndarray:
@@ -190,8 +194,9 @@ def keep_lesions(lesions: np.ndarray, anatomy: ScanAnatomy, geometry: Geometry,
     are dropped first: lesion the lungs missed is dense (consolidation), while air next to a lung
     outside its map is gas, airway or the air around the patient.
 
-    Every rule works within one axial slice, so all of them run slice by slice, on the slices
-    that hold lesion only (on a whole scan, a fraction of them).
+    On HU volumes the tops of domes go first (``_drop_dome_tops``, the one rule that looks across
+    slices); every other rule works within one axial slice, so they run slice by slice, on the
+    slices that hold lesion only (on a whole scan, a fraction of them).
     """
     from slice2d.lungs import AIR_HU
 
@@ -201,6 +206,8 @@ def keep_lesions(lesions: np.ndarray, anatomy: ScanAnatomy, geometry: Geometry,
     body = None if anatomy.body is None else to_canonical(anatomy.body, geometry)
     hu = None if image is None else to_canonical(np.asarray(image), geometry)
     disc = margin_disc(geometry)
+    if hu is not None and body is not None:
+        _drop_dome_tops(kept, hu, geometry.canonical_spacing[2])
     for k in np.flatnonzero(kept.any(axis=(0, 1))):
         lesion, lung = kept[:, :, k], lungs[:, :, k]
         if body is not None:
@@ -232,6 +239,64 @@ def _trim_piece_outside(lesion: np.ndarray, lung: np.ndarray, disc: np.ndarray) 
         return
     near = cv2.dilate((lung > 0).astype(np.uint8), disc) > 0
     lesion[mostly_outside[pieces] & ~near] = 0
+
+
+def _drop_dome_tops(lesions: np.ndarray, hu: np.ndarray, slice_mm: float) -> None:
+    """Clear (in place) the lesions that are the top of a dome cut by an axial slice.
+
+    Where the liver or spleen dome, or a solid mass, rises into the lung, the first slice that
+    cuts it averages tissue with the lung above it (partial volume): a soft round blob at about
+    -400 HU inside the lung, which a network that sees one slice takes for ground-glass. A lesion
+    (8-connected in-plane, joined across slices where consecutive slices overlap) no taller than
+    ``DOME_HEIGHT_MM`` whose lowest slice lies, for ``DOME_BELOW_FRACTION`` of its pixels or more,
+    over tissue denser than ``DOME_BELOW_HU`` in the slice below is such a top. Infection is
+    taller, or lies over lung. lesions, hu: canonical (rows, cols, Z), Z rising to the head.
+    Two passes of per-slice labelling, so memory stays that of a few slices.
+    """
+    zs = np.flatnonzero(lesions.any(axis=(0, 1)))
+    if zs.size == 0:
+        return
+    parent: list[int] = []  # union-find over the in-plane pieces of every slice, numbered in turn
+    first: dict[int, int] = {}  # slice -> number of its first piece
+    pieces: dict[int, tuple[int, int, int]] = {}  # piece -> (slice, pixels, pixels over dense tissue below)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    previous, previous_z = None, None
+    for z in zs:
+        n, labels = cv2.connectedComponents((lesions[:, :, z] > 0).astype(np.uint8), connectivity=8)
+        first[z] = len(parent)
+        parent.extend(range(len(parent), len(parent) + n - 1))
+        sizes = np.bincount(labels.ravel(), minlength=n)
+        dense = np.bincount(labels[hu[:, :, z - 1] > DOME_BELOW_HU], minlength=n) if z > 0 else np.zeros(n, int)
+        for j in range(1, n):
+            pieces[first[z] + j - 1] = (int(z), int(sizes[j]), int(dense[j]))
+        if previous is not None and previous_z == z - 1:
+            both = (labels > 0) & (previous > 0)
+            for a, b in set(zip(labels[both].tolist(), previous[both].tolist(), strict=True)):
+                parent[root(first[z] + a - 1)] = root(first[z - 1] + b - 1)
+        previous, previous_z = labels, z
+    lesion_of: dict[int, list[int]] = {}
+    for piece in pieces:
+        lesion_of.setdefault(root(piece), []).append(piece)
+    drop = set()
+    for members in lesion_of.values():
+        slices = [pieces[m][0] for m in members]
+        bottom = min(slices)
+        if (max(slices) - bottom + 1) * slice_mm > DOME_HEIGHT_MM or bottom == 0:
+            continue
+        size = sum(pieces[m][1] for m in members if pieces[m][0] == bottom)
+        over = sum(pieces[m][2] for m in members if pieces[m][0] == bottom)
+        if over >= DOME_BELOW_FRACTION * size:
+            drop.update(members)
+    for z in sorted({pieces[m][0] for m in drop}):
+        _, labels = cv2.connectedComponents((lesions[:, :, z] > 0).astype(np.uint8), connectivity=8)
+        gone = [m - first[z] + 1 for m in drop if pieces[m][0] == z]
+        lesions[:, :, z][np.isin(labels, gone)] = 0
 
 
 def sanity(anatomy: ScanAnatomy, lungs: np.ndarray, affine: np.ndarray, image: np.ndarray | None = None,

@@ -363,3 +363,42 @@ def test_median_of_the_air_outside_the_body_is_numpys_median(dtype, odd):
         assert got == float(np.median(values)) and values.size > 100
         middle = np.sort(values)[(values.size - 1) // 2:values.size // 2 + 1]
         assert odd or middle[0] != middle[1]  # an even count: the median lies between two values
+
+
+@pytest.mark.parametrize("kind", ["LPS", "PIL"])
+def test_the_top_of_a_dome_is_not_a_lesion(kind):
+    """A soft blob in the slice that first cuts a dome rising into the lung (dense tissue right
+    below it) is dropped; a lesion as thin over lung, or as tall over dense tissue, stays."""
+    from slice2d.io import Geometry, from_canonical
+
+    rows, cols, nz = 60, 60, 20  # canonical (rows, cols, Z), Z rising to the head, 2.5 mm slices
+    hu = np.full((rows, cols, nz), -850, np.int16)  # lung everywhere in the box ...
+    hu[:, :5], hu[:, -5:], hu[:5], hu[-5:] = 40, 40, 40, 40  # ... walled by the chest
+    r, c = np.mgrid[:rows, :cols]
+    for z in range(8):  # a dome: its section shrinks upwards, dense up to z 7
+        hu[:, :, z][(r - 30) ** 2 + (c - 40) ** 2 <= (12 - z) ** 2] = 40
+    top = (r - 30) ** 2 + (c - 40) ** 2 <= 16
+    hu[:, :, 8][top] = -400  # the first slice above it averages dome and lung
+    lesions = np.zeros(hu.shape, np.uint8)
+    lesions[:, :, 8][top] = 1  # the top of the dome, one slice
+    over_lung = (r - 20) ** 2 + (c - 15) ** 2 <= 16
+    lesions[:, :, 12][over_lung] = 1  # as thin, over lung
+    tall = (r - 45) ** 2 + (c - 15) ** 2 <= 16
+    hu[:, :, 2][tall] = 40
+    for z in range(3, 8):  # 12.5 mm tall, over dense tissue
+        lesions[:, :, z][tall] = 2
+    lungs = np.zeros(hu.shape, np.uint8)
+    lungs[5:-5, 5:-5, 1:-1] = 1
+    body = np.ones(hu.shape, bool)
+    affine = make_affine(kind, (2.0, 2.0, 2.5))
+    shape = (rows, cols, nz) if kind != "PIL" else (rows, nz, cols)
+    geometry = Geometry(affine, shape, tuple(nib.aff2axcodes(affine)))
+    on_grid = [from_canonical(a, geometry) for a in (hu, lesions, lungs, body)]
+    assert on_grid[0].shape == shape
+    anatomy = ScanAnatomy(on_grid[2], on_grid[3], np.zeros(shape, bool), "builtin")
+    kept, _ = keep_lesions(on_grid[1], anatomy, geometry, on_grid[0])
+    expected = lesions.copy()
+    expected[:, :, 8] = 0
+    assert np.array_equal(kept, from_canonical(expected, geometry))
+    kept_without_hu, _ = keep_lesions(on_grid[1], anatomy, geometry)
+    assert np.array_equal(kept_without_hu, on_grid[1]), "without HU (8-bit slices) nothing is judged a dome"

@@ -91,13 +91,14 @@ def write_volumes(out: Path) -> None:
 COARSE_SPACINGS_MM = ((3.0, 3.0, 5.0), (5.0, 5.0, 5.0))  # (in-plane, in-plane, slice) of the coarse copies
 
 
-def coarse_copy(img, spacing_mm: tuple[float, float, float]):
-    """``img`` resampled to ``spacing_mm`` (its own axes), each new voxel the anti-aliased average
-    of the old ones it covers; the affine keeps every voxel centre where it lies in space."""
+def coarse_copy(img, spacing_mm: tuple[float, float, float | None]):
+    """``img`` resampled to ``spacing_mm`` (its own axes; None keeps that axis), each new voxel the
+    anti-aliased average of the old ones it covers; the affine keeps every voxel centre where it
+    lies in space."""
     from skimage.transform import resize
 
     old = np.asarray(img.header.get_zooms()[:3], float)
-    factor = np.asarray(spacing_mm) / old
+    factor = np.asarray([o if s is None else s for s, o in zip(spacing_mm, old, strict=True)]) / old
     shape = tuple(max(1, round(n / f)) for n, f in zip(img.shape, factor, strict=True))
     factor = np.asarray(img.shape) / np.asarray(shape)  # the exact factors of the rounded shape
     image = resize(np.asarray(img.dataobj, np.float32), shape, order=1, anti_aliasing=True, preserve_range=True)
@@ -107,21 +108,23 @@ def coarse_copy(img, spacing_mm: tuple[float, float, float]):
     return nib.Nifti1Image(np.round(image).astype(np.int16), affine)
 
 
-def write_coarse_volumes(out: Path) -> None:
-    """coarse/images/ and coarse/lesions/ (empty): every training scan at each of ``COARSE_SPACINGS_MM``."""
+def write_coarse_volumes(out: Path, folder: str = "coarse", keep_slices: bool = False) -> None:
+    """<folder>/images/ and <folder>/lesions/ (empty): every training scan at each of
+    ``COARSE_SPACINGS_MM`` (with ``keep_slices``, coarse pixels on the scan's own slices)."""
     for sub in ("images", "lesions"):
-        (out / "coarse" / sub).mkdir(parents=True, exist_ok=True)
+        (out / folder / sub).mkdir(parents=True, exist_ok=True)
     for name in TRAIN_SCANS:
         img = nib.load(out / "images" / f"{name}.nii.gz")
         for spacing in COARSE_SPACINGS_MM:
             case = f"{name}-{spacing[0]:g}mm"
-            if (out / "coarse" / "lesions" / f"{case}.nii.gz").is_file():
+            spacing = (spacing[0], spacing[1], None) if keep_slices else spacing
+            if (out / folder / "lesions" / f"{case}.nii.gz").is_file():
                 continue
             small = coarse_copy(img, spacing)
-            nib.save(small, out / "coarse" / "images" / f"{case}.nii.gz")
+            nib.save(small, out / folder / "images" / f"{case}.nii.gz")
             label_img = nib.Nifti1Image(np.zeros(small.shape, np.uint8), small.affine)
             label_img.set_data_dtype(np.uint8)
-            nib.save(label_img, out / "coarse" / "lesions" / f"{case}.nii.gz")
+            nib.save(label_img, out / folder / "lesions" / f"{case}.nii.gz")
             print(f"{case}: {small.shape}")
 
 
@@ -134,6 +137,8 @@ def main() -> None:
                              "real-lesions (binary) or real-lesions3 (ground-glass and consolidation)")
     parser.add_argument("--coarse", action="store_true",
                         help="also the negatives at thick slices and coarse pixels (<task>-wholescan-coarse-<size>.h5)")
+    parser.add_argument("--coarse-pixels-only", action="store_true",
+                        help="with --coarse: coarse pixels on each scan's own slices (<task>-wholescan-coarse2d-<size>.h5)")
     args = parser.parse_args()
     from slice2d.config import load_config
     from slice2d.dataset import prepare
@@ -149,10 +154,11 @@ def main() -> None:
                 load_config(args.lesion_config).updated(data={"size": args.lesion_size}))
     print(f"wrote {lungs} and {lesions}")
     if args.coarse:
-        write_coarse_volumes(args.out)
-        coarse = args.out / f"{task}-wholescan-coarse-{args.lesion_size}.h5"
+        folder = "coarse2d" if args.coarse_pixels_only else "coarse"
+        write_coarse_volumes(args.out, folder, keep_slices=args.coarse_pixels_only)
+        coarse = args.out / f"{task}-wholescan-{folder}-{args.lesion_size}.h5"
         if not coarse.exists():
-            prepare(args.out / "coarse" / "images", args.out / "coarse" / "lesions", coarse,
+            prepare(args.out / folder / "images", args.out / folder / "lesions", coarse,
                     load_config(args.lesion_config).updated(data={"size": args.lesion_size}))
         print(f"wrote {coarse}")
 

@@ -258,7 +258,7 @@ def _drop_dome_tops(lesions: np.ndarray, hu: np.ndarray, slice_mm: float) -> Non
         return
     parent: list[int] = []  # union-find over the in-plane pieces of every slice, numbered in turn
     first: dict[int, int] = {}  # slice -> number of its first piece
-    pieces: dict[int, tuple[int, int, int]] = {}  # piece -> (slice, pixels, pixels over dense tissue below)
+    pieces: list[tuple[int, int, int]] = []  # piece -> (slice, pixels, pixels over dense tissue below)
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -273,15 +273,14 @@ def _drop_dome_tops(lesions: np.ndarray, hu: np.ndarray, slice_mm: float) -> Non
         parent.extend(range(len(parent), len(parent) + n - 1))
         sizes = np.bincount(labels.ravel(), minlength=n)
         dense = np.bincount(labels[hu[:, :, z - 1] > DOME_BELOW_HU], minlength=n) if z > 0 else np.zeros(n, int)
-        for j in range(1, n):
-            pieces[first[z] + j - 1] = (int(z), int(sizes[j]), int(dense[j]))
+        pieces.extend((int(z), int(sizes[j]), int(dense[j])) for j in range(1, n))
         if previous is not None and previous_z == z - 1:
             both = (labels > 0) & (previous > 0)
             for a, b in set(zip(labels[both].tolist(), previous[both].tolist(), strict=True)):
                 parent[root(first[z] + a - 1)] = root(first[z - 1] + b - 1)
         previous, previous_z = labels, z
     lesion_of: dict[int, list[int]] = {}
-    for piece in pieces:
+    for piece in range(len(pieces)):
         lesion_of.setdefault(root(piece), []).append(piece)
     drop = set()
     for members in lesion_of.values():

@@ -30,6 +30,11 @@ same folds, so the same test patients) each test lesion map is first cut to the 
 fold's lung model, as `slice2d predict` does (``anatomy.lesions_near_lungs``: in-plane lesion
 pieces with no pixel within 5 pixels of the lungs dropped): the pipeline's accuracy, not the bare
 model's (`...-with-lungs.json`).
+
+With --ensemble NAME [NAME ...] nothing is trained: each fold is segmented by the fold runs
+`<out>/<NAME>-fold<k>` of earlier cross-validations together, their class probabilities averaged
+(with --calibrate the threshold is chosen for the average on the fold's validation slices and
+recorded in the results only); results and maps under --name.
 """
 
 from __future__ import annotations
@@ -151,9 +156,26 @@ def write_map(folder: Path, name: str, rotate: int, foreground: np.ndarray) -> N
     Image.fromarray(Orientation.from_code(rotate).stored(foreground).astype(np.uint8) * 255).save(folder / name)
 
 
+def _segment(runs: list, image: np.ndarray, probabilities: bool = False):
+    """(labels, probabilities or None) of one 2D slice: one run's, or the class probabilities of
+    several runs averaged and labelled with the first run's foreground threshold."""
+    geometry = slice_geometry(image.shape)
+    if len(runs) == 1:
+        return predict_array(runs[0], image[:, :, None], geometry, batch_size=1, kind="uint8",
+                             probabilities=probabilities)
+    probs = np.mean([predict_array(r, image[:, :, None], geometry, batch_size=1, kind="uint8", probabilities=True)[1]
+                     for r in runs], axis=0)
+    weighted = probs.copy()
+    weighted[..., 0] *= runs[0].cfg.predict.background_weight
+    return weighted.argmax(axis=-1).astype(np.uint8), probs
+
+
 def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None = None, mirror: bool = False,
-                  lung_dir: Path | None = None, maps: Path | None = None) -> dict:
-    run = with_options(load_run(run_dir), threshold, mirror)
+                  lung_dir: Path | None = None, maps: Path | None = None, members: list[Path] | None = None) -> dict:
+    """Scores of a fold's test slices; ``members``: the runs of an ensemble (``run_dir`` then only
+    names the fold's split)."""
+    runs = [with_options(load_run(d), threshold, mirror) for d in members or [run_dir]]
+    run = runs[0]
     lung_run = with_options(load_run(lung_dir), mirror=mirror) if lung_dir else None
     data = run.cfg.data
     test = set(json.loads((run_dir / "splits.json").read_text())["test"])  # the fold: unseen by training
@@ -165,7 +187,7 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
         per_class = {c: {"dice": [], "iou": [], "patients": {}} for c in groups}
         for patient, image, ref, (file_name, rotate) in _labelled_slices(path, test):
             geometry = slice_geometry(image.shape)
-            pred = predict_array(run, image[:, :, None], geometry, batch_size=1, kind="uint8")[0]
+            pred = _segment(runs, image)[0]
             if lung_run is not None:
                 lungs = predict_array(lung_run, image[:, :, None], geometry, batch_size=1, kind="uint8")[0]
                 pred = lesions_near_lungs(pred, lungs, geometry)
@@ -196,12 +218,14 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
 THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 
 
-def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> dict:
+def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False, members: list[Path] | None = None) -> dict:
     """Choose the run's ``predict.foreground_threshold`` on its validation slices (never its test
     fold): the candidate with the best mean per-slice Dice, averaged over data sets and foreground
     classes (ties: the one nearer 0.5). Without ``mirror`` it is written into the run's
-    config.yaml. Returns it and the scores."""
-    run = with_options(load_run(run_dir), mirror=mirror)
+    config.yaml. ``members``: the runs of an ensemble, whose averaged probabilities are calibrated
+    (nothing written). Returns it and the scores."""
+    runs = [with_options(load_run(d), mirror=mirror) for d in members or [run_dir]]
+    run = runs[0]
     data = run.cfg.data
     val = set(json.loads((run_dir / "splits.json").read_text())["val"])
     scores = {t: [] for t in THRESHOLDS}
@@ -211,8 +235,7 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> di
         partial = _prepared_with(path).partial
         per = {t: {c: [] for c in groups} for t in THRESHOLDS}
         for _, image, ref, _ in _labelled_slices(path, val):
-            _, probs = predict_array(run, image[:, :, None], slice_geometry(image.shape), batch_size=1, kind="uint8",
-                                     probabilities=True)
+            _, probs = _segment(runs, image, probabilities=True)
             probs = probs[:, :, 0]
             for t in THRESHOLDS:
                 weighted = probs.copy()
@@ -224,7 +247,7 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False) -> di
             scores[t] += [float(np.mean(d)) for d in per[t].values() if d]
     mean = {t: float(np.mean(v)) for t, v in scores.items()}
     best = max(THRESHOLDS, key=lambda t: (round(mean[t], 6), -abs(t - 0.5)))
-    if not mirror:
+    if not mirror and not members:
         cfg = run.cfg.updated(predict={"foreground_threshold": best})
         write_text(run_dir / "config.yaml", cfg.to_yaml())
     return {"threshold": best, "val_dice_by_threshold": {str(t): m for t, m in mean.items()}}
@@ -266,8 +289,13 @@ def main() -> None:
                         help="other model.* settings, e.g. block=separable dropout=0 (YAML values)")
     parser.add_argument("--intensity", nargs="*", default=[], metavar="NAME=VALUE",
                         help="data.intensity settings, e.g. mode=window clahe_clip=1 (slice files prepared anew, named by them)")
+    parser.add_argument("--ensemble", nargs="*", default=[], metavar="NAME",
+                        help="train nothing: average the fold runs <out>/<NAME>-fold<k> of these earlier "
+                             "cross-validations (needs --name)")
     parser.add_argument("--name", default=None, help="run folder name prefix (default: <task>-<size>)")
     args = parser.parse_args()
+    if args.ensemble and (not args.name or args.final):
+        parser.error("--ensemble needs --name and is for cross-validation (not --final)")
     args.out.mkdir(parents=True, exist_ok=True)
     args.size = args.size or load_config(f"real-{args.task}").data.size
     files = slice_files(args.task, args.out, args.size,
@@ -278,7 +306,10 @@ def main() -> None:
     for fold in folds:
         run_dir = args.out / f"{args.name or f'{args.task}-{args.size}'}-{'all' if fold is None else f'fold{fold}'}"
         start = time.perf_counter()
-        if not (run_dir / "README.md").exists():
+        members = [args.out / f"{m}-fold{fold}" for m in args.ensemble] or None
+        if members:
+            run_dir = members[0]  # the fold's split
+        elif not (run_dir / "README.md").exists():
             split = {"folds": 1, "fold": 0} if fold is None else {"folds": args.folds, "fold": fold}
             cfg = load_config(f"real-{args.task}").updated(train=split, data={"size": args.size})
             if args.epochs:
@@ -299,16 +330,18 @@ def main() -> None:
                 cfg = cfg.updated(train={"augment": {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.augment)}})
             train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2,
                   init_from=args.init_from, train_only=args.extra)
-        calibration = calibrate(run_dir, files, mirror=args.tta) if args.calibrate else None
+        calibration = calibrate(run_dir, files, mirror=args.tta, members=members) if args.calibrate else None
         if fold is None:
             print(f"trained {run_dir} in {time.perf_counter() - start:.0f} s", calibration or "")
             return
-        threshold = calibration["threshold"] if calibration and args.tta else None
+        threshold = calibration["threshold"] if calibration and (args.tta or members) else None
         lung_dir = Path(args.with_lungs.format(fold=fold)) if args.with_lungs else None
         maps = results_path.with_name(results_path.stem + "-maps")
-        results[str(fold)] = {"sets": evaluate_fold(run_dir, files, threshold, args.tta, lung_dir, maps),
+        results[str(fold)] = {"sets": evaluate_fold(run_dir, files, threshold, args.tta, lung_dir, maps, members),
                               "seconds": time.perf_counter() - start,
                               "machine": f"{platform.machine()} {platform.node()}"}
+        if members:
+            results[str(fold)]["members"] = [str(m) for m in members]
         if calibration:
             results[str(fold)]["calibration"] = calibration
         results_path.write_text(json.dumps(results, indent=1))

@@ -165,9 +165,15 @@ def _segment(runs: list, image: np.ndarray, probabilities: bool = False):
                              probabilities=probabilities)
     probs = np.mean([predict_array(r, image[:, :, None], geometry, batch_size=1, kind="uint8", probabilities=True)[1]
                      for r in runs], axis=0)
+    return _labels(probs, runs[0].cfg.predict.background_weight), probs
+
+
+def _labels(probs: np.ndarray, background_weight: float) -> np.ndarray:
+    """Class labels of class probabilities (last axis), the background's weighted as
+    ``predict.foreground_threshold`` weights it."""
     weighted = probs.copy()
-    weighted[..., 0] *= runs[0].cfg.predict.background_weight
-    return weighted.argmax(axis=-1).astype(np.uint8), probs
+    weighted[..., 0] *= background_weight
+    return weighted.argmax(axis=-1).astype(np.uint8)
 
 
 def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None = None, mirror: bool = False,
@@ -238,9 +244,7 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False, membe
             _, probs = _segment(runs, image, probabilities=True)
             probs = probs[:, :, 0]
             for t in THRESHOLDS:
-                weighted = probs.copy()
-                weighted[..., 0] *= PredictConfig(foreground_threshold=t).background_weight
-                pred = weighted.argmax(axis=-1)
+                pred = _labels(probs, PredictConfig(foreground_threshold=t).background_weight)
                 for c, inter, total in _overlaps(pred, ref, groups, partial):
                     per[t][c].append(1.0 if total == 0 else 2 * inter / total)
         for t in THRESHOLDS:

@@ -28,7 +28,7 @@ def build_augmentation(cfg: AugmentConfig, seed: int) -> A.Compose:
         A.GridDistortion(num_steps=5, distort_limit=0.2, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0,
                          p=cfg.grid_distortion),
         A.RandomGamma(gamma_limit=(80, 125), p=cfg.gamma),
-        A.GaussNoise(std_range=(0.01, 0.04), p=cfg.noise),
+        A.GaussNoise(std_range=tuple(cfg.noise_std), p=cfg.noise),
         A.GaussianBlur(blur_limit=(3, 5), p=cfg.blur),
         A.Downscale(scale_range=(0.25, 0.9), interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
                     p=cfg.downscale),

@@ -128,7 +128,9 @@ class AugmentConfig(_Frozen):
     brightness_contrast: float = Field(0.3, ge=0, le=1)
     grid_distortion: float = Field(0.2, ge=0, le=1)
     gamma: float = Field(0.0, ge=0, le=1)   # intensity curve (gamma 0.8-1.25): windows and exports differ
-    noise: float = Field(0.0, ge=0, le=1)   # Gaussian noise (sd 1-4 % of the range): dose and kernel
+    noise: float = Field(0.0, ge=0, le=1)   # Gaussian noise (sd noise_std of the range): dose and kernel
+    # sd range of that noise, as a fraction of [0, 1]; exports differ several-fold in grain (BENCHMARKS.md)
+    noise_std: tuple[float, float] = (0.01, 0.04)
     blur: float = Field(0.0, ge=0, le=1)    # Gaussian blur (3-5 px): reconstruction kernel, thick slices
     # the slice shrunk to 25-90 % of its size and grown back: coarse pixels (small matrices,
     # resampled or low-resolution scans), whose blurred vessels look like lesion to a model that never saw them
@@ -137,10 +139,13 @@ class AugmentConfig(_Frozen):
     scale: tuple[float, float] = (0.9, 1.1)
 
     @model_validator(mode="after")
-    def _scale_is_a_range(self) -> AugmentConfig:
+    def _ranges_are_ranges(self) -> AugmentConfig:
         low, high = self.scale
         if not 0 < low <= high:
             raise ValueError(f"train.augment.scale {list(self.scale)}: must be [low, high] with 0 < low <= high")
+        low, high = self.noise_std
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"train.augment.noise_std {list(self.noise_std)}: must be [low, high] with 0 < low <= high <= 1")
         return self
 
 

@@ -112,3 +112,21 @@ def test_patches_are_windows_of_the_slice_and_find_small_foreground():
         np.testing.assert_array_equal(out_labels[i], labels[i, top:top + 16, left:left + 16])
     with_lesion = np.mean([patch.sum() == 9 for patch in out_labels])  # the whole lesion inside
     assert FOREGROUND_CROPS - 0.15 < with_lesion < FOREGROUND_CROPS + 0.25
+
+
+@pytest.mark.parametrize("sd", [0.02, 0.1])
+def test_noise_std_sets_the_grain(sd):
+    # mid-grey slices, far from the clipping at 0 and 1: the noise added has the sd asked for
+    images = np.full((4, 64, 64, 1), 0.5, np.float32)
+    labels = np.zeros((4, 64, 64), np.uint8)
+    cfg = AugmentConfig(**{**NONE, "noise": 1.0, "noise_std": (sd, sd)})
+    out, _ = augment_batch(build_augmentation(cfg, 0), images, labels)
+    np.testing.assert_allclose((out - images).std(axis=(1, 2, 3)), sd, rtol=0.1)
+
+
+def test_noise_std_must_be_an_ordered_fraction():
+    from slice2d.config import ConfigError
+
+    for bad in ([0.1, 0.05], [0.0, 0.1], [0.5, 1.5]):
+        with pytest.raises(ConfigError, match="train.augment.noise_std"):
+            load_config("real-lesions").updated(train={"augment": {"noise_std": bad}})

@@ -35,6 +35,10 @@ With --ensemble NAME [NAME ...] nothing is trained: each fold is segmented by th
 `<out>/<NAME>-fold<k>` of earlier cross-validations together, their class probabilities averaged
 (with --calibrate the threshold is chosen for the average on the fold's validation slices and
 recorded in the results only); results and maps under --name.
+
+With --train val_fraction=0 every patient outside the test fold trains and none validates (the
+cosine schedule keeps the last epoch, so validation only reported); the threshold is then the
+one given (--predict foreground_threshold=T), which --calibrate keeps.
 """
 
 from __future__ import annotations
@@ -234,6 +238,8 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False, membe
     run = runs[0]
     data = run.cfg.data
     val = set(json.loads((run_dir / "splits.json").read_text())["val"])
+    if not val:  # trained on every patient (train.val_fraction 0): nothing to choose on
+        return {"threshold": run.cfg.predict.foreground_threshold, "val_dice_by_threshold": {}}
     scores = {t: [] for t in THRESHOLDS}
     _, groups = _groups(data)
     groups = {c: g for c, g in groups.items() if len(g) == 1 or data.partial}  # lungs: each side
@@ -291,6 +297,9 @@ def main() -> None:
                         help="other train.* settings, e.g. focal_gamma=0 val_fraction=0.1 batch_size=8 (YAML values)")
     parser.add_argument("--model", nargs="*", default=[], metavar="NAME=VALUE",
                         help="other model.* settings, e.g. block=separable dropout=0 (YAML values)")
+    parser.add_argument("--predict", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="predict.* settings, e.g. foreground_threshold=0.1 (the threshold of runs that "
+                             "train on every patient, train val_fraction=0, which --calibrate cannot choose)")
     parser.add_argument("--intensity", nargs="*", default=[], metavar="NAME=VALUE",
                         help="data.intensity settings, e.g. mode=window clahe_clip=1 (slice files prepared anew, named by them)")
     parser.add_argument("--ensemble", nargs="*", default=[], metavar="NAME",
@@ -332,6 +341,8 @@ def main() -> None:
                 cfg = cfg.updated(train={k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.train)})
             if args.augment:
                 cfg = cfg.updated(train={"augment": {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.augment)}})
+            if args.predict:
+                cfg = cfg.updated(predict={k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.predict)})
             train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2,
                   init_from=args.init_from, train_only=args.extra)
         calibration = calibrate(run_dir, files, mirror=args.tta, members=members) if args.calibrate else None

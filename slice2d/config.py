@@ -168,7 +168,9 @@ class TrainConfig(_Frozen):
     # batch: soft Dice pooled over the batch (nnU-Net's batch Dice); sample: each slice's own Dice,
     # averaged (what per-slice benchmarks report; small lesions weigh as much as large ones)
     dice: Literal["batch", "sample"] = "batch"
-    val_fraction: float = Field(0.2, gt=0, lt=1)
+    # share of the patients that validate (at least one); 0: none, every patient trains (cosine
+    # schedule only: it keeps the last epoch, so validation would only have reported)
+    val_fraction: float = Field(0.2, ge=0, lt=1)
     folds: int = Field(1, ge=1)
     fold: int = Field(0, ge=0)
     seed: int = 0
@@ -197,6 +199,9 @@ class TrainConfig(_Frozen):
     def _fold_in_range(self) -> TrainConfig:
         if self.folds > 1 and self.fold >= self.folds:
             raise ValueError(f"fold {self.fold} is not in 0..{self.folds - 1}")
+        if self.val_fraction == 0 and self.schedule != "cosine":
+            raise ValueError("val_fraction 0 (no validation) needs schedule: cosine; the plateau schedule and "
+                             "early stopping follow the validation loss")
         return self
 
 

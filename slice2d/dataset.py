@@ -349,7 +349,8 @@ def split_cases(patients: dict[str, str], val_fraction: float, folds: int, fold:
     The patients are shuffled once. With ``folds > 1`` they are cut into ``folds`` groups; group
     ``fold`` is the test set, and ``val_fraction`` of the other patients (at least one) validate, so
     that choosing the best epoch never looks at the fold that is reported. Without folds,
-    ``val_fraction`` of the patients (at least one) validate and there is no test set.
+    ``val_fraction`` of the patients (at least one) validate and there is no test set. With
+    ``val_fraction`` 0 no patient validates.
     """
     ids = sorted(set(patients.values()))
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
@@ -359,9 +360,14 @@ def split_cases(patients: dict[str, str], val_fraction: float, folds: int, fold:
             raise InputError(f"{folds} folds need at least {folds + 1} patients (one more to validate), found {len(ids)}")
         test_ids = set(np.array_split(np.array(order, dtype=object), folds)[fold].tolist())
         order = [i for i in order if i not in test_ids]
-    if len(order) < 2:
+    if val_fraction == 0:  # every patient trains
+        if not order:
+            raise InputError("no patient is left to train on; use fewer folds")
+        n_val = 0
+    elif len(order) < 2:
         raise InputError(f"need cases from at least 2 patients to split train/validation, found {len(order)}")
-    n_val = min(len(order) - 1, max(1, int(round(val_fraction * len(order)))))
+    else:
+        n_val = min(len(order) - 1, max(1, int(round(val_fraction * len(order)))))
     val_ids = set(order[:n_val])
     cases = sorted(patients)
     return Split(train=[c for c in cases if patients[c] not in val_ids | test_ids],

@@ -191,6 +191,7 @@ def fit(model, strategy, batches: Callable[[int, int, int], Iterator], size: int
 
     batches(pipeline, pipelines, replica_batch): the endless training batches of one input
     pipeline (one per worker), already cut into batches of ``replica_batch`` slices, one per local replica.
+    val: the validation slices and labels (none: no validation logs).
     """
     import keras
     import tensorflow as tf
@@ -228,7 +229,7 @@ def fit(model, strategy, batches: Callable[[int, int, int], Iterator], size: int
             total += step(next(data))
             hooks.on_train_batch_end(i)
         logs = {"loss": float(total) / steps_per_epoch, **{m.name: float(m.result()) for m in metrics},
-                **evaluate(*val)}
+                **(evaluate(*val) if len(val[0]) else {})}
         hooks.on_epoch_end(epoch, logs)
         if model.stop_training:
             break

@@ -108,6 +108,8 @@ def write_model_card(out: Path, cfg: Config, slices_paths: list[Path], split: Sp
     kept = "last" if last else "best"
     metrics = "\n".join(f"| {k[4:]} | {v:.4f} |" for k, v in sorted(best.items()) if k.startswith("val_")
                         and ("dice" in k or "iou" in k))
+    validation = (f"## Validation metrics at the {kept} epoch (pixels pooled over the validation slices)\n\n"
+                  f"| metric | value |\n|---|---|\n{metrics}\n") if split.val else "No validation: every patient trained.\n"
     return write_text(out / "README.md", f"""# slice2d model: {out.name}
 
 - slice2d {__version__}; U-Net depth {cfg.model.depth}, base filters {cfg.model.base_filters},
@@ -119,12 +121,7 @@ def write_model_card(out: Path, cfg: Config, slices_paths: list[Path], split: Sp
   ({'reporting only: cosine learning-rate schedule, last epoch kept' if last else 'best epoch, early stopping'}){f', {len(split.test)} test cases (fold {cfg.train.fold} of {cfg.train.folds}, unseen)' if split.test else ''} (`splits.json`).
 - Kept epoch ({kept}): {int(best.get('epoch', -1)) + 1} of {len(history)}.
 
-## Validation metrics at the {kept} epoch (pixels pooled over the validation slices)
-
-| metric | value |
-|---|---|
-{metrics}
-
+{validation}
 ## Licence
 Weights trained by slice2d; the licence and attribution of the training data apply.
 """)

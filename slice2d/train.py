@@ -315,7 +315,7 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
     finally:
         for f in files:
             f.h5.close()
-    if len(train_x) == 0 or len(val_x) == 0:
+    if len(train_x) == 0 or (len(val_x) == 0 and cfg.train.val_fraction > 0):
         raise InputError(f"{paths[0]}: the split left {len(train_x)} training and {len(val_x)} validation slices; "
                          "add cases or change train.val_fraction")
 
@@ -376,7 +376,7 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
             output_signature=(tf.TensorSpec((batch_size, size, size, 1), tf.float32),
                               tf.TensorSpec((batch_size, size, size), tf.uint8)),
         ).prefetch(2)
-        val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(batch_size).prefetch(2)
+        val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(batch_size).prefetch(2) if len(val_x) else None
         model.fit(train_ds, steps_per_epoch=steps_per_epoch, validation_data=val_ds, epochs=cfg.train.epochs,
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
     else:

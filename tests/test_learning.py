@@ -138,6 +138,25 @@ def test_cosine_schedule_decays_and_keeps_the_last_epoch(tmp_path):
     assert "last epoch kept" in (run / "README.md").read_text()
 
 
+def test_training_on_every_patient_needs_no_validation(tmp_path):
+    write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
+    cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
+                                       train={"epochs": 2, "jit_compile": False, "schedule": "cosine",
+                                              "val_fraction": 0})
+    prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    run = train(tmp_path / "s.h5", tmp_path / "run", cfg, verbose=0)
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["val"] == [] and len(splits["train"]) == 3
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1] and not any(k.startswith("val_") for k in rows[0])
+    assert "No validation: every patient trained." in (run / "README.md").read_text()
+    img = nib.load(sorted((tmp_path / "ph" / "images").glob("*.nii.gz"))[0])
+    labels = predict_array(load_run(run), np.asarray(img.dataobj, dtype=np.float32), geometry_of(img))[0]
+    assert labels.shape == img.shape
+    with pytest.raises(ValueError, match="needs schedule: cosine"):
+        cfg.updated(train={"schedule": "plateau"})
+
+
 @pytest.mark.parametrize("onednn, auto", [("0", "True"), ("1", "False")])
 def test_xla_auto_follows_tensorflows_onednn_switch(onednn, auto):
     # `auto` compiles with XLA unless TensorFlow runs its oneDNN CPU kernels (faster than XLA where

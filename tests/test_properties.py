@@ -113,3 +113,15 @@ def test_cross_validation_folds_never_leak_into_training_or_validation(n_patient
         assert sorted(s.train + s.val + s.test) == sorted(patients)
         tested += s.test
     assert sorted(tested) == sorted(patients)  # every case is tested exactly once over the folds
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_patients=st.integers(7, 30), folds=st.integers(1, 5), seed=st.integers(0, 99))
+def test_without_validation_every_patient_outside_the_test_fold_trains(n_patients, folds, seed):
+    patients = {f"p{p}_{k}": f"p{p}" for p in range(n_patients) for k in range(2)}
+    for fold in range(folds):
+        s = split_cases(patients, 0.0, folds, fold, seed)
+        assert s.val == [] and sorted(s.train + s.test) == sorted(patients)
+        assert not {patients[c] for c in s.train} & {patients[c] for c in s.test}
+        # the same test fold as with a validation split
+        assert s.test == split_cases(patients, 0.2, folds, fold, seed).test

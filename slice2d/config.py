@@ -116,6 +116,16 @@ class ModelConfig(_Frozen):
     # factorisation: 5.8 to 8.7 times fewer multiply-adds at 16 to 256 filters), a plain convolution on the
     # one-channel input
     block: Literal["conv", "separable"] = "conv"
+    # deep supervision (as nnU-Net trains): the decoder levels 1..deep_supervision below the top
+    # get their own softmax head during training, upsampled to the slice, and the loss adds theirs
+    # with weights halving level by level; the saved model has the top head only. 0: off.
+    deep_supervision: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _supervised_levels_exist(self) -> ModelConfig:
+        if self.deep_supervision >= self.depth:
+            raise ValueError(f"model.deep_supervision {self.deep_supervision}: must be below model.depth ({self.depth})")
+        return self
 
 
 class AugmentConfig(_Frozen):

@@ -111,7 +111,7 @@ class FocalDiceLoss(keras.losses.Loss):
     or "sample" (each sample's own Dice)."""
 
     def __init__(self, focal_weight: float = 1.0, dice_weight: float = 1.0, gamma: float = 2.0,
-                 dice: str = "batch", partial: bool = False, name: str = "focal_dice", **kwargs):
+                 dice: str = "batch", partial: bool = False, heads: int = 1, name: str = "focal_dice", **kwargs):
         if dice not in ("batch", "sample"):
             raise ValueError(f"dice must be 'batch' or 'sample', got {dice!r}")
         super().__init__(name=name, **kwargs)
@@ -120,12 +120,23 @@ class FocalDiceLoss(keras.losses.Loss):
         self.gamma = gamma
         self.dice = dice
         self.partial = partial  # the labels may hold partial labels: add the foreground-as-a-whole Dice
+        # deep supervision: the probabilities of this many heads side by side on the channel axis
+        # (the top head first, ``model.build_unet``); head i weighs 2**-i, the weights summing to 1
+        self.heads = heads
 
     def call(self, y_true, y_pred):
         return self.per_sample(y_true, y_pred)
 
     def per_sample(self, y_true, y_pred, pool=None):
         """The loss of each sample (B,); ``pool``: see ``soft_dice_loss`` (batch Dice only)."""
+        if self.heads == 1:
+            return self._one_head(y_true, y_pred, pool)
+        n = y_pred.shape[-1] // self.heads
+        weights = [2.0 ** -i for i in range(self.heads)]
+        return sum(w / sum(weights) * self._one_head(y_true, y_pred[..., i * n:(i + 1) * n], pool)
+                   for i, w in enumerate(weights))
+
+    def _one_head(self, y_true, y_pred, pool=None):
         focal = focal_loss_per_sample(y_true, y_pred, self.gamma)
         if self.dice == "sample":
             dice = soft_dice_loss_per_sample(y_true, y_pred, partial=self.partial)
@@ -135,7 +146,7 @@ class FocalDiceLoss(keras.losses.Loss):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "focal_weight": self.focal_weight, "dice_weight": self.dice_weight,
-                "gamma": self.gamma, "dice": self.dice, "partial": self.partial}
+                "gamma": self.gamma, "dice": self.dice, "partial": self.partial, "heads": self.heads}
 
 
 @keras.saving.register_keras_serializable(package="slice2d")
@@ -149,13 +160,14 @@ class OverlapScore(keras.metrics.Metric):
     """
 
     def __init__(self, class_ids: list[int], kind: str = "dice", name: str | None = None, union: bool = False,
-                 **kwargs):
+                 channels: int | None = None, **kwargs):
         if kind not in ("dice", "iou"):
             raise ValueError(f"kind must be 'dice' or 'iou', got {kind!r}")
         super().__init__(name=name or f"{kind}_{'_'.join(map(str, class_ids))}", **kwargs)
         self.class_ids = [int(c) for c in class_ids]
         self.kind = kind
         self.union = union
+        self.channels = channels  # the top head's classes, the first channels (deep supervision adds more)
         n = 1 if union else len(self.class_ids)
         self.intersection = self.add_variable(shape=(n,), initializer="zeros", name="intersection")
         self.total = self.add_variable(shape=(n,), initializer="zeros", name="total")
@@ -164,7 +176,7 @@ class OverlapScore(keras.metrics.Metric):
         y_true = ops.cast(y_true, "int32")
         if len(y_true.shape) == 4:
             y_true = ops.squeeze(y_true, axis=-1)
-        y_hat = ops.argmax(y_pred, axis=-1)
+        y_hat = ops.argmax(y_pred if self.channels is None else y_pred[..., :self.channels], axis=-1)
         unknown = ops.equal(y_true, ANY_FOREGROUND)
         if self.union:
             t = ops.cast(ops.logical_or(ops.any(ops.stack([ops.equal(y_true, c) for c in self.class_ids]), axis=0),
@@ -195,17 +207,19 @@ class OverlapScore(keras.metrics.Metric):
         self.total.assign(ops.zeros_like(self.total))
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "class_ids": self.class_ids, "kind": self.kind, "union": self.union}
+        return {**super().get_config(), "class_ids": self.class_ids, "kind": self.kind, "union": self.union,
+                "channels": self.channels}
 
 
 def overlap_metrics(classes: tuple[str, ...] | list[str], partial: bool = False) -> list[OverlapScore]:
     """Per-class Dice and IoU for every foreground class, plus the foreground mean Dice (``dice_mean``);
     ``partial`` (labels that name only "foreground" in places): also the Dice of the foreground as
     a whole (``dice_foreground``)."""
-    foreground = list(range(1, len(classes)))
-    metrics: list[OverlapScore] = [OverlapScore(foreground, "dice", name="dice_mean")]
+    foreground, n = list(range(1, len(classes))), len(classes)
+    metrics: list[OverlapScore] = [OverlapScore(foreground, "dice", name="dice_mean", channels=n)]
     for c, name in enumerate(classes[1:], start=1):
-        metrics += [OverlapScore([c], "dice", name=f"dice_{name}"), OverlapScore([c], "iou", name=f"iou_{name}")]
+        metrics += [OverlapScore([c], "dice", name=f"dice_{name}", channels=n),
+                    OverlapScore([c], "iou", name=f"iou_{name}", channels=n)]
     if partial:
-        metrics.append(OverlapScore(foreground, "dice", name="dice_foreground", union=True))
+        metrics.append(OverlapScore(foreground, "dice", name="dice_foreground", union=True, channels=n))
     return metrics

@@ -45,12 +45,22 @@ def _conv_block(x, filters: int, cfg: ModelConfig, name: str, dtype: str | None)
     return x
 
 
-def build_unet(size: int | None, n_classes: int, cfg: ModelConfig, dtype: str | None = None) -> keras.Model:
+def _softmax_head(n_classes: int, name: str) -> layers.Conv2D:
+    """A 1x1 convolution to class probabilities, in float32 even under mixed precision (a stable loss)."""
+    return layers.Conv2D(n_classes, 1, activation="softmax", dtype="float32", name=name)
+
+
+def build_unet(size: int | None, n_classes: int, cfg: ModelConfig, dtype: str | None = None,
+               training_heads: bool = False) -> keras.Model:
     """A U-Net for ``size x size`` single-channel slices; ``size`` must be divisible by 2**depth.
     ``size`` None: any height and width divisible by 2**depth (training on patches, ``train.patch``).
 
     dtype: the dtype policy of every layer but the softmax head (e.g. "mixed_bfloat16"); None: the
     global policy (``keras.config.set_dtype_policy``, which training sets for mixed precision).
+    training_heads: with ``cfg.deep_supervision`` k > 0, the network to train: the output is the top
+    head's probabilities followed, on the channel axis, by those of the heads of decoder levels
+    1..k, each upsampled to the slice (bilinear: still probabilities); ``top_head`` is the network
+    to save and predict with.
     """
     if size is not None and size % (2 ** cfg.depth):
         raise ValueError(f"slice size {size} is not divisible by 2**depth = {2 ** cfg.depth}; "
@@ -65,21 +75,36 @@ def build_unet(size: int | None, n_classes: int, cfg: ModelConfig, dtype: str | 
     x = _conv_block(x, cfg.base_filters * 2 ** cfg.depth, cfg, "bottom", dtype)
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, name="bottom_dropout", dtype=dtype)(x)
+    heads, deep = [], {}
     for level in reversed(range(cfg.depth)):
         filters = cfg.base_filters * 2 ** level
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}_transpose", dtype=dtype)(x)
         x = layers.Concatenate(name=f"up{level}_concat", dtype=dtype)([x, skips[level]])
         x = _conv_block(x, filters, cfg, f"up{level}", dtype)
-    # float32 softmax even under mixed precision, for a stable loss
-    head = layers.Conv2D(n_classes, 1, activation="softmax", dtype="float32", name="probabilities")
-    outputs = head(x)
+        if training_heads and 0 < level <= cfg.deep_supervision:
+            heads.append(_softmax_head(n_classes, f"probabilities_level{level}"))
+            deep[level] = layers.UpSampling2D(2 ** level, interpolation="bilinear", dtype="float32",
+                                              name=f"probabilities_level{level}_up")(heads[-1](x))
+    heads.append(_softmax_head(n_classes, "probabilities"))
+    outputs = heads[-1](x)
+    if deep:
+        outputs = layers.Concatenate(name="deep_supervision", dtype="float32")([outputs, *(deep[k] for k in sorted(deep))])
     model = keras.Model(inputs, outputs, name="unet")
     # Start from the prior "almost everything is background" (Lin et al. 2017): otherwise the
     # first few hundred steps only learn that, and small foreground classes are learned late.
     prior = np.full(n_classes, BACKGROUND_PRIOR_FOREGROUND / (n_classes - 1), dtype=np.float32)
     prior[0] = 1.0 - BACKGROUND_PRIOR_FOREGROUND
-    head.bias.assign(np.log(prior))
+    for head in heads:
+        head.bias.assign(np.log(prior))
     return model
+
+
+def top_head(model: keras.Model) -> keras.Model:
+    """The U-Net to save and predict with: ``model`` itself, or, for a network built with deep
+    supervision heads, the same layers up to the top head only (no copy: they share weights)."""
+    if not any(layer.name == "deep_supervision" for layer in model.layers):
+        return model
+    return keras.Model(model.inputs, model.get_layer("probabilities").output, name="unet")
 
 
 def fold_batch_norm(model: keras.Model, size: int, n_classes: int, cfg: ModelConfig,

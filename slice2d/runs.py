@@ -113,7 +113,7 @@ def write_model_card(out: Path, cfg: Config, slices_paths: list[Path], split: Sp
     return write_text(out / "README.md", f"""# slice2d model: {out.name}
 
 - slice2d {__version__}; U-Net depth {cfg.model.depth}, base filters {cfg.model.base_filters},
-  {'depthwise-separable convolutions, ' if cfg.model.block == 'separable' else ''}{'residual blocks, ' if cfg.model.residual else ''}classes {list(cfg.data.classes)}
+  {'depthwise-separable convolutions, ' if cfg.model.block == 'separable' else ''}{'residual blocks, ' if cfg.model.residual else ''}{f'deep supervision of {cfg.model.deep_supervision} decoder level(s) in training, ' if cfg.model.deep_supervision else ''}classes {list(cfg.data.classes)}
 - Input: {cfg.data.size}x{cfg.data.size} axial slices in the canonical display orientation;
   intensity: NIfTI in HU windowed to {list(cfg.data.intensity.window)} HU, 8-bit slices / 255, then
   `{cfg.data.intensity.mode}`{' (per-slice min-max + CLAHE)' if cfg.data.intensity.mode == 'clahe' else ''}.

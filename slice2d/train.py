@@ -128,6 +128,8 @@ def _callbacks(out: Path, history: list[dict[str, float]], keep_last: bool, tens
     and (``tensorboard``) the epoch curves as TensorBoard event files in ``out/tensorboard``."""
     import keras
 
+    from slice2d.model import top_head
+
     class History(keras.callbacks.Callback):
         """``history.csv``, rewritten whole after every epoch (earlier epochs of a resumed run kept)."""
 
@@ -155,7 +157,7 @@ def _callbacks(out: Path, history: list[dict[str, float]], keep_last: bool, tens
                 self.best = float(value)
             if improved or self.keep_last:
                 with atomic_path(self.path) as tmp:
-                    self.model.save(tmp)
+                    top_head(self.model).save(tmp)
 
     class EpochBackup(keras.callbacks.Callback):
         """``backup/epoch-NNNN.weights.h5`` (weights and optimiser) after every epoch; older ones removed."""
@@ -193,9 +195,12 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
     for key, label in (("loss", "train"), ("val_loss", "validation")):
         ax_loss.plot(epochs, [r.get(key, np.nan) for r in history], marker="o", label=label)
     ax_loss.set(xlabel="epoch", ylabel="focal + Dice loss", title="Loss")
-    for key in sorted(k for k in history[-1] if k.startswith("val_dice_")):
-        ax_dice.plot(epochs, [r.get(key, np.nan) for r in history], marker="o", label=key[4:])
-    ax_dice.set(xlabel="epoch", ylabel="Dice (validation)", ylim=(0, 1), title="Validation Dice")
+    # validation Dice; training Dice (on augmented slices) when nothing validates (val_fraction 0)
+    prefix = "val_" if any(k.startswith("val_dice_") for k in history[-1]) else ""
+    side = "validation" if prefix else "training"
+    for key in sorted(k for k in history[-1] if k.startswith(f"{prefix}dice_")):
+        ax_dice.plot(epochs, [r.get(key, np.nan) for r in history], marker="o", label=key[len(prefix):])
+    ax_dice.set(xlabel="epoch", ylabel=f"Dice ({side})", ylim=(0, 1), title=f"{side.capitalize()} Dice")
     for ax in (ax_loss, ax_dice):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -272,6 +277,7 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
     import keras
 
     from slice2d.distributed import fit, replica_batch_size
+    from slice2d.model import top_head
 
     backup = out / "backup"
     if resume:
@@ -343,7 +349,7 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
         model = _compiled_model(cfg, policy, xla, steps_per_epoch, paths[0])
         if init_from is not None and not resume:
             try:
-                model.set_weights(load_trained_model(Path(init_from)).get_weights())
+                _start_from(model, load_trained_model(Path(init_from)))
             except ValueError:
                 raise InputError(f"{init_from}: its network differs from this config's; fine-tune with the same "
                                  "model settings") from None
@@ -387,10 +393,21 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
             callbacks=callbacks, verbose=verbose, xla=xla)
     if not (out / "model.keras").exists():  # no epoch beat the threshold (cannot happen on a fresh run)
         with atomic_path(out / "model.keras") as tmp:
-            model.save(tmp)
+            top_head(model).save(tmp)
     history = _read_history(history_path)
     plot_history(history, out / "curves.png")
     write_model_card(out, cfg, paths + extra_paths, split, history)
+
+
+def _start_from(model, trained) -> None:
+    """``model`` takes the weights of ``trained``, layer by layer (deep supervision heads that
+    ``trained`` lacks keep their initial weights); ValueError if any other layer differs."""
+    names = {layer.name for layer in trained.layers}
+    for layer in model.layers:
+        if layer.name in names:
+            layer.set_weights(trained.get_layer(layer.name).get_weights())
+        elif layer.weights and not layer.name.startswith("probabilities_level"):
+            raise ValueError(f"layer {layer.name} is not in the trained network")
 
 
 def compute_policy(train_cfg: TrainConfig) -> str:
@@ -413,7 +430,8 @@ def _compiled_model(cfg: Config, policy: str, xla: bool, steps_per_epoch: int, s
     keras.mixed_precision.set_global_policy(policy)
     try:
         # trained on patches: one network for patches and whole slices alike
-        model = build_unet(None if cfg.train.patch else cfg.data.size, len(cfg.data.classes), cfg.model)
+        model = build_unet(None if cfg.train.patch else cfg.data.size, len(cfg.data.classes), cfg.model,
+                           training_heads=True)
     except ValueError as exc:  # the slices' size does not suit the network's depth
         raise InputError(f"{source}: {exc}") from None
     finally:
@@ -426,7 +444,7 @@ def _compiled_model(cfg: Config, policy: str, xla: bool, steps_per_epoch: int, s
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=FocalDiceLoss(cfg.train.focal_weight, cfg.train.dice_weight, cfg.train.focal_gamma, cfg.train.dice,
-                           partial=cfg.data.partial),
+                           partial=cfg.data.partial, heads=1 + cfg.model.deep_supervision),
         metrics=overlap_metrics(cfg.data.classes, partial=cfg.data.partial),
         jit_compile=xla,
     )

@@ -86,7 +86,7 @@ def test_workers_augment_disjoint_parts_of_each_global_batch():
     n = 40
     images = (np.arange(n, dtype=np.float32) / n).reshape(n, 1, 1, 1) * np.ones((n, 4, 4, 1), np.float32)
     labels = np.zeros((n, 4, 4), np.uint8)
-    cfg = load_config("demo").updated(train={"augment": AugmentConfig(**{k: 0.0 for k in AugmentConfig.model_fields if k != "scale"})})
+    cfg = load_config("demo").updated(train={"augment": AugmentConfig(**{k: 0.0 for k, f in AugmentConfig.model_fields.items() if isinstance(f.default, float)})})
 
     def ids(batch) -> list[int]:
         return [round(float(v) * n) for v in batch[0][:, 0, 0, 0]]
@@ -316,7 +316,7 @@ def test_source_balance_draws_a_small_file_more_often(balance, share):
     labels = np.zeros((n, 4, 4), np.uint8)
     sources = np.array([0] * 90 + [1] * 10)
     cfg = load_config("demo").updated(train={"source_balance": balance, "augment": AugmentConfig(
-        **{k: 0.0 for k in AugmentConfig.model_fields if k != "scale"})})
+        **{k: 0.0 for k, f in AugmentConfig.model_fields.items() if isinstance(f.default, float)})})
     batches = _batches(images, labels, 10, cfg, weights=draw_weights(sources, cfg.train.source_balance))
     drawn = np.array([round(float(v) * n) for _ in range(200) for v in next(batches)[0][:, 0, 0, 0]])
     assert abs(np.mean(drawn >= 90) - share) < 0.03

@@ -157,6 +157,31 @@ def test_training_on_every_patient_needs_no_validation(tmp_path):
         cfg.updated(train={"schedule": "plateau"})
 
 
+def test_deep_supervision_trains_all_heads_and_saves_the_top_one(tmp_path):
+    write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
+    cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
+                                       train={"epochs": 1, "jit_compile": False, "schedule": "cosine"})
+    prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    plain = train(tmp_path / "s.h5", tmp_path / "plain", cfg, verbose=0)
+    deep = cfg.updated(model={"deep_supervision": 1})
+    run = train(tmp_path / "s.h5", tmp_path / "deep", deep, verbose=0, init_from=plain)  # from a run without heads
+    saved = keras.saving.load_model(run / "model.keras", compile=False)
+    assert saved.output_shape == (None, 32, 32, 2) and "probabilities_level1" not in {layer.name for layer in saved.layers}
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert "val_dice_mean" in rows[0]
+    img = nib.load(sorted((tmp_path / "ph" / "images").glob("*.nii.gz"))[0])
+    labels = predict_array(load_run(run), np.asarray(img.dataobj, dtype=np.float32), geometry_of(img))[0]
+    assert labels.shape == img.shape
+    # the level-1 head trained: its weights moved from their initial values, which a plain run lacks
+    backup = build_unet(None, 2, deep.model, training_heads=True)
+    backup.compile(optimizer=keras.optimizers.Adam())
+    backup.optimizer.build(backup.trainable_variables)
+    fresh = backup.get_layer("probabilities_level1").get_weights()[0].copy()
+    backup.load_weights(run / "backup" / "epoch-0001.weights.h5")
+    assert not np.allclose(backup.get_layer("probabilities_level1").get_weights()[0], fresh)
+    assert "deep supervision of 1 decoder level" in (run / "README.md").read_text()
+
+
 @pytest.mark.parametrize("onednn, auto", [("0", "True"), ("1", "False")])
 def test_xla_auto_follows_tensorflows_onednn_switch(onednn, auto):
     # `auto` compiles with XLA unless TensorFlow runs its oneDNN CPU kernels (faster than XLA where

@@ -8,7 +8,7 @@ import pytest
 
 from slice2d.config import ModelConfig
 from slice2d.losses import FocalDiceLoss, OverlapScore, focal_loss, overlap_metrics, soft_dice_loss
-from slice2d.model import build_unet
+from slice2d.model import build_unet, top_head
 
 
 def _onehot_probs(labels: np.ndarray, n: int, p_true: float) -> np.ndarray:
@@ -87,6 +87,38 @@ def test_unet_shapes_and_size_check():
     assert model.output_shape == (None, 64, 64, 2)
     with pytest.raises(ValueError, match="not divisible"):
         build_unet(100, 2, ModelConfig(depth=3))
+
+
+def test_deep_supervision_heads_are_probabilities_and_only_train():
+    cfg = ModelConfig(depth=3, base_filters=4, deep_supervision=2)
+    training = build_unet(None, 3, cfg, training_heads=True)
+    x = np.random.default_rng(0).random((2, 32, 32, 1)).astype(np.float32)
+    out = np.asarray(training(x))
+    assert out.shape == (2, 32, 32, 9)  # the top head, then levels 1 and 2 upsampled to the slice
+    np.testing.assert_allclose(out.reshape(2, 32, 32, 3, 3).sum(axis=-1), 1.0, atol=1e-5)
+    top = top_head(training)
+    assert top.output_shape == (None, None, None, 3)
+    np.testing.assert_allclose(np.asarray(top(x)), out[..., :3], atol=1e-6)
+    # the network to save is the plain U-Net: the same layers and weights as one built without heads
+    plain = build_unet(None, 3, cfg)
+    assert [w.shape for w in plain.weights] == [w.shape for w in top.weights]
+    assert top_head(plain) is plain
+    with pytest.raises(ValueError, match="below model.depth"):
+        ModelConfig(depth=3, deep_supervision=3)
+
+
+def test_deep_supervision_loss_weighs_the_heads_by_halves():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, (2, 8, 8)).astype(np.int32)
+    heads = [_onehot_probs(rng.integers(0, 2, (2, 8, 8)), 2, p) for p in (0.9, 0.7, 0.6)]
+    one = FocalDiceLoss()
+    expected = sum(w * np.asarray(one.per_sample(y, h)) for w, h in zip((4 / 7, 2 / 7, 1 / 7), heads, strict=True))
+    np.testing.assert_allclose(np.asarray(FocalDiceLoss(heads=3).per_sample(y, np.concatenate(heads, axis=-1))),
+                               expected, rtol=1e-5)
+    # the metrics score the top head only
+    metric = OverlapScore([1], "dice", channels=2)
+    metric.update_state(y, np.concatenate([_onehot_probs(y, 2, 0.9), heads[1]], axis=-1))
+    assert float(metric.result()) == pytest.approx(1.0)
 
 
 def _two_slices():

@@ -38,7 +38,8 @@ def latest_backup(folder: Path) -> tuple[int, Path] | None:
 
 
 def _resolve_config(files: list[SliceFile], cfg: Config) -> Config:
-    """The run's config: model and training from ``cfg``, data exactly as the slices were prepared."""
+    """The run's config: model, training and prediction settings from ``cfg``, data exactly as the
+    slices were prepared."""
     datas = [config_from_yaml(f.data_config_yaml).data for f in files]
     for f, d in zip(files[1:], datas[1:], strict=True):
         if (d.size, d.classes, d.intensity, d.task) != (datas[0].size, datas[0].classes, datas[0].intensity, datas[0].task):
@@ -48,7 +49,7 @@ def _resolve_config(files: list[SliceFile], cfg: Config) -> Config:
     data = next((d for d in datas if d.partial), datas[0])
     if data != cfg.data:
         log.info("using the data settings stored in %s (they define the slices)", files[datas.index(data)].path)
-    return Config(data=data, model=cfg.model, train=cfg.train)
+    return Config(data=data, model=cfg.model, train=cfg.train, predict=cfg.predict)
 
 
 def _gather(files: list[SliceFile], names: list[str], cases: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

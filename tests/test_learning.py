@@ -142,9 +142,11 @@ def test_training_on_every_patient_needs_no_validation(tmp_path):
     write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
     cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
                                        train={"epochs": 2, "jit_compile": False, "schedule": "cosine",
-                                              "val_fraction": 0})
+                                              "val_fraction": 0}, predict={"foreground_threshold": 0.2})
     prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
     run = train(tmp_path / "s.h5", tmp_path / "run", cfg, verbose=0)
+    # nothing to choose a threshold on: the run keeps the one it was given
+    assert load_run(run).cfg.predict.foreground_threshold == 0.2
     splits = json.loads((run / "splits.json").read_text())
     assert splits["val"] == [] and len(splits["train"]) == 3
     rows = list(csv.DictReader((run / "history.csv").open()))

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import invoke, need_samples
 
-from slice2d.config import load_config
+from slice2d.config import Config, load_config
 from slice2d.dataset import prepare
 from slice2d.io import geometry_of
 from slice2d.model import build_unet
@@ -100,11 +100,18 @@ def test_predict_real_volume_keeps_shape_and_affine(trained, tmp_path, name):
     assert report["lung_ml"] > 0
 
 
-def test_resume_continues_history_with_same_splits(tmp_path):
+def _small_slices(tmp_path: Path, train_settings: dict) -> Config:
+    """Three small phantoms prepared in ``tmp_path / "s.h5"`` (from ``tmp_path / "ph"``) for a
+    depth-2 / 4-filter network at 32x32: that config with ``train_settings``, without XLA."""
     write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
     cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
-                                       train={"epochs": 1, "jit_compile": False})
+                                       train={"jit_compile": False, **train_settings})
     prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    return cfg
+
+
+def test_resume_continues_history_with_same_splits(tmp_path):
+    cfg = _small_slices(tmp_path, {"epochs": 1})
     run = train(tmp_path / "s.h5", tmp_path / "run", cfg, verbose=0)
     splits = (run / "splits.json").read_text()
     with pytest.raises(ValueError, match="already exists"):
@@ -116,12 +123,8 @@ def test_resume_continues_history_with_same_splits(tmp_path):
 
 
 def test_cosine_schedule_decays_and_keeps_the_last_epoch(tmp_path):
-    write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
-    cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
-                                       train={"epochs": 3, "jit_compile": False, "schedule": "cosine",
-                                              "learning_rate": 1e-2, "min_learning_rate": 1e-4,
-                                              "early_stopping_patience": 1})
-    prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    cfg = _small_slices(tmp_path, {"epochs": 3, "schedule": "cosine", "learning_rate": 1e-2,
+                                   "min_learning_rate": 1e-4, "early_stopping_patience": 1})
     run = train(tmp_path / "s.h5", tmp_path / "run", cfg, verbose=0)
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # no early stop, whatever the validation did
@@ -139,11 +142,8 @@ def test_cosine_schedule_decays_and_keeps_the_last_epoch(tmp_path):
 
 
 def test_training_on_every_patient_needs_no_validation(tmp_path):
-    write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
-    cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
-                                       train={"epochs": 2, "jit_compile": False, "schedule": "cosine",
-                                              "val_fraction": 0}, predict={"foreground_threshold": 0.2})
-    prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    cfg = _small_slices(tmp_path, {"epochs": 2, "schedule": "cosine", "val_fraction": 0})
+    cfg = cfg.updated(predict={"foreground_threshold": 0.2})
     run = train(tmp_path / "s.h5", tmp_path / "run", cfg, verbose=0)
     # nothing to choose a threshold on: the run keeps the one it was given
     assert load_run(run).cfg.predict.foreground_threshold == 0.2
@@ -160,10 +160,7 @@ def test_training_on_every_patient_needs_no_validation(tmp_path):
 
 
 def test_deep_supervision_trains_all_heads_and_saves_the_top_one(tmp_path):
-    write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
-    cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
-                                       train={"epochs": 1, "jit_compile": False, "schedule": "cosine"})
-    prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    cfg = _small_slices(tmp_path, {"epochs": 1, "schedule": "cosine"})
     plain = train(tmp_path / "s.h5", tmp_path / "plain", cfg, verbose=0)
     deep = cfg.updated(model={"deep_supervision": 1})
     run = train(tmp_path / "s.h5", tmp_path / "deep", deep, verbose=0, init_from=plain)  # from a run without heads
@@ -234,10 +231,7 @@ def test_fine_tuning_starts_from_the_run_and_keeps_its_sides(tmp_path):
 
 
 def test_training_uses_the_configured_dice(tmp_path):
-    write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
-    cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
-                                       train={"epochs": 1, "jit_compile": False, "dice": "sample"})
-    prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    cfg = _small_slices(tmp_path, {"epochs": 1, "dice": "sample"})
     run = train(tmp_path / "s.h5", tmp_path / "run", cfg, verbose=0)
     model = keras.saving.load_model(run / "model.keras")  # compiled: the loss it trained with
     assert model.loss.dice == "sample"
@@ -251,11 +245,7 @@ def test_cpu_bfloat16_training_computes_in_bfloat16_and_predicts_in_float32(tmp_
     import slice2d.hardware as hardware
     from slice2d.train import compute_policy
 
-    write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
-    cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
-                                       train={"epochs": 3, "jit_compile": False, "cpu_precision": "bfloat16",
-                                              "learning_rate": 1e-2})
-    prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    cfg = _small_slices(tmp_path, {"epochs": 3, "cpu_precision": "bfloat16", "learning_rate": 1e-2})
     run = train(tmp_path / "s.h5", tmp_path / "run", cfg, verbose=0)
     trained = keras.saving.load_model(run / "model.keras", compile=False)
     policies = {layer.dtype_policy.name for layer in trained.layers if layer.weights}
@@ -277,10 +267,7 @@ def test_cpu_bfloat16_training_computes_in_bfloat16_and_predicts_in_float32(tmp_
 def test_training_on_patches_predicts_whole_slices(tmp_path):
     """train.patch: the steps see patches (history: the loss falls), the saved network takes any
     size, and the run predicts whole slices onto the input's grid, like a run trained on them."""
-    write_phantoms(tmp_path / "ph", cases=3, shape=(48, 48, 24), spacing=(7.0, 7.0, 13.0), seed=1)
-    cfg = load_config("demo").updated(data={"size": 32}, model={"depth": 2, "base_filters": 4},
-                                       train={"epochs": 3, "jit_compile": False, "patch": 16, "learning_rate": 1e-2})
-    prepare(tmp_path / "ph" / "images", tmp_path / "ph" / "lesions", tmp_path / "s.h5", cfg)
+    cfg = _small_slices(tmp_path, {"epochs": 3, "patch": 16, "learning_rate": 1e-2})
     run = train(tmp_path / "s.h5", tmp_path / "run", cfg, verbose=0)
     model = keras.saving.load_model(run / "model.keras", compile=False)
     assert tuple(model.input_shape) == (None, None, None, 1)

@@ -60,6 +60,7 @@ from slice2d.images import read_label_slice, read_patients, read_slice, slice_ge
 from slice2d.io import write_text
 from slice2d.orientation import Orientation
 from slice2d.predict import load_run, predict_array, with_options
+from slice2d.runs import run_config
 from slice2d.anatomy import lesions_near_lungs
 from slice2d.train import train
 
@@ -234,12 +235,12 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False, membe
     classes (ties: the one nearer 0.5). Without ``mirror`` it is written into the run's
     config.yaml. ``members``: the runs of an ensemble, whose averaged probabilities are calibrated
     (nothing written). Returns it and the scores."""
+    val = set(json.loads((run_dir / "splits.json").read_text())["val"])
+    if not val:  # trained on every patient (train.val_fraction 0): nothing to choose on
+        return {"threshold": run_config(run_dir).predict.foreground_threshold, "val_dice_by_threshold": {}}
     runs = [with_options(load_run(d), mirror=mirror) for d in members or [run_dir]]
     run = runs[0]
     data = run.cfg.data
-    val = set(json.loads((run_dir / "splits.json").read_text())["val"])
-    if not val:  # trained on every patient (train.val_fraction 0): nothing to choose on
-        return {"threshold": run.cfg.predict.foreground_threshold, "val_dice_by_threshold": {}}
     scores = {t: [] for t in THRESHOLDS}
     _, groups = _groups(data)
     groups = {c: g for c, g in groups.items() if len(g) == 1 or data.partial}  # lungs: each side
@@ -261,6 +262,11 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False, membe
         cfg = run.cfg.updated(predict={"foreground_threshold": best})
         write_text(run_dir / "config.yaml", cfg.to_yaml())
     return {"threshold": best, "val_dice_by_threshold": {str(t): m for t, m in mean.items()}}
+
+
+def _settings(pairs: list[str]) -> dict:
+    """``NAME=VALUE`` command-line settings as a dict, each value read as YAML."""
+    return {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in pairs)}
 
 
 def main() -> None:
@@ -312,7 +318,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     args.size = args.size or load_config(f"real-{args.task}").data.size
     files = slice_files(args.task, args.out, args.size,
-                        {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.intensity)})
+                        _settings(args.intensity))
     results_path = args.out / f"{args.name or f'{args.task}-{args.size}'}-cv{'-calibrated' if args.calibrate else ''}{'-tta' if args.tta else ''}{'-with-lungs' if args.with_lungs else ''}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     folds = [None] if args.final else args.only if args.only is not None else range(args.folds)
@@ -328,7 +334,7 @@ def main() -> None:
             if args.epochs:
                 cfg = cfg.updated(train={"epochs": args.epochs})
             model = {k: v for k, v in {"depth": args.depth, "base_filters": args.base_filters}.items() if v}
-            model |= {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.model)}
+            model |= _settings(args.model)
             if model:
                 cfg = cfg.updated(model=model)
             if args.schedule:
@@ -338,11 +344,11 @@ def main() -> None:
             if args.dice:
                 cfg = cfg.updated(train={"dice": args.dice})
             if args.train:
-                cfg = cfg.updated(train={k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.train)})
+                cfg = cfg.updated(train=_settings(args.train))
             if args.augment:
-                cfg = cfg.updated(train={"augment": {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.augment)}})
+                cfg = cfg.updated(train={"augment": _settings(args.augment)})
             if args.predict:
-                cfg = cfg.updated(predict={k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.predict)})
+                cfg = cfg.updated(predict=_settings(args.predict))
             train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2,
                   init_from=args.init_from, train_only=args.extra)
         calibration = calibrate(run_dir, files, mirror=args.tta, members=members) if args.calibrate else None

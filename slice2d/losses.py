@@ -132,9 +132,9 @@ class FocalDiceLoss(keras.losses.Loss):
         if self.heads == 1:
             return self._one_head(y_true, y_pred, pool)
         n = y_pred.shape[-1] // self.heads
-        weights = [2.0 ** -i for i in range(self.heads)]
-        return sum(w / sum(weights) * self._one_head(y_true, y_pred[..., i * n:(i + 1) * n], pool)
-                   for i, w in enumerate(weights))
+        total = sum(2.0 ** -i for i in range(self.heads))
+        return sum(2.0 ** -i / total * self._one_head(y_true, y_pred[..., i * n:(i + 1) * n], pool)
+                   for i in range(self.heads))
 
     def _one_head(self, y_true, y_pred, pool=None):
         focal = focal_loss_per_sample(y_true, y_pred, self.gamma)

@@ -15,6 +15,7 @@ from keras import layers
 from slice2d.config import ModelConfig
 
 BACKGROUND_PRIOR_FOREGROUND = 0.01  # initial probability mass of all foreground classes together
+DEEP_HEAD = "probabilities_level"  # name prefix of the deep supervision heads (training only)
 
 
 def _conv(x, filters: int, cfg: ModelConfig, name: str, dtype: str | None):
@@ -82,9 +83,9 @@ def build_unet(size: int | None, n_classes: int, cfg: ModelConfig, dtype: str | 
         x = layers.Concatenate(name=f"up{level}_concat", dtype=dtype)([x, skips[level]])
         x = _conv_block(x, filters, cfg, f"up{level}", dtype)
         if training_heads and 0 < level <= cfg.deep_supervision:
-            heads.append(_softmax_head(n_classes, f"probabilities_level{level}"))
+            heads.append(_softmax_head(n_classes, f"{DEEP_HEAD}{level}"))
             deep[level] = layers.UpSampling2D(2 ** level, interpolation="bilinear", dtype="float32",
-                                              name=f"probabilities_level{level}_up")(heads[-1](x))
+                                              name=f"{DEEP_HEAD}{level}_up")(heads[-1](x))
     heads.append(_softmax_head(n_classes, "probabilities"))
     outputs = heads[-1](x)
     if deep:

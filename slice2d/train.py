@@ -403,11 +403,13 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
 def _start_from(model, trained) -> None:
     """``model`` takes the weights of ``trained``, layer by layer (deep supervision heads that
     ``trained`` lacks keep their initial weights); ValueError if any other layer differs."""
+    from slice2d.model import DEEP_HEAD
+
     names = {layer.name for layer in trained.layers}
     for layer in model.layers:
         if layer.name in names:
             layer.set_weights(trained.get_layer(layer.name).get_weights())
-        elif layer.weights and not layer.name.startswith("probabilities_level"):
+        elif layer.weights and not layer.name.startswith(DEEP_HEAD):
             raise ValueError(f"layer {layer.name} is not in the trained network")
 
 

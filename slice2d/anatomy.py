@@ -18,7 +18,7 @@ anatomy of the whole volume to bear on their maps, one place for every input kin
 - **Lesions** are kept only where they can be: nothing outside the body, nothing air-like outside
   the lungs (gas, airways), a lesion piece (in-plane, connected) with no pixel within
   ``LUNG_MARGIN_MM`` of the lungs is dropped, and on HU volumes a piece mostly outside the lungs
-  (the liver or spleen dome, the stomach wall) keeps only its part near them, and the top of a
+  (the liver or spleen dome, the diaphragm, the stomach wall) keeps only its part inside them, and the top of a
   dome cut by the slice (a soft round blob inside the lung, denser tissue right below it) is
   dropped; lesion the lung map missed is added to it, so that PI% counts it.
 - **A sanity block** for every report: body found, lungs found and their volume, whether the
@@ -216,29 +216,29 @@ def keep_lesions(lesions: np.ndarray, anatomy: ScanAnatomy, geometry: Geometry,
             lesion[(hu[:, :, k] < AIR_HU) & (lung == 0)] = 0
         _drop_pieces_away(lesion, lung, disc)
         if body is not None:  # HU volume: the lungs are the built-in extraction's (or combined)
-            _trim_piece_outside(lesion, lung, disc)
+            _trim_piece_outside(lesion, lung)
         _add_lesion_to_lung(out_lungs[:, :, k], lesion)
     return from_canonical(kept, geometry), from_canonical(out_lungs, geometry)
 
 
-def _trim_piece_outside(lesion: np.ndarray, lung: np.ndarray, disc: np.ndarray) -> None:
+def _trim_piece_outside(lesion: np.ndarray, lung: np.ndarray) -> None:
     """One axial slice: lesion pieces (8-connected) that lie mostly outside the lungs keep (in
-    place) only their pixels within ``disc`` of them.
+    place) only their pixels inside them.
 
-    At the lung bases the liver and spleen domes, and the stomach wall, sit in the same slice as
-    the lung, touching it; a lesion network that fires there gives a piece that touches the lung
-    but lies mostly outside it. Consolidation the extraction left out is a piece mostly inside
-    the lungs (the extraction's 15 mm closing takes in subpleural bites), and stays whole.
+    At the lung bases the liver and spleen domes, the diaphragm and the stomach wall sit in the
+    same slice as the lung, touching it; a lesion network that fires there gives a piece that
+    touches the lung but lies mostly outside it, often a band of soft tissue one or two voxels
+    wide along the lung's edge, which no margin in millimetres tells from a pleural rim on a
+    coarse grid. Consolidation the extraction left out is a piece mostly inside the lungs (the
+    extraction's 15 mm closing takes in subpleural bites), and stays whole.
     """
     n, pieces = cv2.connectedComponents((lesion > 0).astype(np.uint8), connectivity=8)
     inside = np.bincount(pieces[lung > 0], minlength=n)
     sizes = np.bincount(pieces.ravel(), minlength=n)
     mostly_outside = inside < MIN_INSIDE_FRACTION * sizes
     mostly_outside[0] = False
-    if not mostly_outside.any():
-        return
-    near = cv2.dilate((lung > 0).astype(np.uint8), disc) > 0
-    lesion[mostly_outside[pieces] & ~near] = 0
+    if mostly_outside.any():
+        lesion[mostly_outside[pieces] & (lung == 0)] = 0
 
 
 def _drop_dome_tops(lesions: np.ndarray, hu: np.ndarray, slice_mm: float) -> None:

@@ -43,12 +43,10 @@ from __future__ import annotations
 
 import logging
 
-import cv2
 import numpy as np
 from scipy import ndimage
 
-from slice2d.morphology import (SQUARE, bbox, dilate, erode, fill_holes_inplane, label_sizes, remove_border_regions,
-                                select)
+from slice2d.morphology import SQUARE, bbox, dilate, erode, fill_holes_inplane, remove_border_regions, select
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +73,9 @@ def _body_mask(image: np.ndarray, spacing) -> np.ndarray:
     opened = dilate(erode(image >= AIR_HU, disk), disk)  # each slice one block of memory
     largest = np.zeros_like(opened)
     for z in range(image.shape[2]):
-        n, lab, stats, _ = cv2.connectedComponentsWithStats(
-            np.ascontiguousarray(opened[:, :, z]).view(np.uint8), connectivity=4)
-        if n > 1:
-            np.equal(lab, np.argmax(stats[1:, cv2.CC_STAT_AREA]) + 1, out=largest[:, :, z])
+        lab, n = ndimage.label(opened[:, :, z])
+        if n:
+            largest[:, :, z] = lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1
     # holes filled as scipy.ndimage.binary_fill_holes fills them (background not 4-connected to the border)
     return np.ascontiguousarray(dilate(fill_holes_inplane(largest), disk))
 
@@ -171,7 +168,7 @@ def _split_two(comp: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray] | Non
         eroded = erode(eroded)
         lab, n = ndimage.label(eroded)
         if n >= 2:
-            sizes = label_sizes(lab)[1:]
+            sizes = np.bincount(lab.ravel())[1:]
             order = np.argsort(sizes)[::-1]
             if sizes[order[1]] >= 0.1 * sizes[order[0]]:
                 markers = np.zeros(comp.shape, np.uint8)
@@ -203,7 +200,7 @@ def _extract_work(image: np.ndarray, spacing) -> np.ndarray:
     # the large components less the gas pockets (what is left is large by the same measure: the
     # largest of it is at most the largest of all)
     lab, n = ndimage.label(inner)
-    ids = _large_ids(label_sizes(lab), np.arange(1, n + 1), voxel_ml)
+    ids = _large_ids(np.bincount(lab.ravel()), np.arange(1, n + 1), voxel_ml)
     cand = select(lab, _not_gas(lab, ids, image))
     del lab
     if cand.sum() * voxel_ml < MIN_LUNGS_ML:
@@ -214,7 +211,7 @@ def _extract_work(image: np.ndarray, spacing) -> np.ndarray:
     airway = _find_airways(inner, spacing) | _find_airways(cand, spacing)
     lungs = cand & ~airway
     lab, n = ndimage.label(lungs)
-    sizes = label_sizes(lab)[1:]
+    sizes = np.bincount(lab.ravel())[1:]
     order = np.argsort(sizes)[::-1]
     if n >= 2 and sizes[order[1]] >= MIN_COMPONENT_FRACTION * sizes[order[0]]:
         parts = (lab == order[0] + 1, lab == order[1] + 1)

@@ -28,24 +28,23 @@ def _morph(op, mask: np.ndarray, kernel: np.ndarray, iterations: int = 1) -> np.
     out = np.empty_like(slices)
     for z in range(len(slices)):
         op(slices[z], kernel, dst=out[z], **args)
-    return _from_slice_stack(out, transposed)
+    return _from_slice_stack(out, transposed) > 0
 
 
 def _slice_stack(mask: np.ndarray) -> tuple[np.ndarray, bool]:
-    """The axial slices of an (X, Y, Z) mask as one C-order 0/1 uint8 stack, each slice copied in
-    the mask's own in-plane memory order: (Z, X, Y), or (Z, Y, X) (``transposed``) where X is the
+    """The axial slices of an (X, Y, Z) mask as one C-order uint8 stack, each slice copied in the
+    mask's own in-plane memory order: (Z, X, Y), or (Z, Y, X) (``transposed``) where X is the
     faster axis, as in the Fortran-order arrays nibabel reads. No transposition in memory: the
     copy is fast for either layout, and the caller works on the transposed slices with the
     transposed structuring element (OpenCV's anchor, the kernel's centre, transposes with it)."""
     transposed = abs(mask.strides[0]) < abs(mask.strides[1])
     view = mask.transpose(2, 1, 0) if transposed else mask.transpose(2, 0, 1)
-    view = view.view(np.uint8) if view.dtype == bool else view != 0  # a bool is one byte, 0 or 1
-    return np.array(view, np.uint8, order="C"), transposed  # always a copy: callers write into it
+    return np.ascontiguousarray(view, np.uint8), transposed
 
 
 def _from_slice_stack(stack: np.ndarray, transposed: bool) -> np.ndarray:
-    """The (X, Y, Z) boolean view of a 0/1 stack made by ``_slice_stack`` (no copy)."""
-    return (stack.transpose(2, 1, 0) if transposed else stack.transpose(1, 2, 0)).view(bool)
+    """The (X, Y, Z) view of a stack made by ``_slice_stack``."""
+    return stack.transpose(2, 1, 0) if transposed else stack.transpose(1, 2, 0)
 
 
 def erode(mask: np.ndarray, kernel: np.ndarray = CROSS, iterations: int = 1) -> np.ndarray:
@@ -64,13 +63,6 @@ def select(lab: np.ndarray, ids) -> np.ndarray:
     return table[lab]
 
 
-def label_sizes(lab: np.ndarray) -> np.ndarray:
-    """Voxels per label (index 0: the background) of a label array: ``np.bincount`` of its values
-    cast to ``np.intp`` first, which on a volume's int32 labels is several times faster than
-    letting ``np.bincount`` cast them."""
-    return np.bincount(lab.ravel(order="K").astype(np.intp, copy=False))
-
-
 def bbox(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
     """The index box of a non-empty mask, ``margin`` wider on each side (clipped at 0)."""
     box = []
@@ -87,17 +79,14 @@ def fill_holes_inplane(mask: np.ndarray) -> np.ndarray:
 
 def remove_border_regions(mask: np.ndarray) -> np.ndarray:
     """``mask`` without, in each axial slice, its 4-connected regions that touch the slice border
-    (the air around the body, for instance).
-
-    Each slice is framed by a one-pixel ring of foreground: every region touching the border is
-    4-connected to that ring, so the regions to remove are the one component holding the ring.
-    """
+    (the air around the body, for instance)."""
     slices, transposed = _slice_stack(mask)  # 4-connectivity and the border are the same transposed
-    framed = np.ones((slices.shape[1] + 2, slices.shape[2] + 2), np.uint8)
-    inner = framed[1:-1, 1:-1]
     for z in range(len(slices)):
-        inner[...] = slices[z]
-        _, lab = cv2.connectedComponents(framed, connectivity=4)
-        np.not_equal(lab[1:-1, 1:-1], lab[0, 0], out=slices[z], casting="unsafe")
-        slices[z] &= inner
-    return _from_slice_stack(slices, transposed)
+        n, lab = cv2.connectedComponents(slices[z], connectivity=4)
+        if n > 1:
+            border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
+            outside = np.zeros(n, bool)
+            outside[border] = True
+            outside[0] = False
+            slices[z][outside[lab]] = 0
+    return _from_slice_stack(slices, transposed) > 0

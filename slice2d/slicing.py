@@ -177,14 +177,12 @@ def drop_small_components(probs: np.ndarray, geom: SliceGeometry, fraction: floa
     """
     from scipy import ndimage
 
-    from slice2d.morphology import label_sizes
-
     inner = probs[:, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols]
     foreground = inner[..., 1:].max(axis=-1) > inner[..., 0] * np.float32(background_weight)
     pieces, n = ndimage.label(foreground, structure=np.ones((3, 3, 3), bool))
     if n < 2:
         return probs
-    sizes = label_sizes(pieces)
+    sizes = np.bincount(pieces.ravel())
     sizes[0] = 0
     small = sizes < fraction * sizes.max()
     small[0] = False

@@ -55,20 +55,32 @@ def main() -> None:
     if cfg.train.folds > 1:
         provenance = (f"- This is the model of fold {cfg.train.fold} of a {cfg.train.folds}-fold cross-validation (trained on\n"
                       "  the other folds' patients, `splits.json`); it was not retrained on all data.")
+    elif cfg.train.val_fraction == 0:
+        provenance = ("- Trained once on every patient of the data sets below (no validation split; cosine schedule,\n"
+                      "  last epoch kept). The cross-validation table below estimates how this recipe does on patients\n"
+                      "  it has not seen; this model itself has no held-out score.")
     else:
         provenance = ("- Trained once on all patients of the data sets below, except a validation split of patients\n"
                       f"  (`splits.json`) {'that only reported (cosine schedule, last epoch kept)' if cfg.train.schedule == 'cosine' else 'that picked the best epoch'}. The cross-validation table below estimates how\n"
                       "  this recipe does on patients it has not seen; this model itself has no held-out score.")
+    if cfg.predict.foreground_threshold == 0.5:
+        threshold_note = ", the plain argmax"
+    elif cfg.train.val_fraction == 0:
+        threshold_note = "; fixed before training: there is no validation split to choose it on"
+    else:
+        threshold_note = "; chosen on the validation split with `bench/real_cv.py --calibrate`"
+    heads = (f"; trained with deep supervision (softmax heads at the {cfg.model.deep_supervision} decoder levels below the "
+             "top; only the top head is kept)" if cfg.model.deep_supervision else "")
     card = f"""# slice2d shipped model: {args.name or args.task}
 
-- U-Net depth {cfg.model.depth}, base filters {cfg.model.base_filters}; classes {list(cfg.data.classes)};
+- U-Net depth {cfg.model.depth}, base filters {cfg.model.base_filters}; classes {list(cfg.data.classes)}{heads};
   {cfg.data.size}x{cfg.data.size} slices in the radiological display orientation.
 - Intensity convention: NIfTI in HU windowed to {list(cfg.data.intensity.window)} HU, 8-bit slices / 255,
   then `{cfg.data.intensity.mode}` (per-slice min-max + CLAHE, clip {cfg.data.intensity.clahe_clip},
   {cfg.data.intensity.clahe_tiles}x{cfg.data.intensity.clahe_tiles} tiles).
 {provenance}
 - Foreground threshold {cfg.predict.foreground_threshold:g} (`predict.foreground_threshold`: a pixel is foreground where its
-  foreground probability exceeds it{'; chosen on the validation split with `bench/real_cv.py --calibrate`' if cfg.predict.foreground_threshold != 0.5 else ', the plain argmax'}).
+  foreground probability exceeds it{threshold_note}).
 - Trained with: `{args.command or 'python bench/real_cv.py ' + args.task}`
 {f'- {args.note}' if args.note else ''}
 

@@ -36,6 +36,17 @@ With --ensemble NAME [NAME ...] nothing is trained: each fold is segmented by th
 (with --calibrate the threshold is chosen for the average on the fold's validation slices and
 recorded in the results only); results and maps under --name.
 
+With --teacher TEMPLATE (lesions3; e.g. `runs/r19/l3-fold{fold}`: three-class runs of the same
+folds) the partial labels of covid-ct-slices are completed before training, as in the
+student-teacher scheme of Semi-Inf-Net: inside each infection mask, every pixel takes the class,
+ground-glass or consolidation, that the fold's teacher finds more probable there
+(`<out>/<name>-fold<k>-pseudo.h5`, which replaces the prepared file in training only; the
+teacher never trained on the fold's test patients, and scoring reads the original masks).
+
+With --threshold T the test folds are scored at T instead of each run's own threshold (one chosen
+without the test folds, e.g. on the validation splits of the same recipe trained with them):
+`...-t<T>.json`.
+
 With --train val_fraction=0 every patient outside the test fold trains and none validates (the
 cosine schedule keeps the last epoch, so validation only reported); the threshold is then the
 one given (--predict foreground_threshold=T), which --calibrate keeps.
@@ -146,6 +157,40 @@ def _overlaps(pred: np.ndarray, ref: np.ndarray, groups: dict[int, tuple[int, ..
         if len(members) == 1 and partial:
             continue
         yield c, *_dice(np.isin(pred, members), np.isin(ref, members + ((ANY_FOREGROUND,) if len(members) > 1 else ())))
+
+
+def pseudo_labelled(path: Path, teacher_dir: Path, dest: Path) -> Path:
+    """A copy of the prepared slice file ``path`` whose partial labels (``ANY_FOREGROUND``: infection
+    of an unknown kind) take the foreground class the teacher run finds most probable at each pixel;
+    everything else, images, geometry and the stored data settings included, is copied as it is.
+    Written once (atomically); the teacher's path is kept in the file's ``pseudo_labels`` attribute."""
+    import h5py
+
+    from slice2d.io import atomic_path
+    from slice2d.predict import predict_slices
+
+    if dest.exists():
+        with h5py.File(dest, "r") as h5:
+            if h5.attrs.get("pseudo_labels") == str(teacher_dir):
+                return dest
+    teacher = load_run(teacher_dir)
+    if len(teacher.cfg.data.classes) < 3:
+        raise SystemExit(f"{teacher_dir}: a teacher must tell two or more foreground classes apart")
+    with atomic_path(dest) as tmp:
+        with h5py.File(path, "r") as src, h5py.File(tmp, "w") as out:
+            for key, value in src.attrs.items():
+                out.attrs[key] = value
+            out.attrs["pseudo_labels"] = str(teacher_dir)
+            for case in src["cases"]:
+                src["cases"].copy(case, out.require_group("cases"))
+                group = out["cases"][case]
+                label = group["label"][...]
+                unknown = label == ANY_FOREGROUND
+                if unknown.any():
+                    probs = predict_slices(teacher, group["image"][...].astype(np.float32))
+                    label[unknown] = (1 + probs[..., 1:].argmax(axis=-1).astype(np.uint8))[unknown]
+                    group["label"][...] = label
+    return dest
 
 
 def _prepared_with(path: Path):
@@ -311,15 +356,23 @@ def main() -> None:
     parser.add_argument("--ensemble", nargs="*", default=[], metavar="NAME",
                         help="train nothing: average the fold runs <out>/<NAME>-fold<k> of these earlier "
                              "cross-validations (needs --name)")
+    parser.add_argument("--teacher", default=None, metavar="TEMPLATE",
+                        help="lesions3: three-class run of each fold, e.g. runs/r19/l3-fold{fold} (with --final, one "
+                             "run): it completes covid-ct-slices' partial labels for training (pseudo-labels)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="score the test folds at this foreground threshold instead of each run's own (one chosen "
+                             "elsewhere, e.g. on the validation splits of the same recipe); results named by it")
     parser.add_argument("--name", default=None, help="run folder name prefix (default: <task>-<size>)")
     args = parser.parse_args()
+    if args.teacher and args.task != "lesions3":
+        parser.error("--teacher completes partial labels: it is for lesions3")
     if args.ensemble and (not args.name or args.final):
         parser.error("--ensemble needs --name and is for cross-validation (not --final)")
     args.out.mkdir(parents=True, exist_ok=True)
     args.size = args.size or load_config(f"real-{args.task}").data.size
     files = slice_files(args.task, args.out, args.size,
                         _settings(args.intensity))
-    results_path = args.out / f"{args.name or f'{args.task}-{args.size}'}-cv{'-calibrated' if args.calibrate else ''}{'-tta' if args.tta else ''}{'-with-lungs' if args.with_lungs else ''}.json"
+    results_path = args.out / f"{args.name or f'{args.task}-{args.size}'}-cv{'-calibrated' if args.calibrate else ''}{'-tta' if args.tta else ''}{f'-t{args.threshold:g}' if args.threshold else ''}{'-with-lungs' if args.with_lungs else ''}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     folds = [None] if args.final else args.only if args.only is not None else range(args.folds)
     for fold in folds:
@@ -349,13 +402,20 @@ def main() -> None:
                 cfg = cfg.updated(train={"augment": _settings(args.augment)})
             if args.predict:
                 cfg = cfg.updated(predict=_settings(args.predict))
-            train(list(files.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2,
+            training = dict(files)
+            if args.teacher:
+                teacher = Path(args.teacher.format(fold="all" if fold is None else fold))
+                training["covid-ct-slices"] = pseudo_labelled(files["covid-ct-slices"], teacher,
+                                                              run_dir.with_name(run_dir.name + "-pseudo.h5"))
+            train(list(training.values()), run_dir, cfg, resume=(run_dir / "config.yaml").exists(), verbose=2,
                   init_from=args.init_from, train_only=args.extra)
         calibration = calibrate(run_dir, files, mirror=args.tta, members=members) if args.calibrate else None
         if fold is None:
             print(f"trained {run_dir} in {time.perf_counter() - start:.0f} s", calibration or "")
             return
         threshold = calibration["threshold"] if calibration and (args.tta or members) else None
+        if args.threshold:
+            threshold = args.threshold
         lung_dir = Path(args.with_lungs.format(fold=fold)) if args.with_lungs else None
         maps = results_path.with_name(results_path.stem + "-maps")
         results[str(fold)] = {"sets": evaluate_fold(run_dir, files, threshold, args.tta, lung_dir, maps, members),

@@ -181,15 +181,21 @@ def pseudo_labelled(path: Path, teacher_dir: Path, dest: Path) -> Path:
             for key, value in src.attrs.items():
                 out.attrs[key] = value
             out.attrs["pseudo_labels"] = str(teacher_dir)
-            for case in src["cases"]:
-                src["cases"].copy(case, out.require_group("cases"))
-                group = out["cases"][case]
-                label = group["label"][...]
-                unknown = label == ANY_FOREGROUND
-                if unknown.any():
-                    probs = predict_slices(teacher, group["image"][...].astype(np.float32))
-                    label[unknown] = (1 + probs[..., 1:].argmax(axis=-1).astype(np.uint8))[unknown]
-                    group["label"][...] = label
+            src.copy(src["cases"], out)
+            # covid-ct-slices holds one slice per case: the teacher sees them all in one call, not one
+            # padded batch per slice
+            cases = [c for c in out["cases"] if (out["cases"][c]["label"][...] == ANY_FOREGROUND).any()]
+            if cases:
+                images = np.concatenate([out["cases"][c]["image"][...] for c in cases]).astype(np.float32)
+                kinds = 1 + predict_slices(teacher, images)[..., 1:].argmax(axis=-1).astype(np.uint8)
+                start = 0
+                for case in cases:
+                    label = out["cases"][case]["label"][...]
+                    stop = start + len(label)
+                    unknown = label == ANY_FOREGROUND
+                    label[unknown] = kinds[start:stop][unknown]
+                    out["cases"][case]["label"][...] = label
+                    start = stop
     return dest
 
 

@@ -22,7 +22,8 @@ anatomy of the whole volume to bear on their maps, one place for every input kin
   dome cut by the slice (a soft round blob inside the lung, denser tissue right below it) is
   dropped; lesion the lung map missed is added to it, so that PI% counts it.
 - **A sanity block** for every report: body found, lungs found and their volume, whether the
-  scan reaches above the apex and below the bases, the intensity convention seen.
+  scan reaches above the apex and below the bases, the intensity convention seen, and for HU
+  volumes the pixel and slice spacing.
 
 Slices exported as 8-bit images have no HU: there the network's map is the lung source and only
 the lesion rule applies.
@@ -313,6 +314,8 @@ def sanity(anatomy: ScanAnatomy, lungs: np.ndarray, affine: np.ndarray, image: n
                    "left_lung_ml": round(np.count_nonzero(lungs == 2) * voxel_ml, 1)}
     block.update(_coverage(lungs, affine))
     block["intensity"] = convention
+    if convention == "HU":  # slice exports carry no physical voxel size
+        block.update(_voxel_size(affine))
     if image is not None and anatomy.body is not None and convention == "HU":
         median = _median_air_outside_body(np.asarray(image), anatomy.body)
         block["air_outside_body_hu"] = None if median is None else round(median, 0)
@@ -355,6 +358,16 @@ def _median_air_outside_body(image: np.ndarray, body: np.ndarray, chunk: int = 6
     # the (n - 1) // 2-th and n // 2-th smallest values (0-based): equal when n is odd
     lo, hi = (int(np.searchsorted(cumulative, k + 1)) + low for k in ((n - 1) // 2, n // 2))
     return (lo + hi) / 2.0
+
+
+def _voxel_size(affine: np.ndarray) -> dict:
+    """The coarser in-plane pixel side and the slice spacing (along S), in mm."""
+    from nibabel.affines import voxel_sizes
+    from nibabel.orientations import io_orientation
+
+    sizes = voxel_sizes(np.asarray(affine, float))
+    axis = int(np.flatnonzero(io_orientation(affine)[:, 0] == 2)[0])  # the voxel axis along S
+    return {"pixel_mm": round(float(max(np.delete(sizes, axis))), 2), "slice_mm": round(float(sizes[axis]), 2)}
 
 
 def _coverage(lungs: np.ndarray, affine: np.ndarray) -> dict:

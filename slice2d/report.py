@@ -95,7 +95,7 @@ def severity_figure(
     inner = np.quantile(zs, [0.8, 0.6, 0.4, 0.2]).round().astype(int)
     picks = list(dict.fromkeys([img.shape[2] - 1, *inner, 0]))  # superior to inferior, each slice once
 
-    notes = [report[key] for key in ("note", "coverage_warning") if report.get(key)]
+    notes = [report[key] for key in ("note", "coverage_warning", "resolution_warning") if report.get(key)]
     if report.get("sanity"):
         notes.append("checks: " + ", ".join(f"{k} {v}" for k, v in report["sanity"].items()))
     fig = plt.figure(figsize=(18, 7.5))
@@ -232,7 +232,24 @@ def case_report(lesions: np.ndarray, lungs: np.ndarray | None, lobes: np.ndarray
         report["sanity"] = checks
         if warning := coverage_warning(checks, zones=lobes is None):
             report["coverage_warning"] = warning
+        if warning := resolution_warning(checks):
+            report["resolution_warning"] = warning
     return report
+
+
+# On a normal whole scan of 4.2 mm pixels the lesion model marked 246 mL along blurred vessels; on
+# one of 3 mm pixels, 1.1 mL (BENCHMARKS.md, "Whole real scans")
+COARSE_PIXEL_MM = 3.0
+
+
+def resolution_warning(checks: dict) -> str | None:
+    """What pixels coarser than ``COARSE_PIXEL_MM`` mean for the lesion map (``None`` otherwise):
+    vessels blur into soft shapes that look like ground-glass."""
+    pixel = checks.get("pixel_mm")
+    if pixel is None or pixel <= COARSE_PIXEL_MM:
+        return None
+    return (f"in-plane pixels of {pixel:g} mm: on pixels coarser than {COARSE_PIXEL_MM:g} mm, blurred vessels can be "
+            "marked as lesion; check the lesion map by eye")
 
 
 def coverage_warning(checks: dict, zones: bool) -> str | None:

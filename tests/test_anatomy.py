@@ -401,3 +401,27 @@ def test_the_top_of_a_dome_is_not_a_lesion(kind):
     assert np.array_equal(kept, from_canonical(expected, geometry))
     kept_without_hu, _ = keep_lesions(on_grid[1], anatomy, geometry)
     assert np.array_equal(kept_without_hu, on_grid[1]), "without HU (8-bit slices) nothing is judged a dome"
+
+
+def test_a_report_of_a_coarse_scan_says_its_lesion_map_may_mark_vessels():
+    """The sanity block gives the pixel and slice spacing of an HU volume, whatever its orientation;
+    pixels coarser than 3 mm bring a resolution warning, finer ones none."""
+    from slice2d.report import case_report
+    from slice2d.severity import SeverityOptions
+
+    lungs = np.zeros((20, 20, 30), np.uint8)
+    lungs[3:9, 5:15, 4:26], lungs[11:17, 5:15, 4:26] = 1, 2
+    lesions = np.zeros_like(lungs)
+    lesions[4:7, 6:9, 10:14] = 1
+    anatomy = ScanAnatomy(lungs, np.ones(lungs.shape, bool), None, "builtin")
+    coarse = make_affine("RAS", (4.2, 4.0, 2.5))
+    block = sanity(anatomy, lungs, coarse)
+    assert block["pixel_mm"] == 4.2 and block["slice_mm"] == 2.5
+    warning = case_report(lesions, lungs, None, coarse, "c", SeverityOptions(), block)["resolution_warning"]
+    assert "4.2 mm" in warning and "vessels" in warning
+    pil = sanity(anatomy, lungs, make_affine("PIL", (0.8, 5.0, 0.7)))  # the second voxel axis runs along S
+    assert pil["pixel_mm"] == 0.8 and pil["slice_mm"] == 5.0
+    fine = case_report(lesions, lungs, None, make_affine("RAS", (0.7, 0.7, 5.0)), "c", SeverityOptions(),
+                       sanity(anatomy, lungs, make_affine("RAS", (0.7, 0.7, 5.0))))
+    assert "resolution_warning" not in fine
+    assert "pixel_mm" not in sanity(anatomy, lungs, coarse, convention="8-bit slices")

@@ -304,7 +304,8 @@ def sanity(anatomy: ScanAnatomy, lungs: np.ndarray, affine: np.ndarray, image: n
     """The report's sanity block: what the pipeline found in this scan.
 
     lungs: the lung map as written; image: the CT (for the intensity convention: the median of
-    the air outside the body, about -1000 in HU); convention: "HU", or "8-bit slices".
+    the air outside the body, about -1000 in HU); convention: "HU" (or what ``io.as_hu`` says of a
+    CT it shifted into HU), or "8-bit slices".
     """
     voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
     block: dict = {"lung_source": anatomy.source,
@@ -314,9 +315,9 @@ def sanity(anatomy: ScanAnatomy, lungs: np.ndarray, affine: np.ndarray, image: n
                    "left_lung_ml": round(np.count_nonzero(lungs == 2) * voxel_ml, 1)}
     block.update(_coverage(lungs, affine))
     block["intensity"] = convention
-    if convention == "HU":  # slice exports carry no physical voxel size
+    if convention.startswith("HU"):  # slice exports carry no physical voxel size
         block.update(_voxel_size(affine))
-    if image is not None and anatomy.body is not None and convention == "HU":
+    if image is not None and anatomy.body is not None and convention.startswith("HU"):
         median = _median_air_outside_body(np.asarray(image), anatomy.body)
         block["air_outside_body_hu"] = None if median is None else round(median, 0)
     return block

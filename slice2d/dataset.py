@@ -35,6 +35,7 @@ from slice2d.io import (
     CHANNEL_FOLDERS,
     Geometry,
     InputError,
+    as_hu,
     atomic_path,
     case_name,
     check_same_grid,
@@ -184,7 +185,8 @@ def load_pair(image_path: Path, label_path: Path, rotate: int | Orientation = 0
     if image_path.is_dir():  # a DICOM series: labels drawn on a conversion with its axes in another order
         lab = on_series_grid(lab, img)
     check_same_grid(img, lab, image_path, label_path)
-    return read_array(img, image_path, "image"), read_array(lab, label_path, "label"), geometry_of(img), "hu"
+    image = as_hu(read_array(img, image_path, "image"), image_path)[0]
+    return image, read_array(lab, label_path, "label"), geometry_of(img), "hu"
 
 
 def prepare(images_dir: str | Path, labels_dir: str | Path | None, out: str | Path, cfg: Config,

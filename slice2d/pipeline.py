@@ -41,6 +41,7 @@ from slice2d.io import (
     VOLUME_SUFFIX_TEXT,
     VOLUME_SUFFIXES,
     InputError,
+    as_hu,
     atomic_path,
     case_name,
     geometry_of,
@@ -344,7 +345,7 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
     What is wrong with this input raises ``CaseError``, with nothing written."""
     try:
         img = load_image(path)
-        image = read_array(img, path, keep_integers=True)
+        image, convention = as_hu(read_array(img, path, keep_integers=True), path)
         geometry = geometry_of(img)
     except InputError as exc:  # this case's input: a cohort goes on
         raise CaseError(str(exc)) from None
@@ -391,7 +392,7 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
         lungs = anatomy.lungs
         if options.lungs_only:
             lesions, lungs = keep_lesions(lesions, anatomy, geometry, image if anatomy.body is not None else None)
-        checks, lung_source = sanity(anatomy, lungs, img.affine, image), anatomy.source
+        checks, lung_source = sanity(anatomy, lungs, img.affine, image, convention), anatomy.source
         del anatomy, maps, rest  # the body and airway masks, as large as the image, are done with
         report = case_report(lesions, lungs, lobes, img.affine, case, scoring, checks)
     except InputError as exc:  # this case's input: a cohort goes on

@@ -14,6 +14,7 @@ from slice2d.anatomy import lesions_near_lungs, lungs_with_lesions
 from slice2d.dicom import image_cases, load_image
 from slice2d.io import (
     InputError,
+    as_hu,
     case_name,
     check_same_grid,
     geometry_of,
@@ -34,15 +35,15 @@ def _score_one(lesions: Path, lungs: Path | None, lobes: Path | None, image: Pat
     if image is not None:
         ct_img = load_image(image, series)
         check_same_grid(les_img, ct_img, lesions, image)
-        ct = read_array(ct_img, image)
+        ct = as_hu(read_array(ct_img, image), image)[0]
     if lungs is not None:
         lung_map = read_labels_on_grid(lungs, les_img, lesions, "lung map")
     elif ct_img is not None:
-        from slice2d.lungs import extract_lungs_nifti
+        from slice2d.lungs import extract_anatomy_nifti
         # dense lesion the air threshold leaves out still counts as diseased lung, as in predict
         geometry = geometry_of(les_img)
         try:
-            lung_map = extract_lungs_nifti(ct_img)
+            lung_map = extract_anatomy_nifti(ct_img, ct)[0]
         except ValueError as exc:  # no lungs in this CT
             raise InputError(f"{image}: no lungs found: {exc}") from None
         lung_map = lungs_with_lesions(lung_map, lesions_near_lungs(les, lung_map, geometry), geometry)

@@ -425,3 +425,47 @@ def test_a_report_of_a_coarse_scan_says_its_lesion_map_may_mark_vessels():
                        sanity(anatomy, lungs, make_affine("RAS", (0.7, 0.7, 5.0))))
     assert "resolution_warning" not in fine
     assert "pixel_mm" not in sanity(anatomy, lungs, coarse, convention="8-bit slices")
+
+
+def test_stored_ct_numbers_are_told_from_hu_and_from_8_bit_exports():
+    """A CT stored without its rescale intercept (air near 0, soft tissue near 1024) is shifted to
+    HU; a CT in HU and a windowed 8-bit export are left alone (the export is refused later, as
+    before)."""
+    from slice2d.io import as_hu, stored_offset
+
+    ph = make_phantom(shape=(64, 64, 24), spacing=(5.0, 5.0, 10.0), seed=2)
+    hu = np.round(ph.image).astype(np.int16)
+    stored = (hu.astype(np.int32) + 1024).clip(0, None).astype(np.uint16)
+    assert stored_offset(hu) == 0 and stored_offset(stored) == 1024
+    shifted, convention = as_hu(stored, "x.nii.gz")
+    assert shifted.dtype == np.int16 and convention.startswith("HU + 1024")
+    assert np.array_equal(shifted, hu.clip(-1024, None)) and stored.min() == 0, "the input is not modified"
+    windowed = np.clip((hu + 1000) / 1400 * 255, 0, 255).astype(np.uint8)  # lung window, 8-bit
+    assert stored_offset(windowed) == 0 and as_hu(windowed, "w")[1] == "HU"
+    assert stored_offset(hu.astype(np.float32) + 1024) == 1024
+
+
+@pytest.mark.slow
+def test_predict_reads_stored_ct_numbers_as_hu(tmp_path):
+    """`slice2d predict` on a CT stored as CT numbers (HU + 1024, uint16) writes the same maps as on
+    the same CT in HU, says so in the report's sanity block, and leaves the input as it was."""
+    write_phantoms(tmp_path / "ph", cases=1, shape=(64, 64, 24), spacing=(5.0, 5.0, 10.0), seed=1)
+    data = tmp_path / "in"
+    data.mkdir()
+    source = nib.load(tmp_path / "ph" / "images" / "phantom_000.nii.gz")
+    hu = np.round(np.asarray(source.dataobj)).astype(np.int16)
+    nib.save(nib.Nifti1Image(hu, source.affine), data / "hu.nii.gz")
+    stored = nib.Nifti1Image((hu.astype(np.int32) + 1024).clip(0, None).astype(np.uint16), source.affine)
+    stored.header.set_slope_inter(1, 0)
+    nib.save(stored, data / "stored.nii.gz")
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    result = invoke("predict", data, "--out", tmp_path / "out", "--model", "checkpoints/lesions-128", "-q")
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before, "inputs untouched"
+    out = tmp_path / "out"
+    for sub in (".", "lungs"):
+        a, b = (np.asarray(nib.load(out / sub / f"{n}.nii.gz").dataobj) for n in ("hu", "stored"))
+        assert np.array_equal(a, b) and (sub == "." or a.any())
+    sanity = {n: json.loads((out / "severity" / f"{n}.json").read_text())["sanity"] for n in ("hu", "stored")}
+    assert sanity["hu"]["intensity"] == "HU" and sanity["stored"]["intensity"].startswith("HU + 1024")
+    assert sanity["stored"]["air_outside_body_hu"] == sanity["hu"]["air_outside_body_hu"] < -900

@@ -281,6 +281,7 @@ def predict(
     series: Annotated[Optional[list[str]], typer.Option(help="DICOM input: the SeriesInstanceUID to read where a study has several axial CT series (the error lists them); repeat for several studies. A folder tree of several studies is a cohort: one case per study's axial CT series, OUT/cases.csv maps each case to its series.")] = None,
     lung_source: Annotated[LungSource, typer.Option(help="HU volumes: lungs from the built-in extraction (builtin; the most accurate on whole scans, BENCHMARKS.md), the extraction plus the dense lung the lung model sees next to it (combined), or the lung model alone (model). Slice images always use the lung model.")] = LungSource.builtin,
     dicom_seg: Annotated[bool, typer.Option("--dicom-seg", help="DICOM series input only: also write OUT/dicom-seg/<case>.dcm, the lesion, lung and lobe maps as one DICOM Segmentation object referencing the series (needs the dicom-seg extra).")] = False,
+    binary: Annotated[bool, typer.Option("--binary", help="Write a binary lesion model's infection as one label (1) instead of ground-glass (1) and consolidation (2) told apart by density (each slice's lesion pixels against its own lung and soft-tissue levels; docs/severity.md).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Skip the cases whose outputs in OUT are complete (every file the case writes). Refused if OUT was written with other models or options (OUT/predict.json records them).")] = False,
     shard: Annotated[Optional[str], typer.Option(metavar="I/N", help="Segment part I of N of the cohort (the cases sorted by file name, every N-th from the I-th), e.g. one array job on a cluster; all parts may write into one OUT at once, and the tables cover them all (docs/cluster.md).")] = None,
     quiet: Quiet = False,
@@ -303,7 +304,7 @@ def predict(
     options = PredictOptions(severity=severity, lungs_only=lungs_only, lung_source=lung_source.value, lobes_dir=lobes,
                              scoring=SeverityOptions(scheme, lobe_labels, zones), batch_size=batch_size,
                              probabilities=probabilities, rotate=orientation, series=tuple(series or ()),
-                             dicom_seg=dicom_seg)
+                             dicom_seg=dicom_seg, lesion_classes=not binary)
     with _user_errors():
         part = Shard.parse(shard) if shard is not None else None
         segment(input, out, models, options, progress=_progress, resume=resume, shard=part)

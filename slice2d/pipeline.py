@@ -55,6 +55,7 @@ from slice2d.io import (
     to_canonical,
     writable_folder,
 )
+from slice2d.lesion_classes import split_classes
 from slice2d.orientation import Orientation, detect_orientation
 from slice2d.predict import PREDICT_BATCH, Run, load_run, predict_array, predict_volume, with_options
 from slice2d.report import case_report, score_case, write_case_report, write_cohort_csv
@@ -96,7 +97,9 @@ class PredictOptions:
     instead of a lobe model. batch_size: slices per network call. probabilities: also write the
     class probabilities. rotate: slice images only, how they are stored (an ``Orientation`` or its
     code), None to detect it. series: DICOM input: SeriesInstanceUIDs to read where a study's
-    series to take is ambiguous (``dicom.find_cases``).
+    series to take is ambiguous (``dicom.find_cases``). lesion_classes: a binary lesion model's
+    map (with lungs) is written as ground-glass 1 and consolidation 2, told by density
+    (``lesion_classes.split_classes``); their union is the model's map.
     """
 
     severity: bool = True
@@ -109,6 +112,9 @@ class PredictOptions:
     rotate: int | Orientation | None = None
     series: tuple[str, ...] = ()
     dicom_seg: bool = False  # DICOM input: also OUT/dicom-seg/<case>.dcm, the maps as a SEG (dicom_seg)
+    # a binary lesion model's map with lungs found: ground-glass 1 and consolidation 2 by density
+    # (lesion_classes.split_classes); False writes infection as 1
+    lesion_classes: bool = True
 
 
 def _no_progress(total: int, description: str) -> AbstractContextManager[Callable[[Path], None]]:
@@ -147,7 +153,8 @@ def segment(source: Path, out: Path, models: Models = Models(), options: Predict
         writable_folder(out)
         with progress(sum(1 for p in source.iterdir() if is_image(p)), "predict") as step:
             report = assess_slice_folder(run, source, out, lung_run=lung_run, options=options.scoring,
-                                         rotate=options.rotate, lungs_only=options.lungs_only, progress=step)
+                                         rotate=options.rotate, lungs_only=options.lungs_only, progress=step,
+                                         lesion_classes=options.lesion_classes)
         log.info("wrote slice label maps to %s (lungs/, stack/, severity/ where made)", out)
         return [report] if report else []
     files = input_files(source, options.series)
@@ -392,9 +399,12 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
         lungs = anatomy.lungs
         if options.lungs_only:
             lesions, lungs = keep_lesions(lesions, anatomy, geometry, image if anatomy.body is not None else None)
+        lesion_classes = run.cfg.n_classes
+        if options.lesion_classes and lesion_classes == 2:
+            lesions, lesion_classes = split_classes(image, lesions, lungs, geometry), 3
         checks, lung_source = sanity(anatomy, lungs, img.affine, image, convention), anatomy.source
         del anatomy, maps, rest  # the body and airway masks, as large as the image, are done with
-        report = case_report(lesions, lungs, lobes, img.affine, case, scoring, checks)
+        report = case_report(lesions, lungs, lobes, img.affine, case, scoring, checks, lesion_classes - 1)
     except InputError as exc:  # this case's input: a cohort goes on
         raise CaseError(str(exc)) from None
     except MapError as exc:
@@ -408,7 +418,7 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
             save_like(probs[..., 1:], img, out_dir / "probabilities" / name, dtype=np.float32)
         if options.dicom_seg:
             write_case_seg(path, img, {"lesions": lesions, "lungs": lungs, "lobes": lobes}, out_dir, case,
-                           run.cfg.n_classes, scoring.lobe_labels, lung_source)
+                           lesion_classes, scoring.lobe_labels, lung_source)
         write_case_report(report, image, lesions, lungs, lobes, img.affine, out_dir / "severity" / f"{case}.json")
     return report
 
@@ -431,7 +441,8 @@ def _write_png(labels: np.ndarray, path: Path) -> None:
 
 def assess_slice_folder(lesion_run: Run, folder: Path, out_dir: str | Path, lung_run: Run | None = None,
                         options: SeverityOptions | None = None, rotate: int | Orientation | None = 0,
-                        lungs_only: bool = True, progress: Callable[[Path], None] | None = None) -> dict | None:
+                        lungs_only: bool = True, progress: Callable[[Path], None] | None = None,
+                        lesion_classes: bool = True) -> dict | None:
     """Segment a folder of 8-bit slice images (one axial slice per file, natural file-name order).
 
     Writes ``out_dir/<stem>.png`` (the lesion labels, the image's own size and orientation) and,
@@ -443,6 +454,8 @@ def assess_slice_folder(lesion_run: Run, folder: Path, out_dir: str | Path, lung
     Returns the report, or None when it was not made.
     lungs_only: with a lung model, lesions wholly outside its lung map are dropped and the kept
     ones added to the lung map, as in ``segment_files`` (pixels count as 1 mm).
+    lesion_classes: with a lung model, a binary lesion model's map is written as ground-glass 1 and
+    consolidation 2 (``lesion_classes.split_classes``, each slice against its own lung and soft tissue).
     rotate: how the slices are stored (an ``Orientation`` or its code, see ``images.read_slice``), or
     None to detect it from the slices (``orientation.detect_orientation``, logged). The written maps
     are turned back to the stored orientation, so they overlay their images.
@@ -476,6 +489,11 @@ def assess_slice_folder(lesion_run: Run, folder: Path, out_dir: str | Path, lung
             geometry = slice_geometry(les.shape)
             lesion_maps[k] = lesions_near_lungs(les[:, :, None], lung[:, :, None], geometry)[:, :, 0]
             lung_maps[k] = lungs_with_lesions(lung[:, :, None], lesion_maps[k][:, :, None], geometry)[:, :, 0]
+    split = bool(lesion_classes and lung_maps and lesion_run.cfg.n_classes == 2)
+    if split:
+        for k, (les, lung) in enumerate(zip(lesion_maps, lung_maps, strict=True)):
+            lesion_maps[k] = split_classes(slices[k][:, :, None], les[:, :, None], lung[:, :, None],
+                                           slice_geometry(les.shape), kind="uint8")[:, :, 0]
     for k, path in enumerate(files):
         _write_png(orientation.stored(lesion_maps[k]), out_dir / f"{path.stem}.png")
         if lung_maps:
@@ -500,7 +518,8 @@ def assess_slice_folder(lesion_run: Run, folder: Path, out_dir: str | Path, lung
     image_hu = volume.astype(np.float32) * (1400.0 / 255.0) - 1000.0  # for display only
     try:
         report = score_case(image_hu, np.stack(lesion_maps, axis=2), lungs, None, affine, Path(folder).name,
-                            options or SeverityOptions(), out_dir / "severity" / f"{Path(folder).name}.json")
+                            options or SeverityOptions(), out_dir / "severity" / f"{Path(folder).name}.json",
+                            lesion_classes=2 if split else None)
     except MapError as exc:
         raise InputError(f"{folder}: {exc}") from None
     write_cohort_csv([report], out_dir / "severity" / "cohort.csv")

@@ -212,22 +212,23 @@ def write_cohort_csv(reports: Sequence[dict], path: str | Path) -> Path:
 
 def score_case(image: np.ndarray | None, lesions: np.ndarray, lungs: np.ndarray | None, lobes: np.ndarray | None,
                affine: np.ndarray, case: str, options: SeverityOptions, json_path: Path,
-               checks: dict | None = None) -> dict:
+               checks: dict | None = None, lesion_classes: int | None = None) -> dict:
     """Score one case (``case_report``), write the report to ``json_path`` and its figure beside it
     (``write_case_report``); returns the report."""
-    report = case_report(lesions, lungs, lobes, affine, case, options, checks)
+    report = case_report(lesions, lungs, lobes, affine, case, options, checks, lesion_classes)
     write_case_report(report, image, lesions, lungs, lobes, affine, json_path)
     return report
 
 
 def case_report(lesions: np.ndarray, lungs: np.ndarray | None, lobes: np.ndarray | None, affine: np.ndarray,
-                case: str, options: SeverityOptions, checks: dict | None = None) -> dict:
+                case: str, options: SeverityOptions, checks: dict | None = None,
+                lesion_classes: int | None = None) -> dict:
     """The severity report of one case (``severity.severity_report``), nothing written; raises
     ``severity.MapError`` for maps that cannot be scored. checks: the sanity block
-    (``anatomy.sanity``), stored under ``"sanity"``."""
+    (``anatomy.sanity``), stored under ``"sanity"``. lesion_classes: as ``severity_report`` takes it."""
     report = severity_report(lesions, lungs, affine, lobes=lobes, scheme=str(options.scheme),
                              lobe_labels=str(options.lobe_labels), case=case, zone_method=options.zones.method,
-                             zone_joint=options.zones.joint)
+                             zone_joint=options.zones.joint, lesion_classes=lesion_classes)
     if checks is not None:
         report["sanity"] = checks
         if warning := coverage_warning(checks, zones=lobes is None):

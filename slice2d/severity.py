@@ -204,6 +204,7 @@ def severity_report(
     case: str | None = None,
     zone_method: str = "extent",
     zone_joint: bool = False,
+    lesion_classes: int | None = None,
 ) -> dict:
     """PI% per region and the severity score of one case.
 
@@ -215,6 +216,8 @@ def severity_report(
     lobe_labels: a preset name from ``LOBE_PRESETS`` or {label value: lobe name}.
     case: case id written into the report.
     zone_method, zone_joint: how zones are cut, as ``zones.lung_zones`` method / joint.
+    lesion_classes: 2 when the map is known to tell ground-glass (1) from consolidation (2), even
+    if one of them is absent from it; None reads it from the values (a 2 anywhere: two classes).
     Returns a JSON-ready dict (NaN only where a region is empty; ``report.write_report`` writes null).
     Raises ``MapError`` for maps that cannot be scored.
     """
@@ -229,7 +232,7 @@ def severity_report(
     if lungs is None and lobes is None:
         raise ValueError("give a lung mask, a lobe map, or both")
     lungs, lobes = _layout_of(lungs, lesions), _layout_of(lobes, lesions)
-    n_classes = _lesion_classes(lesions)
+    n_classes = max(_lesion_classes(lesions), lesion_classes or 1)
     lesions, lungs, lobes, affine = _crop_to_content(lesions, lungs, lobes, affine)
     voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / 1000.0
 

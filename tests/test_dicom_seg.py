@@ -213,7 +213,8 @@ def test_predict_writes_a_seg_equal_to_its_maps(tmp_path: Path) -> None:
             "lobes": tmp_path / "lobes" / "series-1.nii.gz"}
     maps = {kind: np.asanyarray(nib.load(path).dataobj) for kind, path in maps.items()}
     assert maps["lungs"].any() and maps["lesions"].any()
-    segments = lesion_segments(2) + LUNG_SEGMENTS + lobe_segments(LOBE_PRESETS["slice2d"])
+    # a binary lesion model's map, split into ground-glass and consolidation by density
+    segments = lesion_segments(3) + LUNG_SEGMENTS + lobe_segments(LOBE_PRESETS["slice2d"])
     assert [seg.get_segment_description(n).segment_label for n in seg.segment_numbers] == [s.label for s in segments]
     for n, segment in enumerate(segments):
         np.testing.assert_array_equal(pixels[..., n], maps[segment.source] == segment.value, err_msg=segment.label)

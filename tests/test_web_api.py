@@ -134,7 +134,7 @@ def test_maps_have_the_uploads_grid(server, phantoms, predicted, tmp_path):
     url, _ = server
     for name, job in (("lps", predicted["lps"]), ("ras", predicted["ras"])):
         upload = nib.load(phantoms[name])
-        for key, values in (("lesions", {0, 1}), ("lungs", {0, 1, 2}), ("zones", set(range(7))), ("scan", None)):
+        for key, values in (("lesions", {0, 1, 2}), ("lungs", {0, 1, 2}), ("zones", set(range(7))), ("scan", None)):
             img = nib.load(download(url, job["links"][key], tmp_path / f"{name}-{key}.nii.gz"))
             assert img.shape == upload.shape, (name, key)
             np.testing.assert_allclose(img.affine, upload.affine, atol=1e-5)

@@ -52,11 +52,12 @@ def _tissue(band: np.ndarray, lung_level: float) -> float:
 
 
 def split_classes(image: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, geometry: Geometry,
-                  kind: str = "hu") -> np.ndarray:
+                  kind: str = "hu", fraction: float = CONSOLIDATION_FRACTION) -> np.ndarray:
     """Lesion map (any foreground) -> 0 / ``GROUND_GLASS`` / ``CONSOLIDATION``, on the input grid.
 
     image: the CT (kind "hu") or 8-bit slices stacked (kind "uint8"), on the grid of ``lesions`` and
     ``lungs`` (0 / lung labels), ``geometry`` their grid. Slices without lesion are untouched.
+    fraction: where between the lung and soft-tissue levels consolidation begins.
     """
     # views of the input grid in the canonical orientation: no whole-volume copy or comparison
     les, lun, img = (to_canonical(np.asarray(a), geometry) for a in (lesions, lungs, image))
@@ -90,6 +91,6 @@ def split_classes(image: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, geo
             lung_level = float(np.percentile(plane, 10))
         source = band if band.size >= MIN_PIXELS else pooled_band
         tissue = _tissue(source, lung_level) if source.size else float(plane.max())
-        fraction = (plane[mask] - lung_level) / max(1e-3, tissue - lung_level)
-        out_canonical[:, :, k][mask] = np.where(fraction >= CONSOLIDATION_FRACTION, CONSOLIDATION, GROUND_GLASS)
+        density = (plane[mask] - lung_level) / max(1e-3, tissue - lung_level)  # 0 lung .. 1 soft tissue
+        out_canonical[:, :, k][mask] = np.where(density >= fraction, CONSOLIDATION, GROUND_GLASS)
     return out

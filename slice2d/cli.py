@@ -318,6 +318,7 @@ def evaluate(
     labels: Annotated[Optional[list[int]], typer.Option("--labels", help="Label values to score (repeat); default: all in the references.")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Surface-Dice tolerance in mm (default 3 mm; 1 mm suits lungs).")] = None,
     seg_segments: Annotated[SegSegments, typer.Option(help="DICOM SEG files: which segments form the label map, read onto the grid of the map they are paired with: lesions (1 ground-glass or infection, 2 consolidation), lungs (1 right, 2 left) or lobes (1 RUL, 2 RML, 3 RLL, 4 LUL, 5 LLL). Another tool's SEG: its segment numbers.")] = SegSegments.lesions,
+    union: Annotated[bool, typer.Option("--union", help="Score every non-zero label of both sides as one (label 1, foreground): e.g. predict's ground-glass and consolidation against binary infection references.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """3D metrics on the original grid: Dice, IoU, sensitivity, specificity, precision, HD95, ASSD, surface Dice
@@ -332,7 +333,7 @@ def evaluate(
         writable_folder(out)
         with _progress(n, "evaluate") as step:
             evaluate_folders(pred, ref, out, labels=labels or None, tolerance_mm=tolerance, progress=step,
-                             seg_segments=seg_segments.value)
+                             seg_segments=seg_segments.value, union=union)
     log.info("wrote %s, %s and %s", out / "metrics.csv", out / "summary.json", out / "metrics.png")
 
 

@@ -337,6 +337,7 @@ def evaluate_folders(
     tolerance_mm: Mapping[int, float] | float | None = None,
     progress: Callable[[str], None] | None = None,
     seg_segments: str = "lesions",
+    union: bool = False,
 ) -> Path:
     """Evaluate every prediction in ``pred_dir`` against the same-named reference in ``ref_dir``.
 
@@ -350,6 +351,8 @@ def evaluate_folders(
     reference data set declares, else the union of non-zero values over all references.
     tolerance_mm: as ``tolerances`` in ``evaluate_case``.
     progress: called with the case name after each case.
+    union: every non-zero label of both sides counts as one label 1, "foreground" (e.g. ground-glass
+    and consolidation scored as infection against binary references).
     Writes ``out_dir/metrics.csv`` (one row per case and label), ``out_dir/summary.json`` (per label
     and metric: mean, sd (ddof=1), median, n over defined values; NaN as null) and
     ``out_dir/metrics.png`` (box plots); each is written to a temporary name and renamed when done.
@@ -370,6 +373,8 @@ def evaluate_folders(
         raise InputError(
             f"{preds[both_seg[0]]} and {refs[both_seg[0]]}: both are DICOM SEG; a SEG is read onto the grid of "
             "the map it is compared with, so give the predictions or the references as NIfTI (predict writes both)")
+    if union:
+        labels = {1: "foreground"}
     if labels is None:
         labels = _declared_labels(ref_dir) or None
     if labels is None:
@@ -386,6 +391,8 @@ def evaluate_folders(
     rows: list[dict] = []
     for name in names:
         p, r, affine = _load_pair(preds[name], refs[name], seg_segments)
+        if union:
+            p, r = (p > 0).astype(np.uint8), (r > 0).astype(np.uint8)
         spacing = nib.affines.voxel_sizes(affine)
         for row in evaluate_case(p, r, spacing, table, tolerance_mm):
             rows.append({"case": name, **row})

@@ -197,6 +197,23 @@ def test_evaluate_folders_labels_and_tolerance(tmp_path):
     assert summary["labels"]["lesion"]["tolerance_mm"] == 1.0
 
 
+def test_evaluate_union_scores_ground_glass_and_consolidation_as_one_against_binary_references(tmp_path):
+    """predict writes ground-glass 1 and consolidation 2; against a binary infection reference,
+    --union scores their union (label 1, "foreground"), where label 1 alone would score only the
+    ground-glass."""
+    pred, ref = np.zeros((16, 16, 4), np.uint8), np.zeros((16, 16, 4), np.uint8)
+    pred[2:6, 2:10, :], pred[2:6, 10:14, :] = 1, 2  # ground-glass and consolidation side by side
+    ref[2:6, 2:14, :] = 1  # the same infection, one label
+    for name, arr in (("p", pred), ("r", ref)):
+        (tmp_path / name).mkdir()
+        _save(arr, tmp_path / name / "case1.nii")
+    plain = json.loads((evaluate_folders(tmp_path / "p", tmp_path / "r", tmp_path / "o1") / "summary.json").read_text())
+    assert plain["labels"]["label_1"]["metrics"]["dice"]["mean"] == pytest.approx(2 * 32 / (32 + 48))
+    union = json.loads((evaluate_folders(tmp_path / "p", tmp_path / "r", tmp_path / "o2", union=True)
+                        / "summary.json").read_text())
+    assert list(union["labels"]) == ["foreground"] and union["labels"]["foreground"]["metrics"]["dice"]["mean"] == 1.0
+
+
 def test_evaluate_folders_refuses_different_grids(tmp_path):
     pdir, rdir = _folders(tmp_path)
     moved = LPS.copy()

@@ -101,6 +101,7 @@ def score(inputs: Path, out: Path) -> dict:
         _, body, airways = extract_anatomy_nifti(img)
         row = {"right_ml": np.count_nonzero(lungs == 1) * voxel_ml, "left_ml": np.count_nonzero(lungs == 2) * voxel_ml,
                "lesion_ml": np.count_nonzero(lesions) * voxel_ml,
+               "ggo_ml": np.count_nonzero(lesions == 1) * voxel_ml, "consolidation_ml": np.count_nonzero(lesions == 2) * voxel_ml,
                "lung_outside_body_ml": np.count_nonzero((lungs > 0) & ~body) * voxel_ml,
                "lung_in_airways_ml": np.count_nonzero((lungs > 0) & airways) * voxel_ml}
         if name in refs:
@@ -113,6 +114,13 @@ def score(inputs: Path, out: Path) -> dict:
             row["reaches_apex"], row["reaches_bases"] = sanity.get("reaches_apex"), sanity.get("reaches_bases")
         results[name] = row
     return results
+
+
+def _classes(results: dict, name: str) -> str:
+    r = results.get(name, {})
+    if "ggo_ml" not in r:
+        return "(not measured)"
+    return f"{r['ggo_ml']:.1f} mL ground-glass and {r['consolidation_ml']:.1f} mL consolidation"
 
 
 def table(results: dict) -> str:
@@ -210,6 +218,11 @@ pipeline before it.
 The lung source of HU volumes was chosen on these scans' lung references (the rows below): the
 built-in extraction alone beats the lung model alone and the two combined on both references,
 and keeps every lung voxel inside the body and off the airways.
+
+The lesion maps are written as ground-glass and consolidation (`slice2d.lesion_classes`: the
+binary map split by density; the figures draw ground-glass yellow and consolidation red): on
+RICORD {_classes(results, "ricord-1a-000082")}; on cmb-crc, whose false lesion is mostly a solid
+nodule, {_classes(results, "cmb-crc-chest-ct")}.
 {before}""", {"machine": machine(), "results": results,
                        "compared": [json.loads(p.read_text()) for p in args.before]})
 

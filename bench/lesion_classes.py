@@ -6,9 +6,9 @@
 covid-semiseg's 50 labelled slices tell ground-glass (1) from consolidation (2). For each fold of a
 5-fold lesion cross-validation (``bench/real_cv.py lesions --folds 5``: ``--maps`` its out-of-fold
 binary maps of covid-semiseg, ``--splits`` its folds' splits.json), the consolidation fraction of
-``split_classes`` is chosen on the other folds' slices, applied to their true infection masks
-(the candidate with the best mean of the two classes' per-slice Dice), then used to split the test
-fold's out-of-fold map. Lungs come from the shipped lung model on each slice, as `slice2d
+``split_classes`` and the smoothing of the density before it is thresholded are chosen on the
+other folds' slices, applied to their true infection masks (the pair with the best mean of the
+two classes' per-slice Dice), then used to split the test fold's out-of-fold map. Lungs come from the shipped lung model on each slice, as `slice2d
 predict` finds them for slice images. Scored like ``real_cv.py``: per-slice Dice per class (1.0
 where prediction and reference are both empty) and pooled Dice, beside the same rule on the true
 infection masks (the best the rule can do given the infection).
@@ -31,6 +31,7 @@ from record import machine, write_section  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SEMISEG = ROOT.parent / "shared" / "data" / "covid-semiseg" / "train"
 FRACTIONS = tuple(np.round(np.arange(0.30, 0.801, 0.05), 2))
+SMOOTHING_MM = (0.0, 1.0, 1.5, 2.0)  # Gaussian sigma of the density before the threshold (1 mm pixels assumed)
 ROTATE = 1  # MedSeg slices are stored a quarter turn from upright (bench/real_cv.py)
 
 
@@ -76,15 +77,16 @@ def main() -> None:
         slices[case] = (image[:, :, None], read_label_slice(SEMISEG / "masks" / f"{case}.png", ROTATE), lungs,
                         pred[:, :, None], geometry)
 
-    def split(case: str, infection: np.ndarray, fraction: float) -> np.ndarray:
+    def split(case: str, infection: np.ndarray, setting: tuple[float, float]) -> np.ndarray:
         image, _, lungs, _, geometry = slices[case]
-        return split_classes(image, infection, lungs, geometry, kind="uint8", fraction=fraction)[:, :, 0]
+        return split_classes(image, infection, lungs, geometry, kind="uint8", fraction=setting[0],
+                             smooth_mm=setting[1])[:, :, 0]
 
     rows, chosen, fold_of = {"predicted": [], "true": []}, {}, []
     for k, test in folds.items():
         others = [c for j, cases in folds.items() if j != k for c in cases]
-        fit = {f: np.mean([np.mean([scores(split(c, slices[c][1][:, :, None] > 0, f), slices[c][1])[m][0]
-                                    for m in (1, 2)]) for c in others]) for f in FRACTIONS}
+        fit = {(f, s): np.mean([np.mean([scores(split(c, slices[c][1][:, :, None] > 0, (f, s)), slices[c][1])[m][0]
+                                         for m in (1, 2)]) for c in others]) for f in FRACTIONS for s in SMOOTHING_MM}
         chosen[k] = max(fit, key=fit.get)
         for c in test:
             rows["predicted"].append(scores(split(c, slices[c][3], chosen[k]), slices[c][1]))
@@ -98,7 +100,8 @@ def main() -> None:
     # each fold's per-slice means of the predicted maps' classes, beside other recipes' fold proxies
     summary["predicted_by_fold"] = {k: {str(c): float(np.mean([s[c][0] for s, f in zip(rows["predicted"], fold_of, strict=True)
                                                                if f == k])) for c in (1, 2, "infection")} for k in folds}
-    print(json.dumps({"fractions": chosen, **summary}, indent=1))
+    chosen = {k: (float(f), float(s)) for k, (f, s) in chosen.items()}
+    print(json.dumps({"fraction_and_smoothing": chosen, **summary}, indent=1))
     today = datetime.date.today().isoformat()
     p, t = summary["predicted"], summary["true"]
     markdown = f"""## Ground-glass and consolidation by density
@@ -107,8 +110,8 @@ def main() -> None:
 `slice2d predict` writes a binary lesion model's map as ground-glass (1) and consolidation (2),
 each lesion pixel placed between its slice's lung and soft-tissue levels
 (`slice2d.lesion_classes`). On covid-semiseg ({sum(len(c) for c in folds.values())} slices, 5
-folds), the consolidation fraction chosen on the other folds' true masks ({', '.join(f'{v:g}' for v in chosen.values())}
-for folds 0-{args.folds - 1}), applied to the out-of-fold binary maps of {args.recipe or args.maps}
+folds), the consolidation fraction and the smoothing of the density chosen on the other folds'
+true masks ({', '.join(f'{f:g} and {s:g} mm' for f, s in chosen.values())} for folds 0-{args.folds - 1}), applied to the out-of-fold binary maps of {args.recipe or args.maps}
 ("predicted"), and to the true infection masks ("true infection": what the rule does given the
 infection). Lungs from the shipped lung model.
 
@@ -120,7 +123,7 @@ infection). Lungs from the shipped lung model.
     if args.no_record:
         print(markdown)
     else:
-        write_section("lesion-classes", markdown, {"date": today, "machine": machine(), "fractions": chosen,
+        write_section("lesion-classes", markdown, {"date": today, "machine": machine(), "fraction_and_smoothing": chosen,
                                                    "command": sys.argv[1:], **summary})
 
 

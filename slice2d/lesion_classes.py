@@ -4,15 +4,16 @@ Ground-glass raises the lung's density and leaves its vessels visible; consolida
 air and is about as dense as soft tissue. Each axial slice is measured against its own two levels:
 the lung (the median of the lungs outside the lesions) and soft tissue (the median of the bright
 pixels in a band from ``BAND_MM`` just outside the lungs and lesions: chest wall, mediastinum,
-diaphragm). A lesion pixel that lies at least ``CONSOLIDATION_FRACTION`` of the way from the lung
-level to the soft-tissue level is consolidation, the rest ground-glass. Being relative, the same
+diaphragm). A lesion pixel whose density (smoothed over ``SMOOTH_MM``) lies at least
+``CONSOLIDATION_FRACTION`` of the way from the lung level to the soft-tissue level is
+consolidation, the rest ground-glass. Being relative, the same
 rule reads HU volumes (first put in a lung window, ``HU_WINDOW``, as a slice export would be) and
 8-bit slice exports of any window; on a typical CT (lung -850 HU, soft tissue 40 HU) the boundary
 falls near -360 HU, the usual quantitative boundary between the two (about -300 HU).
 
-The fraction was chosen by 5-fold cross-validation on covid-semiseg's labelled ground-glass and
-consolidation (chosen on four folds' slices, 0.55 in four of the five; BENCHMARKS.md, "Ground-glass and
-consolidation"). The union of the two classes is the lesion map given: binary accuracy does not
+The fraction and the smoothing were chosen by 5-fold cross-validation on covid-semiseg's labelled
+ground-glass and consolidation (on the other four folds' slices: 0.55 in all five folds, 2 mm in
+four of them; BENCHMARKS.md, "Ground-glass and consolidation by density"). The union of the two classes is the lesion map given: binary accuracy does not
 change, and nothing is added where the lesion model found nothing.
 """
 
@@ -27,6 +28,7 @@ GROUND_GLASS, CONSOLIDATION = 1, 2
 CONSOLIDATION_FRACTION = 0.55
 BAND_MM = (3.0, 15.0)
 HU_WINDOW = (-1000.0, 100.0)
+SMOOTH_MM = 2.0  # Gaussian sigma of the density first: single noisy pixels are neither class on their own
 MIN_PIXELS = 50  # fewer lung (or band) pixels in a slice: the levels of the whole stack are used
 
 
@@ -52,7 +54,7 @@ def _tissue(band: np.ndarray, lung_level: float) -> float:
 
 
 def split_classes(image: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, geometry: Geometry,
-                  kind: str = "hu", fraction: float = CONSOLIDATION_FRACTION) -> np.ndarray:
+                  kind: str = "hu", fraction: float = CONSOLIDATION_FRACTION, smooth_mm: float = SMOOTH_MM) -> np.ndarray:
     """Lesion map (any foreground) -> 0 / ``GROUND_GLASS`` / ``CONSOLIDATION``, on the input grid.
 
     image: the CT (kind "hu") or 8-bit slices stacked (kind "uint8"), on the grid of ``lesions`` and
@@ -72,6 +74,8 @@ def split_classes(image: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, geo
         plane = img[:, :, k].astype(np.float32)
         if kind == "hu":
             np.clip(plane, *HU_WINDOW, out=plane)
+        if smooth_mm > 0:
+            plane = cv2.GaussianBlur(plane, (0, 0), smooth_mm / pixel)
         planes[k], masks[k] = plane, les[:, :, k] > 0
         measured[k] = _levels(plane, lun[:, :, k] > 0, masks[k], band_px)
     if not measured:

@@ -180,12 +180,15 @@ def write_report(report: dict, path: str | Path) -> Path:
 
 
 def write_cohort_csv(reports: Sequence[dict], path: str | Path) -> Path:
-    """One row per case: case, scheme, total_pi, tss, tss_max, category, lung_ml, lesion_ml, then
+    """One row per case: case, scheme, total_pi, tss, tss_max, category, lung_ml, lesion_ml (and
+    ggo_ml, consolidation_ml, ggo_pi, consolidation_pi where a report tells the two), then
     ``<region>_pi`` and ``<region>_score`` for every region met (in order of first appearance),
     then the sanity block's entries (``anatomy.sanity``) where reports have one.
     Empty cells for NaN/None and for regions a case does not have. Written atomically."""
     path = Path(path)
     head = ["case", "scheme", "total_pi", "tss", "tss_max", "category", "lung_ml", "lesion_ml"]
+    if any("ggo_ml" in r for r in reports):  # ground-glass and consolidation maps
+        head += ["ggo_ml", "consolidation_ml", "ggo_pi", "consolidation_pi"]
     region_names = list(dict.fromkeys(name for r in reports for name in r["regions"]))
     fields = head + [f"{n}_{k}" for n in region_names for k in ("pi", "score")]
     checks = list(dict.fromkeys(k for r in reports for k in r.get("sanity", {})))  # the sanity block's keys

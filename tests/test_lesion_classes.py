@@ -68,6 +68,12 @@ def test_predict_writes_ground_glass_and_consolidation_whose_union_is_the_binary
     assert classes["lesion_classes"] == 2 and binary["lesion_classes"] == 1
     assert classes["ggo_ml"] + classes["consolidation_ml"] == pytest.approx(classes["lesion_ml"])
     assert classes["lesion_ml"] == pytest.approx(binary["lesion_ml"]) and classes["tss"] == binary["tss"]
+    import csv
+
+    row = next(csv.DictReader((tmp_path / "classes" / "severity" / "cohort.csv").open()))
+    assert float(row["ggo_ml"]) == pytest.approx(classes["ggo_ml"]) and float(row["consolidation_pi"]) == pytest.approx(
+        classes["consolidation_pi"])
+    assert "ggo_ml" not in next(csv.DictReader((tmp_path / "--binary" / "severity" / "cohort.csv").open()))
     truth = np.asarray(nib.load(tmp_path / "ph" / "lesions" / "phantom_000.nii.gz").dataobj)
     found = (maps[""] > 0) & (truth > 0)  # where the model found lesion, the classes are the phantom's
     assert np.mean(maps[""][found] == truth[found]) > 0.8

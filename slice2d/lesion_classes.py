@@ -22,7 +22,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from slice2d.io import Geometry, to_canonical
+from slice2d.io import Geometry, from_canonical, to_canonical
 
 GROUND_GLASS, CONSOLIDATION = 1, 2
 CONSOLIDATION_FRACTION = 0.55
@@ -63,38 +63,42 @@ def split_classes(image: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, geo
     """
     # views of the input grid in the canonical orientation: no whole-volume copy or comparison
     les, lun, img = (to_canonical(np.asarray(a), geometry) for a in (lesions, lungs, image))
-    out = np.zeros(np.shape(lesions), np.uint8)
-    out_canonical = to_canonical(out, geometry)
+    # the labels slice-major, so that each slice is written into contiguous memory; returned as a
+    # view on the input grid (as the pipeline's label maps are)
+    slab = np.zeros((les.shape[2], les.shape[0], les.shape[1]), np.uint8)
+    out_canonical = np.moveaxis(slab, 0, 2)
+    out = from_canonical(out_canonical, geometry)
     rows_mm, cols_mm, _ = geometry.canonical_spacing
     pixel = min(rows_mm, cols_mm)
     band_px = (BAND_MM[0] / pixel, BAND_MM[1] / pixel)
     slices = np.flatnonzero(les.any(axis=(0, 1)))
-    planes, masks, measured = {}, {}, {}
+    # one slice at a time, keeping of each only its lesion pixels' values and its two levels (None
+    # where it has too little lung or band of its own: the whole stack's levels are used there)
+    kept, samples_lung, samples_band = [], [], []
     for k in slices:
         plane = img[:, :, k].astype(np.float32)
         if kind == "hu":
             np.clip(plane, *HU_WINDOW, out=plane)
         if smooth_mm > 0:
             plane = cv2.GaussianBlur(plane, (0, 0), smooth_mm / pixel)
-        planes[k], masks[k] = plane, les[:, :, k] > 0
-        measured[k] = _levels(plane, lun[:, :, k] > 0, masks[k], band_px)
-    if not measured:
+        mask = les[:, :, k] > 0
+        parenchyma, band = _levels(plane, lun[:, :, k] > 0, mask, band_px)
+        samples_lung.append(parenchyma[::7])
+        samples_band.append(band[::7])
+        lung_level = float(np.median(parenchyma)) if parenchyma.size >= MIN_PIXELS else None
+        tissue = _tissue(band, lung_level) if lung_level is not None and band.size >= MIN_PIXELS else None
+        kept.append((k, mask, plane[mask], lung_level, tissue, band if tissue is None and band.size else None,
+                     float(np.percentile(plane, 10))))
+    if not kept:
         return out
-    # the whole stack's levels, for slices with too little lung or band of their own (a sample:
-    # their medians are all that is needed)
-    pooled_lung = np.concatenate([p[::7] for p, _ in measured.values()])
-    pooled_band = np.concatenate([b[::7] for _, b in measured.values()])
-    stack_lung = float(np.median(pooled_lung)) if pooled_lung.size else None
-    for k in slices:
-        plane, mask, (parenchyma, band) = planes[k], masks[k], measured[k]
-        if parenchyma.size >= MIN_PIXELS:
-            lung_level = float(np.median(parenchyma))
-        elif stack_lung is not None:
-            lung_level = stack_lung
-        else:  # no lung anywhere beside the lesions: the darkest tenth of the slice
-            lung_level = float(np.percentile(plane, 10))
-        source = band if band.size >= MIN_PIXELS else pooled_band
-        tissue = _tissue(source, lung_level) if source.size else float(plane.max())
-        density = (plane[mask] - lung_level) / max(1e-3, tissue - lung_level)  # 0 lung .. 1 soft tissue
-        out_canonical[:, :, k][mask] = np.where(density >= fraction, CONSOLIDATION, GROUND_GLASS)
+    pooled_lung, pooled_band = np.concatenate(samples_lung), np.concatenate(samples_band)
+    stack_lung = float(np.median(pooled_lung)) if pooled_lung.size >= MIN_PIXELS else None
+    for k, mask, values, lung_level, tissue, band, darkest in kept:
+        if lung_level is None:  # the stack's lung; with no lung anywhere, the darkest tenth of the slice
+            lung_level = stack_lung if stack_lung is not None else darkest
+        if tissue is None:
+            source = band if band is not None and band.size >= MIN_PIXELS else pooled_band
+            tissue = _tissue(source, lung_level) if source.size else float(values.max())
+        density = (values - lung_level) / max(1e-3, tissue - lung_level)  # 0 lung .. 1 soft tissue
+        slab[k][mask] = np.where(density >= fraction, CONSOLIDATION, GROUND_GLASS)
     return out

@@ -72,8 +72,9 @@ def split_classes(image: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, geo
     pixel = min(rows_mm, cols_mm)
     band_px = (BAND_MM[0] / pixel, BAND_MM[1] / pixel)
     slices = np.flatnonzero(les.any(axis=(0, 1)))
-    # one slice at a time, keeping of each only its lesion pixels' values and its two levels (None
-    # where it has too little lung or band of its own: the whole stack's levels are used there)
+    # one slice at a time, keeping of each only its lesion pixels (flat indices and values) and its
+    # two levels (None where it has too little lung or band of its own: the whole stack's levels
+    # are used there), so that a long scan holds no per-slice copies
     kept, samples_lung, samples_band = [], [], []
     for k in slices:
         plane = img[:, :, k].astype(np.float32)
@@ -87,18 +88,19 @@ def split_classes(image: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, geo
         samples_band.append(band[::7])
         lung_level = float(np.median(parenchyma)) if parenchyma.size >= MIN_PIXELS else None
         tissue = _tissue(band, lung_level) if lung_level is not None and band.size >= MIN_PIXELS else None
-        kept.append((k, mask, plane[mask], lung_level, tissue, band if tissue is None and band.size else None,
-                     float(np.percentile(plane, 10))))
+        where = np.flatnonzero(mask)
+        kept.append((k, where, plane.reshape(-1)[where], lung_level, tissue,
+                     band if tissue is None and band.size else None, float(np.percentile(plane, 10))))
     if not kept:
         return out
     pooled_lung, pooled_band = np.concatenate(samples_lung), np.concatenate(samples_band)
     stack_lung = float(np.median(pooled_lung)) if pooled_lung.size >= MIN_PIXELS else None
-    for k, mask, values, lung_level, tissue, band, darkest in kept:
+    for k, where, values, lung_level, tissue, band, darkest in kept:
         if lung_level is None:  # the stack's lung; with no lung anywhere, the darkest tenth of the slice
             lung_level = stack_lung if stack_lung is not None else darkest
         if tissue is None:
             source = band if band is not None and band.size >= MIN_PIXELS else pooled_band
             tissue = _tissue(source, lung_level) if source.size else float(values.max())
         density = (values - lung_level) / max(1e-3, tissue - lung_level)  # 0 lung .. 1 soft tissue
-        slab[k][mask] = np.where(density >= fraction, CONSOLIDATION, GROUND_GLASS)
+        slab[k].reshape(-1)[where] = np.where(density >= fraction, CONSOLIDATION, GROUND_GLASS)  # a view: contiguous
     return out

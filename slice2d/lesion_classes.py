@@ -54,20 +54,27 @@ def _tissue(band: np.ndarray, lung_level: float) -> float:
 
 
 def split_classes(image: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, geometry: Geometry,
-                  kind: str = "hu", fraction: float = CONSOLIDATION_FRACTION, smooth_mm: float = SMOOTH_MM) -> np.ndarray:
+                  kind: str = "hu", fraction: float = CONSOLIDATION_FRACTION, smooth_mm: float = SMOOTH_MM,
+                  inplace: bool = False) -> np.ndarray:
     """Lesion map (any foreground) -> 0 / ``GROUND_GLASS`` / ``CONSOLIDATION``, on the input grid.
 
     image: the CT (kind "hu") or 8-bit slices stacked (kind "uint8"), on the grid of ``lesions`` and
     ``lungs`` (0 / lung labels), ``geometry`` their grid. Slices without lesion are untouched.
     fraction: where between the lung and soft-tissue levels consolidation begins.
+    inplace: write the consolidation into ``lesions`` itself (uint8, lesion pixels 1) and return it:
+    no second map the size of the scan.
     """
     # views of the input grid in the canonical orientation: no whole-volume copy or comparison
     les, lun, img = (to_canonical(np.asarray(a), geometry) for a in (lesions, lungs, image))
     # the labels slice-major, so that each slice is written into contiguous memory; returned as a
     # view on the input grid (as the pipeline's label maps are)
-    slab = np.zeros((les.shape[2], les.shape[0], les.shape[1]), np.uint8)
-    out_canonical = np.moveaxis(slab, 0, 2)
-    out = from_canonical(out_canonical, geometry)
+    if inplace:
+        if lesions.dtype != np.uint8 or int(lesions.max(initial=0)) > 1:
+            raise ValueError("inplace needs a uint8 lesion map of 0 and 1")
+        out = lesions
+    else:
+        slab = np.zeros((les.shape[2], les.shape[0], les.shape[1]), np.uint8)
+        out = from_canonical(np.moveaxis(slab, 0, 2), geometry)
     rows_mm, cols_mm, _ = geometry.canonical_spacing
     pixel = min(rows_mm, cols_mm)
     band_px = (BAND_MM[0] / pixel, BAND_MM[1] / pixel)
@@ -102,5 +109,9 @@ def split_classes(image: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, geo
             source = band if band is not None and band.size >= MIN_PIXELS else pooled_band
             tissue = _tissue(source, lung_level) if source.size else float(values.max())
         density = (values - lung_level) / max(1e-3, tissue - lung_level)  # 0 lung .. 1 soft tissue
-        slab[k].reshape(-1)[where] = np.where(density >= fraction, CONSOLIDATION, GROUND_GLASS)  # a view: contiguous
+        labels = np.where(density >= fraction, CONSOLIDATION, GROUND_GLASS).astype(np.uint8)
+        if inplace:  # the lesion pixels are ground-glass (1) already: only consolidation is written
+            les[:, :, k][np.unravel_index(where[labels == CONSOLIDATION], les.shape[:2])] = CONSOLIDATION
+        else:
+            slab[k].reshape(-1)[where] = labels  # a view: contiguous
     return out

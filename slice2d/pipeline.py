@@ -401,7 +401,7 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
             lesions, lungs = keep_lesions(lesions, anatomy, geometry, image if anatomy.body is not None else None)
         lesion_classes = run.cfg.n_classes
         if options.lesion_classes and lesion_classes == 2:
-            lesions, lesion_classes = split_classes(image, lesions, lungs, geometry), 3
+            lesions, lesion_classes = split_classes(image, lesions, lungs, geometry, inplace=True), 3
         checks, lung_source = sanity(anatomy, lungs, img.affine, image, convention), anatomy.source
         del anatomy, maps, rest  # the body and airway masks, as large as the image, are done with
         report = case_report(lesions, lungs, lobes, img.affine, case, scoring, checks, lesion_classes - 1)

@@ -77,3 +77,15 @@ def test_predict_writes_ground_glass_and_consolidation_whose_union_is_the_binary
     truth = np.asarray(nib.load(tmp_path / "ph" / "lesions" / "phantom_000.nii.gz").dataobj)
     found = (maps[""] > 0) & (truth > 0)  # where the model found lesion, the classes are the phantom's
     assert np.mean(maps[""][found] == truth[found]) > 0.8
+
+
+def test_the_split_in_place_writes_the_same_classes_into_the_lesion_map():
+    ph = make_phantom(shape=(64, 64, 24), spacing=(5.0, 5.0, 10.0), seed=2)
+    geometry = geometry_of(nib.Nifti1Image(ph.image, ph.affine))
+    lesions = (ph.lesions > 0).astype(np.uint8)
+    expected = split_classes(ph.image, lesions, ph.lungs, geometry)
+    assert set(np.unique(lesions)) == {0, 1}, "a new map unless asked: the input is left alone"
+    written = split_classes(ph.image, lesions, ph.lungs, geometry, inplace=True)
+    assert written is lesions and np.array_equal(lesions, expected) and (expected == CONSOLIDATION).any()
+    with pytest.raises(ValueError, match="0 and 1"):
+        split_classes(ph.image, lesions, ph.lungs, geometry, inplace=True)  # now holds 2: not a binary map

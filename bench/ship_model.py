@@ -71,6 +71,11 @@ def main() -> None:
         threshold_note = "; chosen on the validation split with `bench/real_cv.py --calibrate`"
     heads = (f"; trained with deep supervision (softmax heads at the {cfg.model.deep_supervision} decoder levels below the "
              "top; only the top head is kept)" if cfg.model.deep_supervision else "")
+    # what `slice2d predict` writes of a binary lesion model (slice2d.lesion_classes)
+    written = ("\n- `slice2d predict` writes this model's lesion map as ground-glass (1) and consolidation (2), told apart "
+               "by density against each slice's lung and soft-tissue levels (`slice2d.lesion_classes`; covid-semiseg, 5 "
+               "folds: BENCHMARKS.md, Ground-glass and consolidation by density); `--binary` writes it as 1."
+               if cfg.data.task == "lesions" and cfg.n_classes == 2 else "")
     card = f"""# slice2d shipped model: {args.name or args.task}
 
 - U-Net depth {cfg.model.depth}, base filters {cfg.model.base_filters}; classes {list(cfg.data.classes)}{heads};
@@ -80,7 +85,7 @@ def main() -> None:
   {cfg.data.intensity.clahe_tiles}x{cfg.data.intensity.clahe_tiles} tiles).
 {provenance}
 - Foreground threshold {cfg.predict.foreground_threshold:g} (`predict.foreground_threshold`: a pixel is foreground where its
-  foreground probability exceeds it{threshold_note}).
+  foreground probability exceeds it{threshold_note}).{written}
 - Trained with: `{args.command or 'python bench/real_cv.py ' + args.task}`
 {f'- {args.note}' if args.note else ''}
 

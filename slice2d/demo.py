@@ -76,7 +76,9 @@ def run_demo(out: str | Path, cases: int = 10, test_cases: int = 3, epochs: int 
                             options=PredictOptions(lobes_dir=out / "test" / "lobes"))
     announce("evaluating against the phantoms' truth")
     _binary_references(out / "test" / "lesions", out / "test" / "infection")
-    evaluate_folders(out / "predictions", out / "test" / "infection", out / "evaluation", labels={1: "infection"})
+    # predict writes ground-glass and consolidation: their union is the infection scored here
+    evaluate_folders(out / "predictions", out / "test" / "infection", out / "evaluation", labels={1: "infection"},
+                     union=True)
     truth_tss = {}
     for image in test_images:
         maps = {k: nib.load(out / "test" / k / image.name) for k in ("lesions", "lungs", "lobes")}

@@ -351,8 +351,9 @@ def evaluate_folders(
     reference data set declares, else the union of non-zero values over all references.
     tolerance_mm: as ``tolerances`` in ``evaluate_case``.
     progress: called with the case name after each case.
-    union: every non-zero label of both sides counts as one label 1, "foreground" (e.g. ground-glass
-    and consolidation scored as infection against binary references).
+    union: every non-zero label of both sides counts as one label 1, named as ``labels`` names one
+    label, else "foreground" (e.g. ground-glass and consolidation scored as infection against
+    binary references).
     Writes ``out_dir/metrics.csv`` (one row per case and label), ``out_dir/summary.json`` (per label
     and metric: mean, sd (ddof=1), median, n over defined values; NaN as null) and
     ``out_dir/metrics.png`` (box plots); each is written to a temporary name and renamed when done.
@@ -373,8 +374,9 @@ def evaluate_folders(
         raise InputError(
             f"{preds[both_seg[0]]} and {refs[both_seg[0]]}: both are DICOM SEG; a SEG is read onto the grid of "
             "the map it is compared with, so give the predictions or the references as NIfTI (predict writes both)")
-    if union:
-        labels = {1: "foreground"}
+    if union:  # one label, named as given (e.g. {1: "infection"}) or "foreground"
+        given = list(_label_table(labels).values()) if labels is not None else []
+        labels = {1: given[0] if len(given) == 1 else "foreground"}
     if labels is None:
         labels = _declared_labels(ref_dir) or None
     if labels is None:

@@ -212,6 +212,9 @@ def test_evaluate_union_scores_ground_glass_and_consolidation_as_one_against_bin
     union = json.loads((evaluate_folders(tmp_path / "p", tmp_path / "r", tmp_path / "o2", union=True)
                         / "summary.json").read_text())
     assert list(union["labels"]) == ["foreground"] and union["labels"]["foreground"]["metrics"]["dice"]["mean"] == 1.0
+    named = json.loads((evaluate_folders(tmp_path / "p", tmp_path / "r", tmp_path / "o3", labels={1: "infection"},
+                                         union=True) / "summary.json").read_text())
+    assert named["labels"]["infection"]["metrics"]["dice"]["mean"] == 1.0
 
 
 def test_evaluate_folders_refuses_different_grids(tmp_path):

@@ -6,15 +6,16 @@ the lung (the median of the lungs outside the lesions) and soft tissue (the medi
 pixels in a band from ``BAND_MM`` just outside the lungs and lesions: chest wall, mediastinum,
 diaphragm). A lesion pixel whose density (smoothed over ``SMOOTH_MM``) lies at least
 ``CONSOLIDATION_FRACTION`` of the way from the lung level to the soft-tissue level is
-consolidation, the rest ground-glass. Being relative, the same
-rule reads HU volumes (first put in a lung window, ``HU_WINDOW``, as a slice export would be) and
-8-bit slice exports of any window; on a typical CT (lung -850 HU, soft tissue 40 HU) the boundary
-falls near -360 HU, the usual quantitative boundary between the two (about -300 HU).
+consolidation, the rest ground-glass. Being relative, the same rule reads HU volumes (first put
+in a lung window, ``HU_WINDOW``, as a slice export would be) and 8-bit slice exports of any
+window; on a typical CT (lung -850 HU, soft tissue 40 HU) the boundary falls near -360 HU, the
+usual quantitative boundary between the two (about -300 HU).
 
 The fraction and the smoothing were chosen by 5-fold cross-validation on covid-semiseg's labelled
 ground-glass and consolidation (on the other four folds' slices: 0.55 in all five folds, 2 mm in
-four of them; BENCHMARKS.md, "Ground-glass and consolidation by density"). The union of the two classes is the lesion map given: binary accuracy does not
-change, and nothing is added where the lesion model found nothing.
+four of them; BENCHMARKS.md, "Ground-glass and consolidation by density"). The union of the two
+classes is the lesion map given: binary accuracy does not change, and nothing is added where the
+lesion model found nothing.
 """
 
 from __future__ import annotations

@@ -345,6 +345,7 @@ def severity_cmd(
     lobes: Annotated[Optional[Path], typer.Option(help="Lobe map (convention: --lobe-labels), or a folder.")] = None,
     image: Annotated[Optional[Path], typer.Option(help="The CT (HU; a volume file or a folder holding a DICOM series), or for a folder of maps a folder of same-named CTs (files, or DICOM series folders named like the cases): figure background; lungs are extracted from it when --lungs is absent.")] = None,
     series: Annotated[Optional[str], typer.Option(help="--image is a DICOM folder holding several CT series: the SeriesInstanceUID to read.")] = None,
+    split_classes: Annotated[bool, typer.Option("--split-classes", help="Score a binary lesion map (another tool's, say) as ground-glass and consolidation, told apart by density on the CT given with --image, as predict writes them (docs/models.md); the map itself is not changed.")] = False,
     scheme: SchemeOption = Scheme.chung,
     lobe_labels: LobeLabelsOption = LobeLabels.slice2d,
     zones: ZonesOption = Zones.extent,
@@ -355,7 +356,8 @@ def severity_cmd(
     from slice2d.scoring import score_files
 
     with _user_errors():
-        reports = score_files(lesions, lungs, lobes, image, SeverityOptions(scheme, lobe_labels, zones), out, series=series)
+        reports = score_files(lesions, lungs, lobes, image, SeverityOptions(scheme, lobe_labels, zones), out, series=series,
+                              split=split_classes)
     for report in reports:
         category = f" ({report['category']})" if report.get("category") else ""
         log.info("%s: %s TSS %d/%d%s, total PI %.1f %%", report["case"], report["scheme"], report["tss"],

@@ -28,7 +28,7 @@ from slice2d.severity import MapError, SeverityOptions
 
 
 def _score_one(lesions: Path, lungs: Path | None, lobes: Path | None, image: Path | None,
-               options: SeverityOptions, json_path: Path, series: str | None = None) -> dict:
+               options: SeverityOptions, json_path: Path, series: str | None = None, split: bool = False) -> dict:
     les_img = load_volume(lesions, "lesion map")
     les = read_array(les_img, lesions, "label")
     ct = ct_img = None
@@ -52,8 +52,18 @@ def _score_one(lesions: Path, lungs: Path | None, lobes: Path | None, image: Pat
     else:
         lung_map = None
     lobe_map = read_labels_on_grid(lobes, les_img, lesions, "lobe map") if lobes is not None else None
+    classes = None
+    if split and int(les.max(initial=0)) <= 1:  # a binary map: ground-glass and consolidation by density
+        if ct is None:
+            raise InputError(f"{lesions}: --split-classes needs the CT (--image) to measure density on")
+        from slice2d.lesion_classes import split_classes
+
+        lung_mask = lung_map if lung_map is not None else lobe_map > 0
+        # ``les`` is this function's own copy of the map (uint8, 0/1): written in place
+        les, classes = split_classes(ct, les, lung_mask, geometry_of(les_img), inplace=True), 2
     try:
-        return score_case(ct, les, lung_map, lobe_map, les_img.affine, case_name(lesions), options, json_path)
+        return score_case(ct, les, lung_map, lobe_map, les_img.affine, case_name(lesions), options, json_path,
+                          lesion_classes=classes)
     except MapError as exc:
         source = {"lesions": lesions, "lungs": lungs or image, "lobes": lobes}[exc.which]
         raise InputError(f"{source}: {exc}") from None
@@ -61,7 +71,7 @@ def _score_one(lesions: Path, lungs: Path | None, lobes: Path | None, image: Pat
 
 def score_files(lesions: Path, lungs: Path | None, lobes: Path | None, image: Path | None,
                 options: SeverityOptions, out: Path, progress: Callable[[Path], None] | None = None,
-                series: str | None = None) -> list[dict]:
+                series: str | None = None, split: bool = False) -> list[dict]:
     """``slice2d severity``: reports from existing maps, for one case or a cohort.
 
     One case: ``lesions`` and the others are files; the report goes to ``out`` (.json), with the
@@ -71,12 +81,14 @@ def score_files(lesions: Path, lungs: Path | None, lobes: Path | None, image: Pa
     built-in extraction on the CT ``image``, with the lesions that touch them added (as ``predict``
     adds them). ``image`` may be a folder holding a DICOM series (``series``: its UID where the
     folder holds several); in a cohort, a folder of CTs whose cases are volume files or DICOM
-    series folders named like the maps (``dicom.image_cases``).
+    series folders named like the maps (``dicom.image_cases``). split: a binary lesion map is scored
+    as ground-glass and consolidation told apart by density on the CT (``lesion_classes``), as
+    ``predict`` writes them; the map on disk is not changed.
     """
     if not Path(lesions).is_dir():
         if out.suffix != ".json":
             raise InputError(f"{out}: --out must name a .json file (the .png and .csv are written beside it)")
-        report = _score_one(lesions, lungs, lobes, image, options, out, series)
+        report = _score_one(lesions, lungs, lobes, image, options, out, series, split)
         write_cohort_csv([report], out.with_suffix(".csv"))
         return [report]
     if out.suffix:
@@ -93,7 +105,7 @@ def score_files(lesions: Path, lungs: Path | None, lobes: Path | None, image: Pa
     reports = []
     for path in files:
         paired = [Path(f) / path.name if f is not None else None for f in (lungs, lobes)] + [cts.get(case_name(path))]
-        reports.append(_score_one(path, *paired, options, out / f"{case_name(path)}.json"))
+        reports.append(_score_one(path, *paired, options, out / f"{case_name(path)}.json", split=split))
         if progress:
             progress(path)
     write_cohort_csv(reports, out / "cohort.csv")

@@ -89,3 +89,28 @@ def test_the_split_in_place_writes_the_same_classes_into_the_lesion_map():
     assert written is lesions and np.array_equal(lesions, expected) and (expected == CONSOLIDATION).any()
     with pytest.raises(ValueError, match="0 and 1"):
         split_classes(ph.image, lesions, ph.lungs, geometry, inplace=True)  # now holds 2: not a binary map
+
+
+def test_severity_splits_another_tools_binary_map_on_request(tmp_path):
+    """`slice2d severity --split-classes` scores a binary lesion map as ground-glass and
+    consolidation by density on the CT, the same split `predict` makes, and leaves the map alone;
+    without the CT it says what it needs."""
+    ph = make_phantom(shape=(64, 64, 24), spacing=(5.0, 5.0, 10.0), seed=2)
+    ct, binary = tmp_path / "ct.nii.gz", tmp_path / "binary.nii.gz"
+    nib.save(nib.Nifti1Image(ph.image, ph.affine), ct)
+    nib.save(nib.Nifti1Image((ph.lesions > 0).astype(np.uint8), ph.affine), binary)
+    before = binary.read_bytes()
+    result = invoke("severity", "--lesions", binary, "--image", ct, "--out", tmp_path / "r.json", "--split-classes", "-q")
+    assert result.exit_code == 0, result.output
+    assert binary.read_bytes() == before, "the map on disk is left alone"
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["lesion_classes"] == 2 and report["consolidation_ml"] > 0 and report["ggo_ml"] > 0
+    truth = ph.lesions[ph.lungs > 0]
+    voxel_ml = 5.0 * 5.0 * 10.0 / 1000
+    assert report["consolidation_ml"] == pytest.approx(np.count_nonzero(truth == 2) * voxel_ml, rel=0.25)
+    plain = invoke("severity", "--lesions", binary, "--image", ct, "--out", tmp_path / "p.json", "-q")
+    assert plain.exit_code == 0 and json.loads((tmp_path / "p.json").read_text())["lesion_classes"] == 1
+    lungs = tmp_path / "lungs.nii.gz"
+    nib.save(nib.Nifti1Image(ph.lungs, ph.affine), lungs)
+    missing = invoke("severity", "--lesions", binary, "--lungs", lungs, "--out", tmp_path / "m.json", "--split-classes")
+    assert missing.exit_code != 0 and "needs the CT (--image)" in missing.output and "Traceback" not in missing.output

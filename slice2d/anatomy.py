@@ -315,9 +315,10 @@ def sanity(anatomy: ScanAnatomy, lungs: np.ndarray, affine: np.ndarray, image: n
                    "left_lung_ml": round(np.count_nonzero(lungs == 2) * voxel_ml, 1)}
     block.update(_coverage(lungs, affine))
     block["intensity"] = convention
-    if convention.startswith("HU"):  # slice exports carry no physical voxel size
+    hu = convention.startswith("HU")
+    if hu:  # slice exports carry no physical voxel size
         block.update(_voxel_size(affine))
-    if image is not None and anatomy.body is not None and convention.startswith("HU"):
+    if image is not None and anatomy.body is not None and hu:
         median = _median_air_outside_body(np.asarray(image), anatomy.body)
         block["air_outside_body_hu"] = None if median is None else round(median, 0)
     return block
@@ -367,7 +368,7 @@ def _voxel_size(affine: np.ndarray) -> dict:
     from nibabel.orientations import io_orientation
 
     sizes = voxel_sizes(np.asarray(affine, float))
-    axis = int(np.flatnonzero(io_orientation(affine)[:, 0] == 2)[0])  # the voxel axis along S
+    axis = int(np.flatnonzero(io_orientation(affine)[:, 0] == 2)[0])  # the voxel axis along S, as in _coverage
     return {"pixel_mm": round(float(max(np.delete(sizes, axis))), 2), "slice_mm": round(float(sizes[axis]), 2)}
 
 

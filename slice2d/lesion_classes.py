@@ -67,13 +67,12 @@ def split_classes(image: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, geo
     """
     # views of the input grid in the canonical orientation: no whole-volume copy or comparison
     les, lun, img = (to_canonical(np.asarray(a), geometry) for a in (lesions, lungs, image))
-    # the labels slice-major, so that each slice is written into contiguous memory; returned as a
-    # view on the input grid (as the pipeline's label maps are)
     if inplace:
         if lesions.dtype != np.uint8 or int(lesions.max(initial=0)) > 1:
             raise ValueError("inplace needs a uint8 lesion map of 0 and 1")
         out = lesions
-    else:
+    else:  # the labels slice-major, each slice written into contiguous memory; returned as a view
+        # on the input grid (as the pipeline's label maps are)
         slab = np.zeros((les.shape[2], les.shape[0], les.shape[1]), np.uint8)
         out = from_canonical(np.moveaxis(slab, 0, 2), geometry)
     rows_mm, cols_mm, _ = geometry.canonical_spacing
@@ -97,8 +96,10 @@ def split_classes(image: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, geo
         lung_level = float(np.median(parenchyma)) if parenchyma.size >= MIN_PIXELS else None
         tissue = _tissue(band, lung_level) if lung_level is not None and band.size >= MIN_PIXELS else None
         where = np.flatnonzero(mask)
+        # the slice's darkest tenth: the lung level of last resort, only where there is no lung at all
+        darkest = float(np.percentile(plane, 10)) if lung_level is None else None
         kept.append((k, where, plane.reshape(-1)[where], lung_level, tissue,
-                     band if tissue is None and band.size else None, float(np.percentile(plane, 10))))
+                     band if tissue is None and band.size else None, darkest))
     if not kept:
         return out
     pooled_lung, pooled_band = np.concatenate(samples_lung), np.concatenate(samples_band)

@@ -399,12 +399,12 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
         lungs = anatomy.lungs
         if options.lungs_only:
             lesions, lungs = keep_lesions(lesions, anatomy, geometry, image if anatomy.body is not None else None)
-        lesion_classes = run.cfg.n_classes
-        if options.lesion_classes and lesion_classes == 2:
-            lesions, lesion_classes = split_classes(image, lesions, lungs, geometry, inplace=True), 3
+        n_classes = run.cfg.n_classes  # of the lesion map as written, background included
+        if options.lesion_classes and n_classes == 2:
+            lesions, n_classes = split_classes(image, lesions, lungs, geometry, inplace=True), 3
         checks, lung_source = sanity(anatomy, lungs, img.affine, image, convention), anatomy.source
         del anatomy, maps, rest  # the body and airway masks, as large as the image, are done with
-        report = case_report(lesions, lungs, lobes, img.affine, case, scoring, checks, lesion_classes - 1)
+        report = case_report(lesions, lungs, lobes, img.affine, case, scoring, checks, n_classes - 1)
     except InputError as exc:  # this case's input: a cohort goes on
         raise CaseError(str(exc)) from None
     except MapError as exc:
@@ -418,7 +418,7 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
             save_like(probs[..., 1:], img, out_dir / "probabilities" / name, dtype=np.float32)
         if options.dicom_seg:
             write_case_seg(path, img, {"lesions": lesions, "lungs": lungs, "lobes": lobes}, out_dir, case,
-                           lesion_classes, scoring.lobe_labels, lung_source)
+                           n_classes, scoring.lobe_labels, lung_source)
         write_case_report(report, image, lesions, lungs, lobes, img.affine, out_dir / "severity" / f"{case}.json")
     return report
 

@@ -31,22 +31,10 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import machine, write_section  # noqa: E402
+from whole_scans import DATA, _references, dice  # noqa: E402  (the same references as "Whole real scans")
 
-ROOT = Path(__file__).resolve().parents[1]
-CT = ROOT.parent / "shared" / "data" / "ct-samples"
+CT = DATA / "ct-samples"
 THRESHOLDS = range(-700, -150, 10)
-
-
-def _references() -> dict[str, tuple[Path, np.ndarray]]:
-    copd = np.asarray(nib.load(CT / "copdgene-10002K-lungs-64.nii.gz").dataobj) > 0
-    seg = np.asarray(nib.load(CT / "totalseg-example-seg.nii.gz").dataobj)
-    lobes = np.isin(seg, (10, 11, 12, 13, 14))  # TotalSegmentator's five lung lobes
-    return {"copdgene-10002K-ct-64": (CT / "copdgene-10002K-ct-64.nii.gz", copd),
-            "totalseg-example-ct": (CT / "totalseg-example-ct.nii.gz", lobes)}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b)))
 
 
 def limits(image: np.ndarray, lungs: np.ndarray, ref: np.ndarray) -> dict:
@@ -73,8 +61,9 @@ def main() -> None:
     from slice2d.lungs import extract_anatomy_nifti
 
     results = {}
-    for name, (path, ref) in _references().items():
-        img = nib.load(path)
+    for name, labels in _references().items():
+        ref = labels > 0
+        img = nib.load(CT / f"{name}.nii.gz")
         image = np.asarray(img.dataobj, dtype=np.float32)
         lungs = extract_anatomy_nifti(img, image)[0] > 0
         results[name] = limits(image, lungs, ref)

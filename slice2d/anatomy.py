@@ -20,7 +20,9 @@ anatomy of the whole volume to bear on their maps, one place for every input kin
   ``LUNG_MARGIN_MM`` of the lungs is dropped, and on HU volumes a piece mostly outside the lungs
   (the liver or spleen dome, the diaphragm, the stomach wall) keeps only its part inside them, and the top of a
   dome cut by the slice (a soft round blob inside the lung, denser tissue right below it) is
-  dropped; lesion the lung map missed is added to it, so that PI% counts it.
+  dropped, and so is a solid nodule (round, as dense as soft tissue, surrounded by lung: a
+  nodule or tumour, not infection; the report counts them); lesion the lung map missed is added
+  to it, so that PI% counts it.
 - **A sanity block** for every report: body found, lungs found and their volume, whether the
   scan reaches above the apex and below the bases, the intensity convention seen, and for HU
   volumes the pixel and slice spacing.
@@ -46,7 +48,12 @@ EDGE_AREA_FRACTION = 0.05  # a lung cut by the scan's first or last slice: more 
 LUNG_MARGIN_MM = 5.0  # lesions this close to the lung map (in-plane) are kept: a lung map may miss a pleural rim
 DOME_HEIGHT_MM = 7.5  # a lesion no taller than this ...
 DOME_BELOW_HU = -200.0  # ... lying over tissue denser than this in the slice below ...
-DOME_BELOW_FRACTION = 0.9  # ... with this share of its lowest slice is the top of a dome (``_drop_dome_tops``)
+DOME_BELOW_FRACTION = 0.9  # ... with this share of its lowest slice is the top of a dome (``_is_dome_top``)
+SOLID_HU = -300.0  # a voxel denser than this is solid: consolidation, a nodule, soft tissue
+NODULE_SOLID_FRACTION = 0.75  # a lesion this solid ...
+NODULE_IN_LUNG = 0.8  # ... with this share of its in-plane surroundings in the lungs ...
+NODULE_MAX_ML = 30.0  # ... no larger (a ball 3.9 cm across) ...
+NODULE_ELONGATION = 2.5  # ... and no longer than this many times its width is a solid nodule (``_is_solid_nodule``)
 
 
 def margin_disc(geometry: Geometry, margin_mm: float = LUNG_MARGIN_MM) -> np.ndarray:
@@ -186,18 +193,20 @@ def _add_dense_lung(lungs: np.ndarray, model_lungs: np.ndarray, body: np.ndarray
 
 
 def keep_lesions(lesions: np.ndarray, anatomy: ScanAnatomy, geometry: Geometry,
-                 image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(lesions, lungs) as written: lesion pieces outside the body or away from the lungs
-    dropped (``lesions_near_lungs``, whole in-plane pieces), and the lung map with the
-    kept lesion it had left out added (``lungs_with_lesions``).
+                 image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """(lesions, lungs, nodules) as written: lesion pieces outside the body or away from the lungs
+    dropped (``lesions_near_lungs``, whole in-plane pieces), the lung map with the kept lesion it
+    had left out added (``lungs_with_lesions``), and the volumes (mL) of the solid nodules left
+    out of the lesions.
 
     image: the CT in HU; lesion pixels outside the lung map that are air-like (below ``AIR_HU``)
-    are dropped first: lesion the lungs missed is dense (consolidation), while air next to a lung
-    outside its map is gas, airway or the air around the patient.
+    are dropped first: lesion the lung map missed is dense (consolidation), while air next to a
+    lung outside its map is gas, airway or the air around the patient.
 
-    On HU volumes the tops of domes go first (``_drop_dome_tops``, the one rule that looks across
-    slices); every other rule works within one axial slice, so they run slice by slice, on the
-    slices that hold lesion only (on a whole scan, a fraction of them).
+    On HU volumes the tops of domes (``_is_dome_top``) and solid nodules (``_is_solid_nodule``)
+    go first, the rules that look across slices; every other rule works within one axial slice,
+    so they run slice by slice, on the slices that hold lesion only (on a whole scan, a fraction
+    of them).
     """
     from slice2d.lungs import AIR_HU
 
@@ -207,8 +216,9 @@ def keep_lesions(lesions: np.ndarray, anatomy: ScanAnatomy, geometry: Geometry,
     body = None if anatomy.body is None else to_canonical(anatomy.body, geometry)
     hu = None if image is None else to_canonical(np.asarray(image), geometry)
     disc = margin_disc(geometry)
+    nodules: list[float] = []
     if hu is not None and body is not None:
-        _drop_dome_tops(kept, hu, geometry.canonical_spacing[2])
+        nodules = _drop_domes_and_nodules(kept, hu, lungs, geometry.canonical_spacing)
     for k in np.flatnonzero(kept.any(axis=(0, 1))):
         lesion, lung = kept[:, :, k], lungs[:, :, k]
         if body is not None:
@@ -219,7 +229,7 @@ def keep_lesions(lesions: np.ndarray, anatomy: ScanAnatomy, geometry: Geometry,
         if body is not None:  # HU volume: the lungs are the built-in extraction's (or combined)
             _trim_piece_outside(lesion, lung)
         _add_lesion_to_lung(out_lungs[:, :, k], lesion)
-    return from_canonical(kept, geometry), from_canonical(out_lungs, geometry)
+    return from_canonical(kept, geometry), from_canonical(out_lungs, geometry), nodules
 
 
 def _trim_piece_outside(lesion: np.ndarray, lung: np.ndarray) -> None:
@@ -242,24 +252,20 @@ def _trim_piece_outside(lesion: np.ndarray, lung: np.ndarray) -> None:
         lesion[mostly_outside[pieces] & (lung == 0)] = 0
 
 
-def _drop_dome_tops(lesions: np.ndarray, hu: np.ndarray, slice_mm: float) -> None:
-    """Clear (in place) the lesions that are the top of a dome cut by an axial slice.
+def _lesions_across_slices(lesions: np.ndarray, hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, float, float]):
+    """The lesions of a scan in 3D, gathered a slice at a time: (pieces, lesions, first).
 
-    Where the liver or spleen dome, or a solid mass, rises into the lung, the first slice that
-    cuts it averages tissue with the lung above it (partial volume): a soft round blob at about
-    -400 HU inside the lung, which a network that sees one slice takes for ground-glass. A lesion
-    (8-connected in-plane, joined across slices where consecutive slices overlap) no taller than
-    ``DOME_HEIGHT_MM`` whose lowest slice lies, for ``DOME_BELOW_FRACTION`` of its pixels or more,
-    over tissue denser than ``DOME_BELOW_HU`` in the slice below is such a top. Infection is
-    taller, or lies over lung. lesions, hu: canonical (rows, cols, Z), Z rising to the head.
-    Two passes of per-slice labelling, so memory stays that of a few slices.
+    A lesion is the in-plane pieces (8-connected) joined across consecutive slices where they
+    overlap. pieces: one row per in-plane piece, numbered slice by slice, with ``PIECE_FIELDS``
+    (sums of in-plane coordinates in mm, for the lesion's shape); lesions: the piece numbers of
+    each lesion; first: slice -> number of its first piece. lesions, hu, lungs: canonical
+    (rows, cols, Z), Z rising to the head; spacing: theirs in mm. Two passes of per-slice
+    labelling in all (``_clear_pieces`` is the second), so memory stays that of a few slices.
     """
     zs = np.flatnonzero(lesions.any(axis=(0, 1)))
-    if zs.size == 0:
-        return
     parent: list[int] = []  # union-find over the in-plane pieces of every slice, numbered in turn
-    first: dict[int, int] = {}  # slice -> number of its first piece
-    pieces: list[tuple[int, int, int]] = []  # piece -> (slice, pixels, pixels over dense tissue below)
+    first: dict[int, int] = {}
+    rows: list[np.ndarray] = []
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -267,45 +273,149 @@ def _drop_dome_tops(lesions: np.ndarray, hu: np.ndarray, slice_mm: float) -> Non
             i = parent[i]
         return i
 
-    previous, previous_z = None, None
+    previous, previous_z = None, None  # the last slice's labels and their box's corner
+    ring = np.ones((3, 3), np.uint8)
     for z in zs:
-        n, labels = cv2.connectedComponents((lesions[:, :, z] > 0).astype(np.uint8), connectivity=8)
+        plane = lesions[:, :, z] > 0
+        r, c = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+        r0, c0 = max(0, r[0] - 1), max(0, c[0] - 1)  # the box of the slice's lesion, one pixel around it
+        box = np.s_[r0:r[-1] + 2, c0:c[-1] + 2]
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(plane[box].astype(np.uint8), connectivity=8)
         first[z] = len(parent)
         parent.extend(range(len(parent), len(parent) + n - 1))
-        sizes = np.bincount(labels.ravel(), minlength=n)
-        dense = np.bincount(labels[hu[:, :, z - 1] > DOME_BELOW_HU], minlength=n) if z > 0 else np.zeros(n, int)
-        pieces.extend((int(z), int(sizes[j]), int(dense[j])) for j in range(1, n))
-        if previous is not None and previous_z == z - 1:
-            both = (labels > 0) & (previous > 0)
-            for a, b in set(zip(labels[both].tolist(), previous[both].tolist(), strict=True)):
-                parent[root(first[z] + a - 1)] = root(first[z - 1] + b - 1)
-        previous, previous_z = labels, z
-    lesion_of: dict[int, list[int]] = {}
+        dense_below = (np.bincount(labels[hu[:, :, z - 1][box] > DOME_BELOW_HU], minlength=n) if z > 0
+                       else np.zeros(n, np.int64))
+        solid = np.bincount(labels[hu[:, :, z][box] >= SOLID_HU], minlength=n)
+        lung = lungs[:, :, z][box] > 0
+        x, y, w, h = (stats[:, i] for i in range(4))
+        border_all, border_lung = np.zeros(n), np.zeros(n)
+        for j in range(1, n):  # the ring of pixels just around each piece, in its own box
+            own_box = np.s_[max(0, y[j] - 1):y[j] + h[j] + 1, max(0, x[j] - 1):x[j] + w[j] + 1]
+            own = (labels[own_box] == j).astype(np.uint8)
+            around = (cv2.dilate(own, ring) > 0) & (own == 0)
+            border_all[j], border_lung[j] = np.count_nonzero(around), np.count_nonzero(around & lung[own_box])
+        where = np.nonzero(labels)
+        own_label = labels[where]
+        r_mm, c_mm = (where[0] + r0) * spacing[0], (where[1] + c0) * spacing[1]
+        sums = [np.bincount(own_label, weights=v, minlength=n) for v in (r_mm, c_mm, r_mm * r_mm, c_mm * c_mm, r_mm * c_mm)]
+        rows.append(np.stack([np.full(n, z), stats[:, cv2.CC_STAT_AREA], dense_below, solid, border_all,
+                              border_lung, *sums], axis=1)[1:].astype(np.float64))
+        if previous is not None and previous_z == z - 1:  # join the pieces that overlap the last slice's
+            last, (p0, q0) = previous
+            top, left = max(r0, p0), max(c0, q0)
+            bottom, right = min(r0 + labels.shape[0], p0 + last.shape[0]), min(c0 + labels.shape[1], q0 + last.shape[1])
+            if top < bottom and left < right:
+                here = labels[top - r0:bottom - r0, left - c0:right - c0]
+                there = last[top - p0:bottom - p0, left - q0:right - q0]
+                both = (here > 0) & (there > 0)
+                for a, b in set(zip(here[both].tolist(), there[both].tolist(), strict=True)):
+                    parent[root(first[z] + a - 1)] = root(first[z - 1] + b - 1)
+        previous, previous_z = (labels, (r0, c0)), z
+    pieces = np.concatenate(rows) if rows else np.zeros((0, len(PIECE_FIELDS)))
+    grouped: dict[int, list[int]] = {}
     for piece in range(len(pieces)):
-        lesion_of.setdefault(root(piece), []).append(piece)
-    drop = set()
-    for members in lesion_of.values():
-        slices = [pieces[m][0] for m in members]
-        bottom = min(slices)
-        if (max(slices) - bottom + 1) * slice_mm > DOME_HEIGHT_MM or bottom == 0:
-            continue
-        size = sum(pieces[m][1] for m in members if pieces[m][0] == bottom)
-        over = sum(pieces[m][2] for m in members if pieces[m][0] == bottom)
-        if over >= DOME_BELOW_FRACTION * size:
+        grouped.setdefault(root(piece), []).append(piece)
+    return pieces, list(grouped.values()), first
+
+
+PIECE_FIELDS = ("z", "pixels", "over_dense_below", "solid", "border", "border_in_lung",
+                "sum_r", "sum_c", "sum_rr", "sum_cc", "sum_rc")
+Z, PIXELS, OVER_DENSE, SOLID, BORDER, BORDER_LUNG, SUM_R, SUM_C, SUM_RR, SUM_CC, SUM_RC = range(len(PIECE_FIELDS))
+
+
+def _elongation(own: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """The lesion's largest principal spread over its smallest (1 for a ball), from the second
+    moments of its voxels in mm (``own``: its pieces' rows), each voxel a box of ``spacing``."""
+    n = own[:, PIXELS]
+    z_mm = own[:, Z] * spacing[2]
+    total = n.sum()
+    mean = np.array([own[:, SUM_R].sum(), own[:, SUM_C].sum(), (n * z_mm).sum()]) / total
+    rz, cz = (z_mm * own[:, SUM_R]).sum(), (z_mm * own[:, SUM_C]).sum()
+    second = np.array([[own[:, SUM_RR].sum(), own[:, SUM_RC].sum(), rz],
+                       [own[:, SUM_RC].sum(), own[:, SUM_CC].sum(), cz],
+                       [rz, cz, (n * z_mm * z_mm).sum()]]) / total
+    spread = second - np.outer(mean, mean) + np.diag(np.square(spacing)) / 12.0  # a voxel is a box, not a point
+    low, *_, high = np.linalg.eigvalsh(spread)
+    return float(np.sqrt(high / low))
+
+
+def _clear_pieces(lesions: np.ndarray, drop: set[int], first: dict[int, int], pieces: np.ndarray) -> None:
+    """Clear (in place) the in-plane pieces numbered ``drop`` (``_lesions_across_slices``: each
+    slice labelled the same way, in the box of its lesion)."""
+    for z in sorted({int(pieces[m, Z]) for m in drop}):
+        plane = lesions[:, :, z]
+        r, c = np.flatnonzero((plane > 0).any(axis=1)), np.flatnonzero((plane > 0).any(axis=0))
+        box = np.s_[max(0, r[0] - 1):r[-1] + 2, max(0, c[0] - 1):c[-1] + 2]
+        _, labels = cv2.connectedComponents((plane[box] > 0).astype(np.uint8), connectivity=8)
+        gone = [m - first[z] + 1 for m in drop if pieces[m, Z] == z]
+        plane[box][np.isin(labels, gone)] = 0
+
+
+def _is_dome_top(members: list[int], pieces: np.ndarray, slice_mm: float) -> bool:
+    """The top of a dome cut by an axial slice.
+
+    Where the liver or spleen dome, or a solid mass, rises into the lung, the first slice that
+    cuts it averages tissue with the lung above it (partial volume): a soft round blob at about
+    -400 HU inside the lung, which a network that sees one slice takes for ground-glass. A lesion
+    no taller than ``DOME_HEIGHT_MM`` whose lowest slice lies, for ``DOME_BELOW_FRACTION`` of its
+    pixels or more, over tissue denser than ``DOME_BELOW_HU`` in the slice below is such a top.
+    Infection is taller, or lies over lung.
+    """
+    own = pieces[members]
+    bottom = int(own[:, Z].min())
+    if (int(own[:, Z].max()) - bottom + 1) * slice_mm > DOME_HEIGHT_MM or bottom == 0:
+        return False
+    lowest = own[own[:, Z] == bottom]
+    return lowest[:, OVER_DENSE].sum() >= DOME_BELOW_FRACTION * lowest[:, PIXELS].sum()
+
+
+def _is_solid_nodule(members: list[int], pieces: np.ndarray, spacing: tuple[float, float, float]) -> bool:
+    """A solid nodule or small mass: not infection.
+
+    Lung nodules and tumours are round, solid (as dense as soft tissue throughout) and surrounded
+    by lung; a network taught infection against normal lung calls them lesion. Infection that is
+    as solid (consolidation) spreads along the lung: it reaches the pleura, is elongated, or comes
+    with ground-glass around it, which makes it less solid as a whole. A lesion with at least
+    ``NODULE_SOLID_FRACTION`` of its voxels above ``SOLID_HU``, at least ``NODULE_IN_LUNG`` of its
+    in-plane surroundings in the lungs, no larger than ``NODULE_MAX_ML`` and no more elongated
+    than ``NODULE_ELONGATION`` is such a nodule.
+    """
+    own = pieces[members]
+    voxels = own[:, PIXELS].sum()
+    volume_ml = voxels * float(np.prod(spacing)) / 1000.0
+    border = own[:, BORDER].sum()
+    return bool(volume_ml <= NODULE_MAX_ML and own[:, SOLID].sum() >= NODULE_SOLID_FRACTION * voxels
+                and border > 0 and own[:, BORDER_LUNG].sum() >= NODULE_IN_LUNG * border
+                and _elongation(own, spacing) <= NODULE_ELONGATION)
+
+
+def _drop_domes_and_nodules(lesions: np.ndarray, hu: np.ndarray, lungs: np.ndarray,
+                            spacing: tuple[float, float, float]) -> list[float]:
+    """Clear (in place) the lesions that are the top of a dome (``_is_dome_top``) or a solid
+    nodule (``_is_solid_nodule``); return the volumes (mL) of the nodules cleared.
+    lesions, hu, lungs: canonical (rows, cols, Z), Z rising to the head; spacing: theirs in mm."""
+    pieces, grouped, first = _lesions_across_slices(lesions, hu, lungs, spacing)
+    drop: set[int] = set()
+    nodules = []
+    for members in grouped:
+        if _is_dome_top(members, pieces, spacing[2]):
             drop.update(members)
-    for z in sorted({pieces[m][0] for m in drop}):
-        _, labels = cv2.connectedComponents((lesions[:, :, z] > 0).astype(np.uint8), connectivity=8)
-        gone = [m - first[z] + 1 for m in drop if pieces[m][0] == z]
-        lesions[:, :, z][np.isin(labels, gone)] = 0
+        elif _is_solid_nodule(members, pieces, spacing):
+            drop.update(members)
+            nodules.append(float(pieces[members, PIXELS].sum()) * float(np.prod(spacing)) / 1000.0)
+    if drop:
+        _clear_pieces(lesions, drop, first, pieces)
+    return nodules
 
 
 def sanity(anatomy: ScanAnatomy, lungs: np.ndarray, affine: np.ndarray, image: np.ndarray | None = None,
-           convention: str = "HU") -> dict:
+           convention: str = "HU", nodules: list[float] | None = None) -> dict:
     """The report's sanity block: what the pipeline found in this scan.
 
     lungs: the lung map as written; image: the CT (for the intensity convention: the median of
     the air outside the body, about -1000 in HU); convention: "HU" (or what ``io.as_hu`` says of a
-    CT it shifted into HU), or "8-bit slices".
+    CT it shifted into HU), or "8-bit slices"; nodules: the volumes (mL) of the solid nodules
+    left out of the lesions (``keep_lesions``), None where that rule did not run.
     """
     voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
     block: dict = {"lung_source": anatomy.source,
@@ -321,6 +431,9 @@ def sanity(anatomy: ScanAnatomy, lungs: np.ndarray, affine: np.ndarray, image: n
     if image is not None and anatomy.body is not None and hu:
         median = _median_air_outside_body(np.asarray(image), anatomy.body)
         block["air_outside_body_hu"] = None if median is None else round(median, 0)
+    if nodules is not None:
+        block["solid_nodules_left_out"] = len(nodules)
+        block["solid_nodules_ml"] = round(sum(nodules), 1)
     return block
 
 

@@ -396,13 +396,15 @@ def _segment_one(run: Run, path: Path, out_dir: Path, lung_run: Run | None, lobe
         elif options.lobes_dir is not None:
             lobes_path = options.lobes_dir / name
             lobes = read_labels_on_grid(lobes_path, img, path, "lobe map")
-        lungs = anatomy.lungs
+        lungs, nodules = anatomy.lungs, None
         if options.lungs_only:
-            lesions, lungs = keep_lesions(lesions, anatomy, geometry, image if anatomy.body is not None else None)
+            lesions, lungs, nodules = keep_lesions(lesions, anatomy, geometry,
+                                                   image if anatomy.body is not None else None)
+            nodules = nodules if anatomy.body is not None else None  # the rule needs HU
         n_classes = run.cfg.n_classes  # of the lesion map as written, background included
         if options.lesion_classes and n_classes == 2:
             lesions, n_classes = split_classes(image, lesions, lungs, geometry, inplace=True), 3
-        checks, lung_source = sanity(anatomy, lungs, img.affine, image, convention), anatomy.source
+        checks, lung_source = sanity(anatomy, lungs, img.affine, image, convention, nodules), anatomy.source
         del anatomy, maps, rest  # the body and airway masks, as large as the image, are done with
         report = case_report(lesions, lungs, lobes, img.affine, case, scoring, checks, n_classes - 1)
     except InputError as exc:  # this case's input: a cohort goes on

@@ -54,10 +54,10 @@ def test_keep_lesions_drops_lesions_outside_the_body_and_away_from_the_lungs():
     inside = (anatomy.lungs > 0) & (np.arange(80)[:, None, None] < 40)
     lesions[inside] = 1
     lesions[:3, :3, 10:20] = 1  # outside the body
-    kept, lungs = keep_lesions(lesions, anatomy, geometry)
+    kept, lungs, _ = keep_lesions(lesions, anatomy, geometry)
     assert np.array_equal(kept > 0, inside)
     no_body = ScanAnatomy(anatomy.lungs, None, None, "model")  # without a body mask only the lung rule applies
-    kept2, _ = keep_lesions(lesions, no_body, geometry)
+    kept2, _, _ = keep_lesions(lesions, no_body, geometry)
     assert not kept2[:3, :3].any(), "a piece far from the lungs goes with or without the body mask"
     assert np.array_equal(lungs > 0, anatomy.lungs > 0)
 
@@ -203,13 +203,13 @@ def test_a_lesion_piece_mostly_outside_the_lungs_keeps_only_its_part_inside_them
     inside_piece = ndimage.binary_dilation(inside_piece) & lung
     rim = ndimage.binary_dilation(lung, iterations=2) & ~lung & anatomy.body[:, :, k]  # ... with a rim outside
     lesions[:, :, k][inside_piece | rim] = 1
-    kept, _ = keep_lesions(lesions, anatomy, geometry)
+    kept, _, _ = keep_lesions(lesions, anatomy, geometry)
     assert np.array_equal(kept[:, :, k] > 0, inside_piece | rim), "mostly inside: whole"
     body = anatomy.body[:, :, k] & ~ndimage.binary_dilation(lung, iterations=3)  # tissue 12 mm and more from the lungs
     big = np.zeros_like(lesions)
     big[:, :, k][inside_piece | rim | body] = 1  # mostly outside the lungs, touching them
     assert np.count_nonzero(inside_piece) < np.count_nonzero(rim | body)
-    kept, lungs = keep_lesions(big, anatomy, geometry)
+    kept, lungs, _ = keep_lesions(big, anatomy, geometry)
     assert np.array_equal(kept[:, :, k] > 0, inside_piece), "only the part inside the lungs stays"
     np.testing.assert_array_equal(lungs, anatomy.lungs)  # nothing outside them joins the lungs
 
@@ -276,6 +276,32 @@ def test_lesions_outside_the_lung_map_join_the_nearest_lung(order):
     np.testing.assert_array_equal(lungs_in, before)
 
 
+def _solid_nodules_whole_volume(lesions, lungs, hu, spacing):
+    """The solid-nodule rule of ``keep_lesions`` the straightforward way, on canonical arrays: 3D
+    labelling (8-connected in-plane, face-connected across slices), each lesion's ring in-plane."""
+    from scipy import ndimage
+
+    from slice2d import anatomy as a
+
+    structure = np.zeros((3, 3, 3), bool)
+    structure[:, :, 1] = True
+    structure[1, 1, :] = True
+    labels, n = ndimage.label(lesions > 0, structure)
+    drop = np.zeros(lesions.shape, bool)
+    for i in range(1, n + 1):
+        own = labels == i
+        ring = ndimage.binary_dilation(own, np.ones((3, 3, 1), bool)) & (lesions == 0)
+        volume = np.count_nonzero(own) * np.prod(spacing)
+        spread = np.cov(np.argwhere(own).T * np.array(spacing)[:, None], bias=True) if volume else None
+        spread = np.atleast_2d(spread) + np.diag(np.square(spacing)) / 12
+        elongation = np.sqrt(np.linalg.eigvalsh(spread)[-1] / np.linalg.eigvalsh(spread)[0])
+        if (volume / 1000 <= a.NODULE_MAX_ML and np.mean(hu[own] >= a.SOLID_HU) >= a.NODULE_SOLID_FRACTION
+                and ring.any() and np.mean(lungs[ring] > 0) >= a.NODULE_IN_LUNG
+                and elongation <= a.NODULE_ELONGATION):
+            drop |= own
+    return drop
+
+
 def _keep_lesions_whole_volume(lesions, anatomy, geometry, image):
     """``keep_lesions`` the straightforward way: each rule over the whole volume in turn."""
     import cv2
@@ -283,7 +309,10 @@ def _keep_lesions_whole_volume(lesions, anatomy, geometry, image):
     from slice2d.anatomy import MIN_INSIDE_FRACTION, lesions_near_lungs, lungs_with_lesions
     from slice2d.io import from_canonical, to_canonical
 
+    nodules = _solid_nodules_whole_volume(to_canonical(lesions, geometry), to_canonical(anatomy.lungs, geometry),
+                                          to_canonical(image, geometry), geometry.canonical_spacing)
     lesions = np.array(lesions)
+    lesions[from_canonical(nodules, geometry)] = 0
     lesions[~anatomy.body] = 0
     lesions[(image < -320.0) & (anatomy.lungs == 0)] = 0
     kept = np.array(to_canonical(lesions_near_lungs(lesions, anatomy.lungs, geometry), geometry))
@@ -315,7 +344,7 @@ def test_keep_lesions_slice_by_slice_equals_the_whole_volume_rules():
     lesions[lesions > 0] = rng.integers(1, 3, np.count_nonzero(lesions))  # two lesion classes
     image = np.asanyarray(img.dataobj)
     geometry = geometry_of(img)
-    kept, lungs = keep_lesions(lesions, anatomy, geometry, image)
+    kept, lungs, _ = keep_lesions(lesions, anatomy, geometry, image)
     want_kept, want_lungs = _keep_lesions_whole_volume(lesions, anatomy, geometry, image)
     assert 0 < np.count_nonzero(kept) < np.count_nonzero(lesions)
     assert np.count_nonzero(lungs) > np.count_nonzero(anatomy.lungs)  # lesion outside the lungs added
@@ -395,12 +424,52 @@ def test_the_top_of_a_dome_is_not_a_lesion(kind):
     on_grid = [from_canonical(a, geometry) for a in (hu, lesions, lungs, body)]
     assert on_grid[0].shape == shape
     anatomy = ScanAnatomy(on_grid[2], on_grid[3], np.zeros(shape, bool), "builtin")
-    kept, _ = keep_lesions(on_grid[1], anatomy, geometry, on_grid[0])
+    kept, _, _ = keep_lesions(on_grid[1], anatomy, geometry, on_grid[0])
     expected = lesions.copy()
     expected[:, :, 8] = 0
     assert np.array_equal(kept, from_canonical(expected, geometry))
-    kept_without_hu, _ = keep_lesions(on_grid[1], anatomy, geometry)
+    kept_without_hu, _, _ = keep_lesions(on_grid[1], anatomy, geometry)
     assert np.array_equal(kept_without_hu, on_grid[1]), "without HU (8-bit slices) nothing is judged a dome"
+
+
+@pytest.mark.parametrize("kind", ["LPS", "PIL"])
+def test_a_solid_nodule_is_not_infection_but_solid_consolidation_is(kind):
+    """A round solid ball surrounded by lung is dropped from the lesions and counted in the sanity
+    block; lesion as solid at the pleura, a solid band along the lung, a ball with ground-glass
+    around it, and a nodule on 8-bit slices (no HU) stay."""
+    from slice2d.io import Geometry, from_canonical
+
+    rows, cols, nz = 90, 90, 40  # canonical (rows, cols, Z), 1 mm pixels, 2 mm slices
+    r, c, z = np.mgrid[:rows, :cols, :nz]
+    hu = np.full((rows, cols, nz), -850, np.int16)
+    wall = (r < 5) | (r >= rows - 5) | (c < 5) | (c >= cols - 5)
+    hu[wall] = 40
+    lungs = np.zeros(hu.shape, np.uint8)
+    lungs[~wall] = 1
+    nodule = (r - 30) ** 2 + (c - 30) ** 2 + ((z - 20) * 2) ** 2 <= 8 ** 2  # 2.1 mL, 16 mm across
+    pleural = (r - 70) ** 2 + (c - 8) ** 2 + ((z - 20) * 2) ** 2 <= 8 ** 2  # as solid, at the chest wall
+    band = (np.abs(r - 60) <= 2) & (c >= 30) & (c < 80) & (np.abs(z - 8) <= 1)  # solid, elongated
+    halo = (r - 30) ** 2 + (c - 65) ** 2 + ((z - 20) * 2) ** 2 <= 10 ** 2  # a ball in ground-glass
+    core = (r - 30) ** 2 + (c - 65) ** 2 + ((z - 20) * 2) ** 2 <= 6 ** 2
+    for mask, value in ((nodule, 30), (pleural, 30), (band, 20), (halo, -600), (core, 0)):
+        hu[mask] = value
+    lesions = (nodule | pleural | band | halo).astype(np.uint8)
+    affine = make_affine(kind, (1.0, 1.0, 2.0) if kind != "PIL" else (1.0, 2.0, 1.0))  # 2 mm slices either way
+    shape = (rows, cols, nz) if kind != "PIL" else (rows, nz, cols)
+    geometry = Geometry(affine, shape, tuple(nib.aff2axcodes(affine)))
+    on_grid = [from_canonical(a, geometry) for a in (hu, lesions, lungs, np.ones(hu.shape, bool))]
+    anatomy = ScanAnatomy(on_grid[2], on_grid[3], np.zeros(shape, bool), "builtin")
+    kept, out_lungs, nodules = keep_lesions(on_grid[1], anatomy, geometry, on_grid[0])
+    expected = lesions.copy()
+    expected[nodule] = 0
+    assert geometry.canonical_spacing == (1.0, 1.0, 2.0)
+    assert np.array_equal(kept, from_canonical(expected, geometry))
+    assert nodules == [pytest.approx(np.count_nonzero(nodule) * 2.0 / 1000.0)]
+    block = sanity(anatomy, out_lungs, affine, convention="HU", nodules=nodules)
+    assert block["solid_nodules_left_out"] == 1 and block["solid_nodules_ml"] == round(nodules[0], 1)
+    kept_without_hu, _, none = keep_lesions(on_grid[1], anatomy, geometry)
+    assert np.array_equal(kept_without_hu, on_grid[1]) and none == []
+    assert "solid_nodules_left_out" not in sanity(anatomy, out_lungs, affine, convention="8-bit slices")
 
 
 def test_a_report_of_a_coarse_scan_says_its_lesion_map_may_mark_vessels():

@@ -538,3 +538,29 @@ def test_predict_reads_stored_ct_numbers_as_hu(tmp_path):
     sanity = {n: json.loads((out / "severity" / f"{n}.json").read_text())["sanity"] for n in ("hu", "stored")}
     assert sanity["hu"]["intensity"] == "HU" and sanity["stored"]["intensity"].startswith("HU + 1024")
     assert sanity["stored"]["air_outside_body_hu"] == sanity["hu"]["air_outside_body_hu"] < -900
+
+
+def test_elongation_of_a_lesion_is_its_principal_spread_ratio_in_mm():
+    """The moments gathered slice by slice give np.cov's spread of the voxel centres in mm (plus
+    a voxel's own box): a ball reads about 1 at any spacing, a rod along a diagonal about its
+    length over its width."""
+    from slice2d import anatomy as a
+
+    spacing = (0.7, 0.7, 2.5)
+    r, c, z = np.mgrid[:80, :80, :30]
+    mm = [r * spacing[0], c * spacing[1], z * spacing[2]]
+    ball = (mm[0] - 28) ** 2 + (mm[1] - 28) ** 2 + (mm[2] - 37) ** 2 <= 12 ** 2
+    t = ((mm[0] - 5) + (mm[1] - 5)) / np.sqrt(2)  # along the in-plane diagonal
+    across = np.abs((mm[0] - 5) - (mm[1] - 5)) / np.sqrt(2)
+    rod = (t >= 0) & (t <= 40) & (across <= 3) & (np.abs(mm[2] - 37) <= 3)
+    hu = np.zeros(ball.shape, np.int16)
+    lungs = np.ones(ball.shape, np.uint8)
+    for mask, low, high in ((ball, 0.95, 1.15), (rod, 4.0, 8.0)):
+        pieces, grouped, _ = a._lesions_across_slices(mask.astype(np.uint8), hu, lungs, spacing)
+        assert len(grouped) == 1
+        got = a._elongation(pieces[grouped[0]], spacing)
+        points = np.argwhere(mask) * np.array(spacing)
+        spread = np.cov(points.T, bias=True) + np.diag(np.square(spacing)) / 12
+        want = np.sqrt(np.linalg.eigvalsh(spread)[-1] / np.linalg.eigvalsh(spread)[0])
+        assert got == pytest.approx(want, rel=1e-9)
+        assert low <= got <= high

@@ -17,6 +17,13 @@ scores and the cross-validation's time from ``bench/real_cv.py``'s results file,
 that reproduces it; the per-patient table of the best row follows. With ``--partial`` only the
 patients the folder covers whole are scored (a run on some folds: a proxy to choose a recipe by),
 MiniSeg on the same patients, into the "lesions-proxies" section.
+
+Each summary keeps the sums behind its pooled Dice (``inter``: Σ|P ∩ G|, ``total``: Σ(|P| + |G|)),
+so proxy rows of one recipe run at different times on disjoint folds add up to the whole
+protocol: ``--merge ROW [ROW ...] --record NAME --command "..."`` (no maps) joins those rows of
+the "lesions-proxies" section into row NAME, of "lesions-vs-miniseg" when they cover all 15
+patients, and of "lesions-proxies" otherwise; covid-semiseg's scores are the rows' fold-weighted
+means and the training hours their sum.
 """
 
 from __future__ import annotations
@@ -58,8 +65,19 @@ def slice_scores(maps: Path, patients: set[str] | None = None) -> dict[str, list
 
 
 def summary(vals: list[tuple[float, int, int]]) -> dict[str, float]:
-    return {"n": len(vals), "mean": float(np.mean([v[0] for v in vals])),
-            "pooled": 2 * sum(v[1] for v in vals) / max(1, sum(v[2] for v in vals))}
+    inter, total = sum(v[1] for v in vals), sum(v[2] for v in vals)
+    return {"n": len(vals), "mean": float(np.mean([v[0] for v in vals])), "pooled": 2 * inter / max(1, total),
+            "inter": inter, "total": total}
+
+
+def pool(parts: list[dict[str, float]]) -> dict[str, float]:
+    """One summary of several (disjoint slices): the slice-weighted mean of per-slice Dice, and
+    the pooled Dice of the summed overlaps."""
+    if any("inter" not in p for p in parts):
+        raise SystemExit("a row to merge has no pooled sums (recorded before they were kept): run its folds again")
+    n, inter, total = sum(p["n"] for p in parts), sum(p["inter"] for p in parts), sum(p["total"] for p in parts)
+    return {"n": n, "mean": sum(p["n"] * p["mean"] for p in parts) / n, "pooled": 2 * inter / max(1, total),
+            "inter": inter, "total": total}
 
 
 def complete_patients(maps: Path) -> set[str]:
@@ -78,10 +96,36 @@ def compare(maps: Path, partial: bool = False) -> dict:
         raise SystemExit(f"{maps}: no patient has a mask for every one of its slices")
     ours, theirs = slice_scores(maps, patients), slice_scores(MINISEG, patients)
     patients = {p: {"ours": summary(ours[p]), "miniseg": summary(theirs[p])} for p in ours}
-    overall = {"ours": summary([v for vals in ours.values() for v in vals]),
-               "miniseg": summary([v for vals in theirs.values() for v in vals])}
+    return {"maps": str(maps), **_totals(patients)}
+
+
+def _totals(patients: dict[str, dict]) -> dict:
+    """Per-patient summaries with the overall ones and the count of patients ahead of MiniSeg."""
+    overall = {who: pool([r[who] for r in patients.values()]) for who in ("ours", "miniseg")}
     ahead = sum(r["ours"]["mean"] > r["miniseg"]["mean"] for r in patients.values())
-    return {"maps": str(maps), "patients": patients, "overall": overall, "ahead_per_slice_mean": ahead}
+    return {"patients": patients, "overall": overall, "ahead_per_slice_mean": ahead}
+
+
+def merge(rows: dict[str, dict], names: list[str]) -> dict:
+    """Proxy rows ``names`` (of ``rows``, the "lesions-proxies" section's) joined into one row: their
+    patients must not overlap. Returns the row without command and date."""
+    missing = [n for n in names if n not in rows]
+    if missing:
+        raise SystemExit(f"no proxy row named {missing[0]!r}: the names are the keys of bench/results/lesions-proxies.json")
+    patients: dict[str, dict] = {}
+    for name in names:
+        for patient, r in rows[name]["result"]["patients"].items():
+            if patient in patients:
+                raise SystemExit(f"{patient} is in more than one row to merge; merge rows of disjoint folds")
+            patients[patient] = r
+    picked = [rows[n] for n in names]
+    folds = sum(r["folds"] for r in picked)
+    semi = [r for r in picked if r["semiseg_mean"] is not None]
+    semi_folds = sum(r["folds"] for r in semi)
+    return {"result": {"maps": [r["result"]["maps"] for r in picked], **_totals(patients)}, "folds": folds,
+            "hours": sum(r["hours"] for r in picked), "machine": "; ".join(dict.fromkeys(r["machine"] for r in picked)),
+            "semiseg_mean": sum(r["folds"] * r["semiseg_mean"] for r in semi) / semi_folds if semi else None,
+            "semiseg_pooled": sum(r["folds"] * r["semiseg_pooled"] for r in semi) / semi_folds if semi else None}
 
 
 def table(result: dict) -> str:
@@ -106,23 +150,38 @@ def training_hours(cv_results: Path) -> float:
                for r in runs if (r / "README.md").exists()) / 3600
 
 
-def record(name: str, result: dict, cv_results: Path, command: str, partial: bool = False) -> None:
-    """Row ``name`` of the "lesions-vs-miniseg" section of BENCHMARKS.md (see the module docstring);
-    ``partial``: of the "lesions-proxies" section (some folds only, MiniSeg on the same patients)."""
-    import time
-
-    from record import RESULTS, machine, write_section
+def cv_row(result: dict, cv_results: Path) -> dict:
+    """A row of ``result`` (``compare``'s) with folds, hours and covid-semiseg's scores from
+    ``bench/real_cv.py``'s results file."""
+    from record import machine
 
     cv = json.loads(cv_results.read_text())
     semiseg = [f["sets"]["covid-semiseg"]["lesion"] for f in cv.values() if "covid-semiseg" in f["sets"]]
+    return {"machine": machine(), "result": result, "folds": len(cv), "hours": training_hours(cv_results),
+            "semiseg_mean": float(np.mean([m["dice_mean"] for m in semiseg])) if semiseg else None,
+            "semiseg_pooled": float(np.mean([m["dice_pooled"] for m in semiseg])) if semiseg else None}
+
+
+def proxy_rows() -> dict[str, dict]:
+    from record import RESULTS
+
+    path = RESULTS / "lesions-proxies.json"
+    return json.loads(path.read_text())["rows"] if path.exists() else {}
+
+
+def record(name: str, row: dict, command: str, partial: bool = False) -> None:
+    """Row ``name`` (``cv_row``'s or ``merge``'s) of the "lesions-vs-miniseg" section of
+    BENCHMARKS.md (see the module docstring); ``partial``: of the "lesions-proxies" section (some
+    folds only, MiniSeg on the same patients)."""
+    import time
+
+    from record import RESULTS, write_section
+
     section = "lesions-proxies" if partial else "lesions-vs-miniseg"
     previous = RESULTS / f"{section}.json"
     rows = json.loads(previous.read_text())["rows"] if previous.exists() else {}
-    rows[name] = {"command": command, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "result": result,
-                  "folds": len(cv), "hours": training_hours(cv_results),
-                  "semiseg_mean": float(np.mean([m["dice_mean"] for m in semiseg])) if semiseg else None,
-                  "semiseg_pooled": float(np.mean([m["dice_pooled"] for m in semiseg])) if semiseg else None}
-    anchor = result["overall"]["miniseg"]
+    rows[name] = {"command": command, "date": time.strftime("%Y-%m-%d"), **row}
+    anchor = row["result"]["overall"]["miniseg"]
     lines = ["| recipe | covid-ct-slices per-slice mean | pooled | patients ahead of MiniSeg | covid-semiseg per-slice / pooled (mean of folds) | folds, training hours (2 cores) | date, CPU |",
              "|---|---|---|---|---|---|---|"]
     if not partial:
@@ -171,22 +230,31 @@ Per patient, {best}, beside MiniSeg:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("maps", type=Path, help="folder of NNNN.png out-of-fold masks")
+    parser.add_argument("maps", type=Path, nargs="?", help="folder of NNNN.png out-of-fold masks")
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     parser.add_argument("--record", metavar="NAME", default=None, help="write row NAME into BENCHMARKS.md")
     parser.add_argument("--cv", type=Path, default=None, help="bench/real_cv.py's results file of these maps")
     parser.add_argument("--command", default=None, help="the command that reproduces the maps")
     parser.add_argument("--partial", action="store_true",
                         help="score only the patients the folder covers whole (some folds), MiniSeg on the same")
+    parser.add_argument("--merge", nargs="+", metavar="ROW", default=None,
+                        help="no maps: join these proxy rows (disjoint folds of one recipe) into one")
     args = parser.parse_args(argv)
-    result = compare(args.maps, args.partial)
+    if (args.maps is None) == (args.merge is None):
+        parser.error("give either a maps folder or --merge ROW [ROW ...]")
+    if args.merge:
+        row = merge(proxy_rows(), args.merge)
+        result = row["result"]
+        partial = len(result["patients"]) < 15
+    else:
+        result, partial = compare(args.maps, args.partial), args.partial
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     if args.record:
-        if not (args.cv and args.command):
-            parser.error("--record needs --cv and --command")
-        record(args.record, result, args.cv, args.command, args.partial)
+        if not args.command or not (args.cv or args.merge):
+            parser.error("--record needs --command, and --cv unless it merges rows")
+        record(args.record, row if args.merge else cv_row(result, args.cv), args.command, partial)
     return result
 
 

@@ -22,6 +22,13 @@ from slice2d.runs import run_config, shipped_model
 FLOORS = {"lesions": {"lesion": 0.6}, "lesions-128": {"lesion": 0.58}, "lungs": {"right_lung": 0.9, "left_lung": 0.9}}
 
 
+def unseen_cases(run) -> list[str]:
+    """The cases a shipped run never trained on: its validation split, or, for the model of one fold
+    of a cross-validation trained without one, that fold's test patients."""
+    splits = json.loads((run / "splits.json").read_text())
+    return splits.get("val") or splits.get("test", [])
+
+
 @pytest.mark.parametrize("name", ["lesions", "lesions-128", "lungs"])
 def test_shipped_model_segments_its_validation_slices(name):
     if not (SHARED / "covid-ct-slices").is_dir():
@@ -29,10 +36,8 @@ def test_shipped_model_segments_its_validation_slices(name):
     run = load_run(shipped_model(name))           # safe_mode=True inside
     task = run.cfg.data.task
     assert task == name.split("-")[0]
-    splits = json.loads((run.path / "splits.json").read_text())
-    unseen = splits.get("val") or splits.get("test", [])  # a fold model of a cross-validation: its test patients
     folder = SHARED / "covid-ct-slices"
-    cases = sorted(c for c in unseen if (folder / "images" / f"{c}.png").is_file())[::10][:25]
+    cases = sorted(c for c in unseen_cases(run.path) if (folder / "images" / f"{c}.png").is_file())[::10][:25]
     assert len(cases) >= 10
     labels_dir = folder / ("lungs" if task == "lungs" else "infection")
     scores = {c: [] for c in FLOORS[name]}
@@ -68,7 +73,7 @@ def test_predict_with_the_faster_lesion_model_uses_the_shipped_lung_model_too(tm
     if not (SHARED / "covid-ct-slices").is_dir():
         pytest.skip(f"real slices not found at {SHARED}")
     run = shipped_model("lesions-128")
-    val = json.loads((run / "splits.json").read_text())["val"]
+    val = unseen_cases(run)
     folder = SHARED / "covid-ct-slices"
     slices = tmp_path / "slices"
     slices.mkdir()
@@ -119,8 +124,7 @@ def test_predict_writes_ground_glass_and_consolidation_on_real_slices_it_did_not
     semiseg = SHARED / "covid-semiseg" / "train"
     if not semiseg.is_dir():
         pytest.skip(f"real slices not found at {SHARED}")
-    val = json.loads((shipped_model("lesions") / "splits.json").read_text())["val"]
-    cases = sorted(c for c in val if (semiseg / "images" / f"{c}.jpg").is_file())
+    cases = sorted(c for c in unseen_cases(shipped_model("lesions")) if (semiseg / "images" / f"{c}.jpg").is_file())
     assert len(cases) >= 8
     (tmp_path / "in").mkdir()
     for case in cases:

@@ -162,10 +162,11 @@ def cv_row(result: dict, cv_results: Path) -> dict:
             "semiseg_pooled": float(np.mean([m["dice_pooled"] for m in semiseg])) if semiseg else None}
 
 
-def proxy_rows() -> dict[str, dict]:
+def section_rows(section: str) -> dict[str, dict]:
+    """The rows recorded so far in ``section`` ("lesions-proxies" or "lesions-vs-miniseg")."""
     from record import RESULTS
 
-    path = RESULTS / "lesions-proxies.json"
+    path = RESULTS / f"{section}.json"
     return json.loads(path.read_text())["rows"] if path.exists() else {}
 
 
@@ -175,11 +176,10 @@ def record(name: str, row: dict, command: str, partial: bool = False) -> None:
     folds only, MiniSeg on the same patients)."""
     import time
 
-    from record import RESULTS, write_section
+    from record import write_section
 
     section = "lesions-proxies" if partial else "lesions-vs-miniseg"
-    previous = RESULTS / f"{section}.json"
-    rows = json.loads(previous.read_text())["rows"] if previous.exists() else {}
+    rows = section_rows(section)
     rows[name] = {"command": command, "date": time.strftime("%Y-%m-%d"), **row}
     anchor = row["result"]["overall"]["miniseg"]
     lines = ["| recipe | covid-ct-slices per-slice mean | pooled | patients ahead of MiniSeg | covid-semiseg per-slice / pooled (mean of folds) | folds, training hours (2 cores) | date, CPU |",
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     if (args.maps is None) == (args.merge is None):
         parser.error("give either a maps folder or --merge ROW [ROW ...]")
     if args.merge:
-        row = merge(proxy_rows(), args.merge)
+        row = merge(section_rows("lesions-proxies"), args.merge)
         result = row["result"]
         partial = len(result["patients"]) < 15
     else:

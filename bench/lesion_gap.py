@@ -96,12 +96,12 @@ def figure(rows: list[dict], maps: Path, path: Path, count: int = 6) -> None:
         if len(picked) == count:
             break
     fig, axes = plt.subplots(len(picked), 3, figsize=(7.5, 2.6 * len(picked)), squeeze=False)
-    for ax_row, r in zip(axes, picked):
+    for ax_row, r in zip(axes, picked, strict=True):
         image = np.asarray(Image.open(vm.SLICES / "images" / r["slice"]))
         masks = (("truth", vm._mask(vm.SLICES / "infection" / r["slice"])),
                  (f"ours, Dice {r['ours']['dice']:.2f}", vm._mask(maps / r["slice"])),
                  (f"MiniSeg, Dice {r['miniseg']['dice']:.2f}", vm._mask(vm.MINISEG / r["slice"])))
-        for ax, (title, mask) in zip(ax_row, masks):
+        for ax, (title, mask) in zip(ax_row, masks, strict=True):
             ax.imshow(image, cmap="gray")
             if mask.any():
                 ax.contour(mask, [0.5], colors="red", linewidths=0.7)

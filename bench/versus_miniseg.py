@@ -139,13 +139,15 @@ def table(result: dict) -> str:
 
 
 def training_hours(cv_results: Path) -> float:
-    """Wall hours the folds of a ``bench/real_cv.py`` results file took to train: for each run
-    folder ``<name>-fold<k>`` beside it, from its split file (written first) to its model card
-    (written last); an ensemble's (``bench/real_cv.py --ensemble``), those of its members' runs."""
+    """Wall hours the folds of a ``bench/real_cv.py`` results file took to train: for the run
+    folder ``<name>-fold<k>`` beside it of each fold k the file scores, from its split file
+    (written first) to its model card (written last); an ensemble's (``bench/real_cv.py
+    --ensemble``), those of its members' runs."""
     stem = cv_results.name.split("-cv")[0]
-    runs = sorted(cv_results.parent.glob(f"{stem}-fold*"))
+    cv = json.loads(cv_results.read_text())
+    runs = [d for d in (cv_results.parent / f"{stem}-fold{k}" for k in sorted(cv)) if d.is_dir()]
     if not runs:
-        runs = sorted({Path(m) for fold in json.loads(cv_results.read_text()).values() for m in fold.get("members", [])})
+        runs = sorted({Path(m) for fold in cv.values() for m in fold.get("members", [])})
     return sum((r / "README.md").stat().st_mtime - (r / "splits.json").stat().st_mtime
                for r in runs if (r / "README.md").exists()) / 3600
 

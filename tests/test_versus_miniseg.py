@@ -62,3 +62,19 @@ def test_overlapping_or_unknown_rows_are_refused(vm):
                    "folds": 1, "hours": 1.0, "machine": "cpu", "semiseg_mean": None, "semiseg_pooled": None}}
     with pytest.raises(SystemExit, match="no pooled sums"):
         vm.merge(old, ["old"])
+
+
+def test_training_hours_count_only_the_folds_the_results_score(vm, tmp_path):
+    import json
+    import os
+
+    for fold, hours in ((0, 5.0), (3, 1.0), (4, 0.5)):
+        run = tmp_path / f"rec-fold{fold}"
+        run.mkdir()
+        (run / "splits.json").write_text("{}")
+        (run / "README.md").write_text("")
+        os.utime(run / "splits.json", (1000.0, 1000.0))
+        os.utime(run / "README.md", (1000.0 + hours * 3600, 1000.0 + hours * 3600))
+    results = tmp_path / "rec-cv-calibrated-t0.5.json"
+    results.write_text(json.dumps({"3": {"sets": {}}, "4": {"sets": {}}}))  # fold 0 trained, scored elsewhere
+    assert vm.training_hours(results) == pytest.approx(1.5)

@@ -93,6 +93,16 @@ def cases_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+def bench_module(name: str):
+    """``bench/<name>.py`` loaded as a module (bench/ is scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def need_samples() -> Path:
     if not CT_SAMPLES.is_dir():
         pytest.skip(f"real CT samples not found at {CT_SAMPLES} (../shared/data is absent outside the dev setup)")

@@ -1,19 +1,13 @@
 """bench/lesion_gap.py: slices fall in bands by infected lung share; recall and area are pooled per band."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from conftest import bench_module
 
 
 @pytest.fixture(scope="module")
 def gap():
-    spec = importlib.util.spec_from_file_location("lesion_gap", BENCH / "lesion_gap.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("lesion_gap")
 
 
 def _row(share: float, truth: int, ours: tuple[float, int, int], miniseg: tuple[float, int, int]) -> dict:

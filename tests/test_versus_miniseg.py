@@ -1,19 +1,13 @@
 """bench/versus_miniseg.py: proxy rows of disjoint folds add up to the scores of all their slices."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from conftest import bench_module
 
 
 @pytest.fixture(scope="module")
 def vm():
-    spec = importlib.util.spec_from_file_location("versus_miniseg", BENCH / "versus_miniseg.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("versus_miniseg")
 
 
 def _slices(seed: int, n: int) -> list[tuple[float, int, int]]:

@@ -47,8 +47,8 @@ def slice_table(maps: Path) -> list[dict]:
                    "share": float((g & lung).sum() / max(1, lung.sum()))}
             for who, folder in (("ours", maps), ("miniseg", vm.MINISEG)):
                 p = vm._mask(folder / name)
-                inter, total = int((p & g).sum()), int(p.sum() + g.sum())
-                out[who] = {"dice": 1.0 if total == 0 else 2 * inter / total, "inter": inter, "area": int(p.sum())}
+                dice, inter, _ = vm.overlap(p, g)
+                out[who] = {"dice": dice, "inter": inter, "area": int(p.sum())}
             rows.append(out)
     return rows
 

@@ -48,6 +48,13 @@ def _mask(path: Path) -> np.ndarray:
     return a > 127
 
 
+def overlap(p: np.ndarray, g: np.ndarray) -> tuple[float, int, int]:
+    """(Dice, |P & G|, |P| + |G|) of one slice's masks, as the anchor's score.py scores them (both
+    empty: Dice 1)."""
+    inter, total = int((p & g).sum()), int(p.sum() + g.sum())
+    return 1.0 if total == 0 else 2 * inter / total, inter, total
+
+
 def slice_scores(maps: Path, patients: set[str] | None = None) -> dict[str, list[tuple[float, int, int]]]:
     """patient -> [(Dice, |P & G|, |P| + |G|) of each slice], slices in file order; only
     ``patients`` when given."""
@@ -59,8 +66,7 @@ def slice_scores(maps: Path, patients: set[str] | None = None) -> dict[str, list
             if not (maps / row["slice"]).is_file():
                 raise SystemExit(f"{maps / row['slice']}: missing; the folder needs a mask for every slice")
             p, g = _mask(maps / row["slice"]), _mask(SLICES / "infection" / row["slice"])
-            inter, total = int((p & g).sum()), int(p.sum() + g.sum())
-            per.setdefault(row["case"], []).append((1.0 if total == 0 else 2 * inter / total, inter, total))
+            per.setdefault(row["case"], []).append(overlap(p, g))
     return per
 
 

@@ -94,10 +94,15 @@ def cases_dir(tmp_path: Path) -> Path:
 
 
 def bench_module(name: str):
-    """``bench/<name>.py`` loaded as a module (bench/ is scripts, not a package)."""
+    """``bench/<name>.py`` loaded as a module (bench/ is scripts, not a package); bench/ goes on the
+    import path, as when a script runs, for the scripts it imports."""
     import importlib.util
+    import sys
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    if str(bench) not in sys.path:
+        sys.path.append(str(bench))
+    spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -209,10 +209,10 @@ leaving out every lesion voxel below -800 HU would take 76 of copdgene's 246 mL 
 314 mL (2026-12-04, the shipped models). Nor does their likeness to vessels, on this grid: with
 a 3D vesselness (Frangi, the scan resampled to 2 mm, vessels as the 5 % most tubular lung voxels),
 70-91 % of each copdgene piece over 1 mL lies within 2 mm of a vessel, but so does 66-93 % of
-pieces of RICORD's coarse copies that hold 26-30 mL of its lesion; leaving out the pieces above 70 % would
-bring copdgene from 246 to 10 mL and take 35 and 27 mL (11 and 9 %) of the `-3mm` and `-5mm`
-copies' lesion (2.5 mL on RICORD as scanned; a scratch measure, not in the code). The pipeline (`slice2d.anatomy`) drops the tops of the liver and
-spleen domes (the first slice through a dome averages it with the lung above: a round soft blob
+pieces of RICORD's coarse copies that hold 26-30 mL of its lesion; leaving out the pieces above
+70 % would bring copdgene from 246 to 10 mL and take 35 and 27 mL (11 and 9 %) of the `-3mm` and
+`-5mm` copies' lesion (2.5 mL on RICORD as scanned; a scratch measure, not in the code). The
+pipeline (`slice2d.anatomy`) drops the tops of the liver and spleen domes (the first slice through a dome averages it with the lung above: a round soft blob
 inside the lung), and of a lesion piece lying mostly outside the lungs it keeps only the part
 inside them: on the TotalSegmentator example the model marks a band of diaphragm one or two
 voxels wide along the right lung base, 4.5 of the 5.6 mL it wrote there, which joined the lungs

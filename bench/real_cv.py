@@ -70,7 +70,7 @@ from slice2d.dataset import SliceFile, prepare, remap_labels, split_lungs_by_sid
 from slice2d.images import read_label_slice, read_patients, read_slice, slice_geometry
 from slice2d.io import write_text
 from slice2d.orientation import Orientation
-from slice2d.predict import load_run, predict_array, with_options
+from slice2d.predict import load_run, predict_array, predict_volume, with_options
 from slice2d.runs import run_config
 from slice2d.anatomy import lesions_near_lungs
 from slice2d.train import train
@@ -212,15 +212,39 @@ def write_map(folder: Path, name: str, rotate: int, foreground: np.ndarray) -> N
     Image.fromarray(Orientation.from_code(rotate).stored(foreground).astype(np.uint8) * 255).save(folder / name)
 
 
-def _segment(runs: list, image: np.ndarray, probabilities: bool = False):
-    """(labels, probabilities or None) of one 2D slice: one run's, or the class probabilities of
-    several runs averaged and labelled with the first run's foreground threshold."""
-    geometry = slice_geometry(image.shape)
+def _with_neighbours(slices: list, context: int):
+    """Each (patient, image, reference, ...) of ``slices`` (one set's, in case order) with its
+    image replaced by the stack (rows, cols, 1 + 2 * context) of it between the images before and
+    after it of the same patient (of the same size; past the ends the nearest stands in), as
+    ``SliceFile.arrays`` gives a 2.5D model its training slices; context 0: (rows, cols, 1)."""
+    by_patient: dict[str, list[int]] = {}
+    for i, (patient, *_) in enumerate(slices):
+        by_patient.setdefault(patient, []).append(i)
+    for i, (patient, image, *rest) in enumerate(slices):
+        order = [j for j in by_patient[patient] if slices[j][1].shape == image.shape]
+        at = order.index(i)
+        planes = [slices[order[int(np.clip(at + o, 0, len(order) - 1))]][1] for o in range(-context, context + 1)]
+        yield (patient, np.stack(planes, axis=-1), *rest)
+
+
+def _segment(runs: list, stack: np.ndarray, probabilities: bool = False):
+    """(labels, probabilities or None) of the middle slice of a stack (rows, cols, 2k + 1) or of one
+    slice (rows, cols): one
+    run's, or the class probabilities of several runs averaged and labelled with the first run's
+    foreground threshold. A 2.5D run (``model.context``) sees the slices around it."""
+    if stack.ndim == 2:  # one slice alone
+        stack = stack[:, :, None]
+    middle = stack.shape[2] // 2
+    geometry = slice_geometry(stack.shape[:2], stack.shape[2])
+
+    def one(run, probs: bool):
+        labels, p = predict_volume([run], stack, geometry, batch_size=1, probabilities=probs, kind="uint8",
+                                   only_slices=np.array([middle]))[0]
+        return labels[:, :, middle:middle + 1], None if p is None else p[:, :, middle:middle + 1]
+
     if len(runs) == 1:
-        return predict_array(runs[0], image[:, :, None], geometry, batch_size=1, kind="uint8",
-                             probabilities=probabilities)
-    probs = np.mean([predict_array(r, image[:, :, None], geometry, batch_size=1, kind="uint8", probabilities=True)[1]
-                     for r in runs], axis=0)
+        return one(runs[0], probabilities)
+    probs = np.mean([one(r, True)[1] for r in runs], axis=0)
     return _labels(probs, runs[0].cfg.predict.background_weight), probs
 
 
@@ -247,9 +271,11 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
         partial = _prepared_with(path).partial
         # per patient [intersection, pixels of prediction + reference]; the set's pooled Dice sums them
         per_class = {c: {"dice": [], "iou": [], "patients": {}} for c in groups}
-        for patient, image, ref, (file_name, rotate) in _labelled_slices(path, test):
+        context = max(r.cfg.model.context for r in runs)
+        for patient, stack, ref, (file_name, rotate) in _with_neighbours(list(_labelled_slices(path, test)), context):
+            image = stack[:, :, context]
             geometry = slice_geometry(image.shape)
-            pred = _segment(runs, image)[0]
+            pred = _segment(runs, stack)[0]
             if lung_run is not None:
                 lungs = predict_array(lung_run, image[:, :, None], geometry, batch_size=1, kind="uint8")[0]
                 pred = lesions_near_lungs(pred, lungs, geometry)
@@ -298,8 +324,9 @@ def calibrate(run_dir: Path, files: dict[str, Path], mirror: bool = False, membe
     for path in files.values():
         partial = _prepared_with(path).partial
         per = {t: {c: [] for c in groups} for t in THRESHOLDS}
-        for _, image, ref, _ in _labelled_slices(path, val):
-            _, probs = _segment(runs, image, probabilities=True)
+        context = max(r.cfg.model.context for r in runs)
+        for _, stack, ref, _ in _with_neighbours(list(_labelled_slices(path, val)), context):
+            _, probs = _segment(runs, stack, probabilities=True)
             probs = probs[:, :, 0]
             for t in THRESHOLDS:
                 pred = _labels(probs, PredictConfig(foreground_threshold=t).background_weight)

@@ -120,6 +120,9 @@ class ModelConfig(_Frozen):
     # get their own softmax head during training, upsampled to the slice, and the loss adds theirs
     # with weights halving level by level; the saved model has the top head only. 0: off.
     deep_supervision: int = Field(0, ge=0)
+    # 2.5D input: the ``context`` neighbouring slices on each side join the slice as input channels
+    # (z - context .. z + context); at a stack's ends the nearest slice stands in. 0: the slice alone.
+    context: int = Field(0, ge=0, le=3)
 
     @model_validator(mode="after")
     def _supervised_levels_exist(self) -> ModelConfig:

@@ -308,15 +308,49 @@ class SliceFile:
                             shape=tuple(int(s) for s in attrs["shape"]), axcodes=tuple(str(attrs["axcodes"])))
         return geometry, SliceGeometry(**json.loads(attrs["slice_geometry"]))
 
-    def arrays(self, cases: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Images (N, size, size, 1) float32 and labels (N, size, size) uint8 of the given cases."""
+    def arrays(self, cases: list[str], context: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Images (N, size, size, 1 + 2 * context) float32 and labels (N, size, size) uint8 of the
+        given cases; ``context`` > 0 (2.5D, ``model.context``): each slice between its ``context``
+        neighbours on either side, channel order z - context .. z + context. A volume's neighbours
+        are its own slices (the nearest one kept where a slice was not); a slice image's are the
+        slice images of the same patient before and after it in case-name order (an export's
+        order); past the ends the nearest slice stands in."""
         if not cases:
             size = int(self.h5.attrs["size"])
-            return np.zeros((0, size, size, 1), np.float32), np.zeros((0, size, size), np.uint8)
+            return np.zeros((0, size, size, 1 + 2 * context), np.float32), np.zeros((0, size, size), np.uint8)
         with self._reading():
-            images = [self.h5["cases"][c]["image"][...] for c in cases]
+            if context:
+                images = [self._with_neighbours(c, context) for c in cases]
+            else:
+                images = [self.h5["cases"][c]["image"][...][..., None] for c in cases]
             labels = [self.h5["cases"][c]["label"][...] for c in cases]
-        return np.concatenate(images).astype(np.float32)[..., None], np.concatenate(labels)
+        return np.concatenate(images).astype(np.float32), np.concatenate(labels)
+
+    def _with_neighbours(self, case: str, context: int) -> np.ndarray:
+        """The case's slices (n, size, size, 1 + 2 * context), each between its neighbours."""
+        group = self.h5["cases"][case]
+        image = group["image"][...]
+        offsets = np.arange(-context, context + 1)
+        if int(group.attrs["shape"][2]) > 1:  # a volume: its own slices, by their index along S
+            z = group["z"][...]
+            wanted = z[:, None] + offsets
+            nearest = np.abs(wanted[..., None] - z[None, None, :]).argmin(axis=-1)  # a slice not kept: the nearest kept
+            return np.moveaxis(image[nearest], 1, -1)
+        order = self._slice_order()[self.patient(case)]
+        at = order.index(case)
+        names = [order[int(np.clip(at + o, 0, len(order) - 1))] for o in offsets]
+        return np.stack([self.h5["cases"][n]["image"][0] for n in names], axis=-1)[None]
+
+    def _slice_order(self) -> dict[str, list[str]]:
+        """Each patient's one-slice cases (slice image files) in case-name order: the order of the
+        export, taken as the order along the body's axis."""
+        if not hasattr(self, "_order"):
+            order: dict[str, list[str]] = {}
+            for c in self.cases:
+                if int(self.h5["cases"][c].attrs["shape"][2]) == 1:
+                    order.setdefault(self.patient(c), []).append(c)
+            self._order = order
+        return self._order
 
     def reassemble_labels(self, case: str) -> np.ndarray:
         """The case's label slices put back on its original grid (X, Y, Z), uint8."""

@@ -185,13 +185,14 @@ def _evaluator(model, batch_size: int, classes, xla: bool) -> Callable[[np.ndarr
 
 def fit(model, strategy, batches: Callable[[int, int, int], Iterator], size: int, global_batch: int,
         steps_per_epoch: int, val: tuple[np.ndarray, np.ndarray], val_batch: int, classes, epochs: int,
-        initial_epoch: int, callbacks: list, verbose: int, xla: bool) -> None:
+        initial_epoch: int, callbacks: list, verbose: int, xla: bool, channels: int = 1) -> None:
     """Train a compiled ``model`` (built under ``strategy.scope()``) like ``model.fit`` does: the same
     logs to the same Keras callbacks after every epoch, and a stop when one of them asks for it.
 
     batches(pipeline, pipelines, replica_batch): the endless training batches of one input
     pipeline (one per worker), already cut into batches of ``replica_batch`` slices, one per local replica.
     val: the validation slices and labels (none: no validation logs).
+    channels: of the input slices (``model.input_channels``).
     """
     import keras
     import tensorflow as tf
@@ -201,7 +202,7 @@ def fit(model, strategy, batches: Callable[[int, int, int], Iterator], size: int
     replica_batch = global_batch // strategy.num_replicas_in_sync
 
     def dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        signature = (tf.TensorSpec((replica_batch, size, size, 1), tf.float32),
+        signature = (tf.TensorSpec((replica_batch, size, size, channels), tf.float32),
                      tf.TensorSpec((replica_batch, size, size), tf.uint8))
         return tf.data.Dataset.from_generator(
             lambda: batches(context.input_pipeline_id, context.num_input_pipelines, replica_batch),

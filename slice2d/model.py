@@ -1,6 +1,7 @@
 """The U-Net (Ronneberger et al. 2015), built with the Keras functional API from built-in layers only.
 
-Input (size, size, 1) normalised slices; output (size, size, n_classes) softmax probabilities.
+Input (size, size, 1) normalised slices (1 + 2 * context channels for 2.5D input: the slice
+between its neighbours); output (size, size, n_classes) softmax probabilities.
 Each level has two 3x3 convolutions (optionally depthwise-separable, optionally a residual block),
 max-pooling on the way down, transposed convolutions and skip connections on the way up; filters
 double at each level.
@@ -51,9 +52,14 @@ def _softmax_head(n_classes: int, name: str) -> layers.Conv2D:
     return layers.Conv2D(n_classes, 1, activation="softmax", dtype="float32", name=name)
 
 
+def input_channels(cfg: ModelConfig) -> int:
+    """Channels of the network's input: the slice and its ``cfg.context`` neighbours on each side."""
+    return 1 + 2 * cfg.context
+
+
 def build_unet(size: int | None, n_classes: int, cfg: ModelConfig, dtype: str | None = None,
                training_heads: bool = False) -> keras.Model:
-    """A U-Net for ``size x size`` single-channel slices; ``size`` must be divisible by 2**depth.
+    """A U-Net for ``size x size`` slices (``input_channels`` channels); ``size`` must be divisible by 2**depth.
     ``size`` None: any height and width divisible by 2**depth (training on patches, ``train.patch``).
 
     dtype: the dtype policy of every layer but the softmax head (e.g. "mixed_bfloat16"); None: the
@@ -66,7 +72,7 @@ def build_unet(size: int | None, n_classes: int, cfg: ModelConfig, dtype: str | 
     if size is not None and size % (2 ** cfg.depth):
         raise ValueError(f"slice size {size} is not divisible by 2**depth = {2 ** cfg.depth}; "
                          "change data.size or model.depth")
-    inputs = keras.Input((size, size, 1), name="slice")
+    inputs = keras.Input((size, size, input_channels(cfg)), name="slice")
     x = inputs
     skips = []
     for level in range(cfg.depth):

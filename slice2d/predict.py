@@ -85,7 +85,7 @@ def _load_model(path: Path, cfg: Config, warm_up: int | None = None, precision: 
     (a model trained with mixed precision on a GPU too) or bfloat16 (``precision``), except a
     mixed-precision model on a GPU, which is kept as it is."""
     from slice2d.hardware import has_gpu, inference_dtype
-    from slice2d.model import fold_batch_norm
+    from slice2d.model import fold_batch_norm, input_channels
 
     model = load_trained_model(path)
     expected = (None, cfg.data.size, cfg.data.size, len(cfg.data.classes))
@@ -102,25 +102,39 @@ def _load_model(path: Path, cfg: Config, warm_up: int | None = None, precision: 
         except ValueError:  # layers or weights unlike config.yaml's U-Net
             raise InputError(f"{path}: model.keras does not match the U-Net described in config.yaml") from None
     if warm_up:
-        model.predict_on_batch(np.zeros((warm_up, cfg.data.size, cfg.data.size, 1), np.float32))
+        model.predict_on_batch(np.zeros((warm_up, cfg.data.size, cfg.data.size, input_channels(cfg.model)), np.float32))
     return model
 
 
-def predict_slices(run: Run, slices: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+def with_context(slices: np.ndarray, index: np.ndarray, context: int) -> np.ndarray:
+    """Network inputs (len(index), size, size, 1 + 2 * context) of the slices at ``index`` of a stack
+    (N, size, size), each between its ``context`` neighbours on either side (channel order z -
+    context .. z + context); past the stack's ends the nearest slice stands in."""
+    offsets = np.arange(-context, context + 1)
+    neighbours = np.clip(np.asarray(index)[:, None] + offsets, 0, len(slices) - 1)
+    return np.moveaxis(slices[neighbours], 1, -1)
+
+
+def predict_slices(run: Run, slices: np.ndarray, batch_size: int = PREDICT_BATCH,
+                   index: np.ndarray | None = None) -> np.ndarray:
     """Network probabilities (N, size, size, C) for normalised slices (N, size, size).
 
+    index: the slices to predict (default all); a 2.5D model (``model.context``) takes their
+    neighbours in ``slices``, which must then be consecutive slices of one stack.
     Batches are padded to one fixed size so that the compiled graph is traced once. With
     ``predict.mirror`` each batch also goes through mirrored (``mirror_axes``) and the
     probabilities, mirrored back, are averaged.
     """
-    n = len(slices)
+    index = np.arange(len(slices)) if index is None else np.asarray(index, dtype=np.int64)
+    n = len(index)
+    context = run.cfg.model.context
     axes = mirror_axes(run.cfg) if run.cfg.predict.mirror else ()
     flips = [tuple(a for k, a in enumerate(axes) if i >> k & 1) for i in range(2 ** len(axes))]  # every subset
     out = np.empty((n, *slices.shape[1:], len(run.cfg.data.classes)), dtype=np.float32)
-    batch = np.zeros((batch_size, *slices.shape[1:], 1), dtype=np.float32)
+    batch = np.zeros((batch_size, *slices.shape[1:], 1 + 2 * context), dtype=np.float32)
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
-        batch[: stop - start, ..., 0] = slices[start:stop]
+        batch[: stop - start] = with_context(slices, index[start:stop], context)
         total = np.array(run.model.predict_on_batch(batch), dtype=np.float32)
         for flip in flips[1:]:
             total += np.flip(np.asarray(run.model.predict_on_batch(np.flip(batch, flip).copy())), flip)
@@ -155,7 +169,7 @@ def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch
             inputs[key] = volume_to_network(image, geometry, data.intensity, data.size, kind, source)
         shape, sgeom, slices = inputs[key]
         where = lung_slices if run is not lung_run else None
-        probs = predict_slices(run, slices if where is None else slices[where], batch_size)
+        probs = predict_slices(run, slices, batch_size, index=where)
         if run is lung_run:
             drop_small_components(probs, sgeom, background_weight=run.cfg.predict.background_weight)
         labels = probabilities_to_labels(probs, sgeom, run.cfg.predict.background_weight)

@@ -52,10 +52,11 @@ def _resolve_config(files: list[SliceFile], cfg: Config) -> Config:
     return Config(data=data, model=cfg.model, train=cfg.train, predict=cfg.predict)
 
 
-def _gather(files: list[SliceFile], names: list[str], cases: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images and labels of the named cases, from whichever file holds each, and the index in
-    ``files`` of each slice's file."""
-    parts = [f.arrays([c for c in names if cases[c][0] is f]) for f in files]
+def _gather(files: list[SliceFile], names: list[str], cases: dict,
+            context: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images (with ``context`` neighbours on each side as channels) and labels of the named cases,
+    from whichever file holds each, and the index in ``files`` of each slice's file."""
+    parts = [f.arrays([c for c in names if cases[c][0] is f], context) for f in files]
     sources = np.concatenate([np.full(len(p[0]), i, np.int32) for i, p in enumerate(parts)])
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), sources
 
@@ -99,6 +100,8 @@ def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Confi
              shard: tuple[int, int] = (0, 1), replica_batch: int | None = None, weights: np.ndarray | None = None):
     """Endless augmented batches of a fixed size (XLA compiles one shape); a resumed run draws new ones.
     With ``train.patch`` each slice is cut to a patch after augmentation (``augment.crop_patches``).
+    A 2.5D model's slices (``model.context``) have their neighbours' order reversed at random, half
+    the time: which way along the body an export or a volume runs is not known to the model.
 
     Every epoch takes global batches of ``batch_size`` slices from one seeded shuffle, the same on
     every worker. shard (i, n): only the i-th of n equal parts of each global batch (worker i of n
@@ -121,6 +124,9 @@ def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Confi
             for first in range(0, part, size):
                 idx = np.sort(mine[first:first + size])
                 batch = augment_batch(pipeline, images[idx], labels[idx])
+                if cfg.model.context:
+                    turn = crops.random(len(idx)) < 0.5
+                    batch[0][turn] = batch[0][turn, ..., ::-1]
                 yield crop_patches(*batch, cfg.train.patch, crops) if cfg.train.patch else batch
 
 
@@ -317,8 +323,8 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
                           test=[c for p in parts for c in p.test])
             if init_from is not None and (Path(init_from) / "splits.json").is_file():
                 split = _keep_sides(split, json.loads((Path(init_from) / "splits.json").read_text()))
-        train_x, train_y, sources = _gather(files, split.train, cases)
-        val_x, val_y, _ = _gather(files, split.val, cases)
+        train_x, train_y, sources = _gather(files, split.train, cases, cfg.model.context)
+        val_x, val_y, _ = _gather(files, split.val, cases, cfg.model.context)
     finally:
         for f in files:
             f.h5.close()
@@ -380,7 +386,7 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
     if dist is None:
         train_ds = tf.data.Dataset.from_generator(
             lambda: _batches(train_x, train_y, batch_size, cfg, initial_epoch, weights=draws),
-            output_signature=(tf.TensorSpec((batch_size, size, size, 1), tf.float32),
+            output_signature=(tf.TensorSpec((batch_size, size, size, train_x.shape[-1]), tf.float32),
                               tf.TensorSpec((batch_size, size, size), tf.uint8)),
         ).prefetch(2)
         val_ds = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(batch_size).prefetch(2) if len(val_x) else None
@@ -391,7 +397,7 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
                 train_x, train_y, global_batch, cfg, initial_epoch, (index, count), replica_batch, draws),
             size=size, global_batch=global_batch, steps_per_epoch=steps_per_epoch, val=(val_x, val_y),
             val_batch=batch_size, classes=cfg.data.classes, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
-            callbacks=callbacks, verbose=verbose, xla=xla)
+            callbacks=callbacks, verbose=verbose, xla=xla, channels=train_x.shape[-1])
     if not (out / "model.keras").exists():  # no epoch beat the threshold (cannot happen on a fresh run)
         with atomic_path(out / "model.keras") as tmp:
             top_head(model).save(tmp)

@@ -176,6 +176,8 @@ def pseudo_labelled(path: Path, teacher_dir: Path, dest: Path) -> Path:
     teacher = load_run(teacher_dir)
     if len(teacher.cfg.data.classes) < 3:
         raise SystemExit(f"{teacher_dir}: a teacher must tell two or more foreground classes apart")
+    if teacher.cfg.model.context:  # it sees the slices of every case below as one stack
+        raise SystemExit(f"{teacher_dir}: a teacher must read one slice (model.context 0)")
     with atomic_path(dest) as tmp:
         with h5py.File(path, "r") as src, h5py.File(tmp, "w") as out:
             for key, value in src.attrs.items():

@@ -248,6 +248,7 @@ class SliceFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._order: dict[str, list[str]] | None = None  # see _slice_order
         if not self.path.is_file():
             raise InputError(f"{self.path}: slice file not found; create it with `slice2d prepare`")
         try:
@@ -344,12 +345,11 @@ class SliceFile:
     def _slice_order(self) -> dict[str, list[str]]:
         """Each patient's one-slice cases (slice image files) in case-name order: the order of the
         export, taken as the order along the body's axis."""
-        if not hasattr(self, "_order"):
-            order: dict[str, list[str]] = {}
+        if self._order is None:
+            self._order = {}
             for c in self.cases:
                 if int(self.h5["cases"][c].attrs["shape"][2]) == 1:
-                    order.setdefault(self.patient(c), []).append(c)
-            self._order = order
+                    self._order.setdefault(self.patient(c), []).append(c)
         return self._order
 
     def reassemble_labels(self, case: str) -> np.ndarray:

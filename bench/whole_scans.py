@@ -113,7 +113,33 @@ def score(inputs: Path, out: Path) -> dict:
             sanity = json.loads(report.read_text()).get("sanity", {})
             row["reaches_apex"], row["reaches_bases"] = sanity.get("reaches_apex"), sanity.get("reaches_bases")
         results[name] = row
+    for suffix in COARSE:  # RICORD's coarse copies against its own lesion map, brought to their grid
+        name, own = f"ricord-1a-000082-{suffix}", out / "ricord-1a-000082.nii.gz"
+        if "lesion_ml" in results.get(name, {}) and own.is_file():
+            results[name].update(agreement(np.asarray(nib.load(own).dataobj) > 0,
+                                           np.asarray(nib.load(out / f"{name}.nii.gz").dataobj) > 0))
     return results
+
+
+def agreement(fine: np.ndarray, coarse: np.ndarray) -> dict:
+    """A coarse copy's lesion map against the map of the scan it was made from, that map brought to
+    the coarse grid as ``whole_scan_material.coarse_copy`` brings the image (each coarse voxel the
+    anti-aliased average of the fine voxels it covers, lesion where it is at least half lesion):
+    Dice, and the share of the brought map's lesion that the coarse map also marks (recall)."""
+    from skimage.transform import resize
+
+    ref = resize(fine.astype(np.float32), coarse.shape, order=1, anti_aliasing=True) >= 0.5
+    both = np.count_nonzero(ref & coarse)
+    return {"lesion_dice_vs_scan": dice(ref, coarse), "lesion_recall_vs_scan": both / max(1, np.count_nonzero(ref))}
+
+
+def _agreement_sentence(results: dict) -> str:
+    parts = [f"`-{s}` Dice {r['lesion_dice_vs_scan']:.3f}, {100 * r['lesion_recall_vs_scan']:.0f} % of it found"
+             for s in COARSE if "lesion_dice_vs_scan" in (r := results.get(f"ricord-1a-000082-{s}", {}))]
+    if not parts:
+        return ""
+    return ("RICORD's coarse copies against the lesion map written for RICORD as scanned, that map brought to "
+            "their grid (each coarse voxel lesion where at least half of what it covers is): " + "; ".join(parts) + ".\n")
 
 
 def _classes(results: dict, name: str) -> str:
@@ -176,7 +202,7 @@ def main() -> None:
     else:
         seconds, results = _predict_and_score(args, extra)
     md = table(results)
-    print(f"{args.label}: {seconds:.0f} s for {len(results)} scans\n{md}")
+    print(f"{args.label}: {seconds:.0f} s for {len(results)} scans\n{md}{_agreement_sentence(results)}")
     if args.json:
         args.json.write_text(json.dumps({"label": args.label, "seconds": seconds, "results": results}, indent=1))
     if args.no_record:
@@ -199,6 +225,7 @@ negatives (all three on the training side): on those three its false positives a
 copdgene, the TotalSegmentator example and RICORD were in no training.
 
 {md}
+{_agreement_sentence(results)}
 What the lesion model still writes on the scans without COVID-19 (looked at, piece by piece):
 on cmb-crc, CPTAC and LIDC mostly solid nodules and masses, those patients' own findings, which a
 model taught COVID-19 infection against normal lung calls lesion, and thin pieces beside the

@@ -113,11 +113,13 @@ def score(inputs: Path, out: Path) -> dict:
             sanity = json.loads(report.read_text()).get("sanity", {})
             row["reaches_apex"], row["reaches_bases"] = sanity.get("reaches_apex"), sanity.get("reaches_bases")
         results[name] = row
-    for suffix in COARSE:  # RICORD's coarse copies against its own lesion map, brought to their grid
-        name, own = f"ricord-1a-000082-{suffix}", out / "ricord-1a-000082.nii.gz"
-        if "lesion_ml" in results.get(name, {}) and own.is_file():
-            results[name].update(agreement(np.asarray(nib.load(own).dataobj) > 0,
-                                           np.asarray(nib.load(out / f"{name}.nii.gz").dataobj) > 0))
+    own = out / "ricord-1a-000082.nii.gz"  # RICORD's coarse copies against its own lesion map, brought to their grid
+    copies = [f"ricord-1a-000082-{suffix}" for suffix in COARSE]
+    copies = [name for name in copies if "lesion_ml" in results.get(name, {})]
+    if copies and own.is_file():
+        fine = np.asarray(nib.load(own).dataobj) > 0
+        for name in copies:
+            results[name].update(agreement(fine, np.asarray(nib.load(out / f"{name}.nii.gz").dataobj) > 0))
     return results
 
 

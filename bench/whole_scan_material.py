@@ -15,6 +15,10 @@ material, in two prepared slice files:
   the lesion model (trachea, shoulders, table, bowel gas and normal lung are not infection);
   ``--lesion-config real-lesions3`` writes ``<out>/lesions3-wholescan-<size>.h5`` with the
   three-class recipe's data settings instead.
+- ``--moderate`` also writes ``<out>/<task>-wholescan-moderate-<size>.h5``: the same scans at
+  1.6 and 2.4 mm pixels and 5 mm slices, as ordinary reconstructions of other scanners give them.
+  ``--per-scan`` writes the lesion negatives also one file per scan, so that a check can train
+  without one of them and test on it.
 - ``--coarse`` also writes ``<out>/<task>-wholescan-coarse-<size>.h5``: the same three scans
   resampled to thick slices with coarse pixels (5 mm slices; 3 mm and 5 mm pixels), as a scanner
   reconstructing a small matrix, or a user's downsampled archive, gives them. Their vessels blur
@@ -89,6 +93,10 @@ def write_volumes(out: Path) -> None:
 
 
 COARSE_SPACINGS_MM = ((3.0, 3.0, 5.0), (5.0, 5.0, 5.0))  # (in-plane, in-plane, slice) of the coarse copies
+# Copies at the pixel sizes and slice thicknesses of ordinary reconstructions (a 512 matrix over a
+# wide field of view, a 256 matrix, 5 mm slices): the network sees them at about its own input
+# pixel size, so they vary the negatives' texture as another scanner would, not their scale.
+MODERATE_SPACINGS_MM = ((1.6, 1.6, 5.0), (2.4, 2.4, 5.0))
 
 
 def coarse_copy(img, spacing_mm: tuple[float, float, float | None]):
@@ -108,14 +116,15 @@ def coarse_copy(img, spacing_mm: tuple[float, float, float | None]):
     return nib.Nifti1Image(np.round(image).astype(np.int16), affine)
 
 
-def write_coarse_volumes(out: Path, folder: str = "coarse", keep_slices: bool = False) -> None:
-    """<folder>/images/ and <folder>/lesions/ (empty): every training scan at each of
-    ``COARSE_SPACINGS_MM`` (with ``keep_slices``, coarse pixels on the scan's own slices)."""
+def write_coarse_volumes(out: Path, folder: str = "coarse", keep_slices: bool = False,
+                         spacings: tuple = COARSE_SPACINGS_MM) -> None:
+    """<folder>/images/ and <folder>/lesions/ (empty): every training scan at each of ``spacings``
+    (with ``keep_slices``, coarse pixels on the scan's own slices)."""
     for sub in ("images", "lesions"):
         (out / folder / sub).mkdir(parents=True, exist_ok=True)
     for name in TRAIN_SCANS:
         img = nib.load(out / "images" / f"{name}.nii.gz")
-        for spacing in COARSE_SPACINGS_MM:
+        for spacing in spacings:
             case = f"{name}-{spacing[0]:g}mm"
             spacing = (spacing[0], spacing[1], None) if keep_slices else spacing
             if (out / folder / "lesions" / f"{case}.nii.gz").is_file():
@@ -139,6 +148,11 @@ def main() -> None:
                         help="also the negatives at thick slices and coarse pixels (<task>-wholescan-coarse-<size>.h5)")
     parser.add_argument("--coarse-pixels-only", action="store_true",
                         help="with --coarse: coarse pixels on each scan's own slices (<task>-wholescan-coarse2d-<size>.h5)")
+    parser.add_argument("--moderate", action="store_true",
+                        help="also the negatives at 1.6 and 2.4 mm pixels and 5 mm slices (<task>-wholescan-moderate-<size>.h5)")
+    parser.add_argument("--per-scan", action="store_true",
+                        help="lesion negatives also as one file per scan (...-<size>-<scan>.h5), "
+                             "so that a check can leave one scan out of the training")
     args = parser.parse_args()
     from slice2d.config import load_config
     from slice2d.dataset import prepare
@@ -148,19 +162,33 @@ def main() -> None:
     if not lungs.exists():
         prepare(args.out / "images", args.out / "lungs", lungs, load_config("real-lungs"))
     task = args.lesion_config.removeprefix("real-")  # lesions-wholescan-256.h5, lesions3-wholescan-256.h5
-    lesions = args.out / f"{task}-wholescan-{args.lesion_size}.h5"
-    if not lesions.exists():
-        prepare(args.out / "images", args.out / "lesions", lesions,
-                load_config(args.lesion_config).updated(data={"size": args.lesion_size}))
-    print(f"wrote {lungs} and {lesions}")
+    lesion_cfg = load_config(args.lesion_config).updated(data={"size": args.lesion_size})
+    folders = {"": args.out}  # file infix -> folder holding images/ and lesions/
     if args.coarse:
         folder = "coarse2d" if args.coarse_pixels_only else "coarse"
         write_coarse_volumes(args.out, folder, keep_slices=args.coarse_pixels_only)
-        coarse = args.out / f"{task}-wholescan-{folder}-{args.lesion_size}.h5"
-        if not coarse.exists():
-            prepare(args.out / folder / "images", args.out / folder / "lesions", coarse,
-                    load_config(args.lesion_config).updated(data={"size": args.lesion_size}))
-        print(f"wrote {coarse}")
+        folders[f"-{folder}"] = args.out / folder
+    if args.moderate:
+        write_coarse_volumes(args.out, "moderate", spacings=MODERATE_SPACINGS_MM)
+        folders["-moderate"] = args.out / "moderate"
+    for infix, folder in folders.items():
+        lesions = args.out / f"{task}-wholescan{infix}-{args.lesion_size}.h5"
+        if not lesions.exists():
+            prepare(folder / "images", folder / "lesions", lesions, lesion_cfg)
+        print(f"wrote {lesions}")
+        for name in TRAIN_SCANS if args.per_scan else ():
+            one = args.out / f"{task}-wholescan{infix}-{args.lesion_size}-{name}.h5"
+            if one.exists():
+                continue
+            subset = args.out / "per-scan" / f"{name}{infix}"
+            for sub in ("images", "lesions"):
+                (subset / sub).mkdir(parents=True, exist_ok=True)
+                for path in (folder / sub).glob(f"{name}*.nii.gz"):
+                    link = subset / sub / path.name
+                    if not link.exists():
+                        link.symlink_to(path.resolve())
+            prepare(subset / "images", subset / "lesions", one, lesion_cfg)
+            print(f"wrote {one}")
 
 
 if __name__ == "__main__":

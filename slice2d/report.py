@@ -241,19 +241,23 @@ def case_report(lesions: np.ndarray, lungs: np.ndarray | None, lobes: np.ndarray
     return report
 
 
-# On a normal whole scan of 4.2 mm pixels the lesion model marked 246 mL along blurred vessels; on
-# one of 3 mm pixels, 1.1 mL (BENCHMARKS.md, "Whole real scans")
-COARSE_PIXEL_MM = 3.0
+# The shipped lesion model learned from slices of about 1.4 mm pixels (256x256 exports) and from whole
+# scans as scanned and at 1.6 and 2.4 mm pixels. On coarser pixels it finds less of the lesion (a
+# COVID-19 scan resampled to 2.5 mm pixels: about a quarter less; to 5 mm pixels and slices: most of
+# it missed) and can still mark blurred vessels (a normal scan of 4.2 mm pixels: 32 mL); BENCHMARKS.md,
+# "Whole real scans" and "Lesion volume against pixel size".
+COARSE_PIXEL_MM = 2.0
 
 
 def resolution_warning(checks: dict) -> str | None:
     """What pixels coarser than ``COARSE_PIXEL_MM`` mean for the lesion map (``None`` otherwise):
-    vessels blur into soft shapes that look like ground-glass."""
+    faint lesion blurs into the lung around it, and vessels into soft shapes that look like it."""
     pixel = checks.get("pixel_mm")
     if pixel is None or pixel <= COARSE_PIXEL_MM:
         return None
-    return (f"in-plane pixels of {pixel:g} mm: on pixels coarser than {COARSE_PIXEL_MM:g} mm, blurred vessels can be "
-            "marked as lesion; check the lesion map by eye")
+    return (f"in-plane pixels of {pixel:g} mm: on pixels coarser than {COARSE_PIXEL_MM:g} mm the lesion model finds "
+            "less of the lesion than on finer ones, and blurred vessels can be marked as lesion; check the lesion "
+            "map by eye")
 
 
 def coverage_warning(checks: dict, zones: bool) -> str | None:

@@ -472,9 +472,9 @@ def test_a_solid_nodule_is_not_infection_but_solid_consolidation_is(kind):
     assert "solid_nodules_left_out" not in sanity(anatomy, out_lungs, affine, convention="8-bit slices")
 
 
-def test_a_report_of_a_coarse_scan_says_its_lesion_map_may_mark_vessels():
+def test_a_report_of_a_coarse_scan_says_its_lesion_map_may_miss_lesion_and_mark_vessels():
     """The sanity block gives the pixel and slice spacing of an HU volume, whatever its orientation;
-    pixels coarser than 3 mm bring a resolution warning, finer ones none."""
+    pixels coarser than 2 mm bring a resolution warning, finer ones none."""
     from slice2d.report import case_report
     from slice2d.severity import SeverityOptions
 
@@ -487,12 +487,13 @@ def test_a_report_of_a_coarse_scan_says_its_lesion_map_may_mark_vessels():
     block = sanity(anatomy, lungs, coarse)
     assert block["pixel_mm"] == 4.2 and block["slice_mm"] == 2.5
     warning = case_report(lesions, lungs, None, coarse, "c", SeverityOptions(), block)["resolution_warning"]
-    assert "4.2 mm" in warning and "vessels" in warning
+    assert "4.2 mm" in warning and "vessels" in warning and "less of the lesion" in warning
     pil = sanity(anatomy, lungs, make_affine("PIL", (0.8, 5.0, 0.7)))  # the second voxel axis runs along S
     assert pil["pixel_mm"] == 0.8 and pil["slice_mm"] == 5.0
-    fine = case_report(lesions, lungs, None, make_affine("RAS", (0.7, 0.7, 5.0)), "c", SeverityOptions(),
-                       sanity(anatomy, lungs, make_affine("RAS", (0.7, 0.7, 5.0))))
-    assert "resolution_warning" not in fine
+    for pixel, warned in ((0.7, False), (1.9, False), (2.4, True)):
+        affine = make_affine("RAS", (pixel, pixel, 5.0))
+        report = case_report(lesions, lungs, None, affine, "c", SeverityOptions(), sanity(anatomy, lungs, affine))
+        assert ("resolution_warning" in report) == warned, pixel
     assert "pixel_mm" not in sanity(anatomy, lungs, coarse, convention="8-bit slices")
 
 

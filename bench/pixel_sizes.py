@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ from pathlib import Path
 import nibabel as nib
 from record import machine, write_section
 from whole_scan_material import coarse_copy
+from whole_scans import run_predict
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -57,13 +56,12 @@ def materialise(folder: Path) -> dict[str, float]:
 
 
 def predict(inputs: Path, out: Path, extra: list[str]) -> dict[str, float]:
-    """Lesion mL per case, from the cohort table of `slice2d predict`."""
-    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-m", "slice2d.cli", "predict", str(inputs), "--out", str(out), "-q",
-                             *extra], env=env, capture_output=True, text=True, cwd=ROOT)
-    if result.returncode != 0:
-        sys.exit(result.stderr[-2000:])
-    with open(out / "severity" / "cohort.csv", newline="") as f:
+    """Lesion mL per case, from the cohort table of `slice2d predict` (run as whole_scans.py runs it)."""
+    run_predict(ROOT, inputs, out, extra)
+    table = out / "severity" / "cohort.csv"
+    if not table.is_file():
+        sys.exit(f"slice2d predict wrote no {table}")
+    with open(table, newline="") as f:
         return {row["case"]: float(row["lesion_ml"]) for row in csv.DictReader(f)}
 
 

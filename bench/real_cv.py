@@ -259,14 +259,16 @@ def _labels(probs: np.ndarray, background_weight: float) -> np.ndarray:
 
 
 def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None = None, mirror: bool = False,
-                  lung_dir: Path | None = None, maps: Path | None = None, members: list[Path] | None = None) -> dict:
+                  lung_dir: Path | None = None, maps: Path | None = None, members: list[Path] | None = None,
+                  cases: set[str] | None = None) -> dict:
     """Scores of a fold's test slices; ``members``: the runs of an ensemble (``run_dir`` then only
-    names the fold's split)."""
+    names the fold's split); ``cases``: other slices of the split to score instead (e.g. its
+    validation slices)."""
     runs = [with_options(load_run(d), threshold, mirror) for d in members or [run_dir]]
     run = runs[0]
     lung_run = with_options(load_run(lung_dir), mirror=mirror) if lung_dir else None
     data = run.cfg.data
-    test = set(json.loads((run_dir / "splits.json").read_text())["test"])  # the fold: unseen by training
+    test = cases if cases is not None else set(json.loads((run_dir / "splits.json").read_text())["test"])  # unseen by training
     result = {}
     for set_name, path in files.items():
         names, groups = _groups(data)

@@ -268,7 +268,8 @@ def evaluate_fold(run_dir: Path, files: dict[str, Path], threshold: float | None
     run = runs[0]
     lung_run = with_options(load_run(lung_dir), mirror=mirror) if lung_dir else None
     data = run.cfg.data
-    test = cases if cases is not None else set(json.loads((run_dir / "splits.json").read_text())["test"])  # unseen by training
+    # the fold (unseen by training) unless other slices are named
+    test = cases if cases is not None else set(json.loads((run_dir / "splits.json").read_text())["test"])
     result = {}
     for set_name, path in files.items():
         names, groups = _groups(data)

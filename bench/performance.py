@@ -5,6 +5,7 @@
     python bench/performance.py memory    # peak memory of one training step: default 2D U-Net vs a 3D U-Net (MIScnn setup)
     python bench/performance.py prepare   # `slice2d prepare` of a 512x512x300 volume: seconds, peak memory; 1 vs 3 cases
     python bench/performance.py predict   # `slice2d predict` of a 512x512x300 volume, whole process, float32 and bfloat16; the model alone
+    python bench/performance.py predict --lungmask PYTHON  # ... and lungmask R231 on the same volume, by that interpreter
     python bench/performance.py all
 
 Every measurement runs in a fresh child process (so peak memory is that of the measured work
@@ -355,21 +356,29 @@ than one.
     write_section("prepare", md, {"machine": machine(), "rows": rows})
 
 
-def part_predict(work: Path, repeats: int) -> None:
+def part_predict(work: Path, repeats: int, lungmask: str | None = None, lungmask_repeats: int = 3) -> None:
+    """``lungmask``: a Python interpreter with lungmask installed, which runs
+    ``bench/lungmask_child.py`` on the same volume ``lungmask_repeats`` times, in turn with
+    slice2d's runs."""
     from slice2d.hardware import native_bfloat16
     from slice2d.runs import shipped_model
 
     big = big_volume(work)
     volume = big / "images" / "phantom_000.nii.gz"
     runs: dict[str, list[dict]] = {p: [] for p in PRECISIONS}
+    other: list[dict] = []
     before = cpu_times()
-    for _ in range(repeats):
+    for repeat in range(repeats):
         for precision in PRECISIONS:  # alternating, so that a slow spell of the host hits both
             out = work / "predicted" / precision
             shutil.rmtree(out, ignore_errors=True)
             seconds, peak, _ = run_measured([*CLI, "predict", str(volume), "--out", str(out), "-q",
                                              "--precision", precision])
             runs[precision].append({"seconds": seconds, "peak_gb": peak})
+        if lungmask and repeat < lungmask_repeats:
+            out = work / "predicted" / "lungmask.nii.gz"
+            seconds, peak, log = run_measured([lungmask, str(ROOT / "bench" / "lungmask_child.py"), str(volume), str(out)])
+            other.append({"seconds": seconds, "peak_gb": peak, "log": log.strip().splitlines()[-1]})
     steal = steal_percent(before, cpu_times())
     report = json.loads((work / "predicted" / "float32" / "severity" / "phantom_000.json").read_text())
     variants = (("none", "float32"), ("xla", "float32"), ("none", "bfloat16"))
@@ -405,7 +414,19 @@ The host took {steal:.0f} % of this virtual machine's CPU time for other guests 
 | lesion model alone with XLA, slices/s | {speed['xla-float32']:.0f} (first call {first['xla-float32']:.1f} s with compilation, against {first['none-float32']:.1f} s) | |
 | lung volume found (both lungs, as written) | {report['lung_ml']:.0f} mL | |
 """
-    write_section(section, md, {"machine": machine(), "runs": runs, "model": model, "steal_percent": steal})
+    if other:
+        values = [r["seconds"] for r in other]
+        md += f"""| lungmask R231 on the same volume, whole process, seconds (`bench/lungmask_child.py`, in turn with the runs above; random weights, no postprocessing: its least) | **{median(values):.1f}** (runs: {', '.join(f'{v:.1f}' for v in values)}), peak {median([r['peak_gb'] for r in other]):.2f} GB | |
+
+lungmask cannot download its trained weights on this machine, so `bench/lungmask_child.py` builds
+its R231 network (a U-Net of depth 5 with batch norm, as lungmask builds it) with random weights:
+the same computation, maps without meaning; their postprocessing (connected components, then
+filling) is left out, since on meaningless maps it would time other work. The time is lungmask's
+least on this volume: reading, its per-slice body crop and resampling to 256x256, the network on
+every slice and writing.
+"""
+    write_section(section, md, {"machine": machine(), "runs": runs, "model": model, "steal_percent": steal,
+                                "lungmask": other})
 
 
 def main() -> None:
@@ -418,9 +439,14 @@ def main() -> None:
     parser.add_argument("part", choices=["train", "devices", "memory", "prepare", "predict", "all"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/slice2d-bench"))
+    parser.add_argument("--lungmask", metavar="PYTHON",
+                        help="predict: also time lungmask R231 on the same volume, run by this Python interpreter "
+                             "(one with lungmask installed: pip install 'slice2d[lungmask]')")
+    parser.add_argument("--lungmask-repeats", type=int, default=3, help="runs of lungmask (about 4 minutes each on 2 cores)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    parts = {"train": part_train, "devices": part_devices, "memory": part_memory, "prepare": part_prepare, "predict": part_predict}
+    parts = {"train": part_train, "devices": part_devices, "memory": part_memory, "prepare": part_prepare,
+             "predict": lambda work, repeats: part_predict(work, repeats, args.lungmask, args.lungmask_repeats)}
     for name, part in parts.items():
         if args.part in (name, "all"):
             part(args.work, args.repeats)

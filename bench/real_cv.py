@@ -91,15 +91,19 @@ SETS = {
 }
 
 
-def slice_files(task: str, out: Path, size: int, intensity: dict | None = None) -> dict[str, Path]:
+def slice_files(task: str, out: Path, size: int, intensity: dict | None = None,
+                upright: bool = False) -> dict[str, Path]:
     """The prepared slice files of ``task``'s data sets at ``size``, prepared anew unless ``out``
     holds one prepared with the same data settings; ``intensity``: data.intensity settings other
-    than the config's, named in the file names."""
+    than the config's, named in the file names. ``upright``: each patient's slices turned upright
+    as ``slice2d prepare`` finds them (covid-ct-slices' Radiopaedia patients are stored upside
+    down, covid-semiseg transposed) instead of the fixed turns of ``SETS``; "-upright" in the names."""
     cfg = load_config(f"real-{task}").updated(data={"size": size})
     tag = ""
     if intensity:
         cfg = cfg.updated(data={"intensity": intensity})
         tag = "".join(f"-{k}{v}" for k, v in sorted(intensity.items()))
+    tag += "-upright" if upright else ""
     files = {}
     for name, spec in SETS.items():
         if task not in spec["labels"]:
@@ -109,7 +113,8 @@ def slice_files(task: str, out: Path, size: int, intensity: dict | None = None) 
         wanted = cfg.updated(data={"label_map": own}) if own else cfg
         if not path.exists() or _prepared_with(path) != wanted.data:  # a file of older settings is replaced
             patients = read_patients(spec["patients"]) if spec["patients"] else None
-            prepare(spec["images"], spec["labels"][task], path, wanted, patients=patients, rotate=spec["rotate"])
+            prepare(spec["images"], spec["labels"][task], path, wanted, patients=patients,
+                    rotate=None if upright else spec["rotate"])
         files[name] = path
     return files
 
@@ -391,6 +396,9 @@ def main() -> None:
                              "train on every patient, train val_fraction=0, which --calibrate cannot choose)")
     parser.add_argument("--intensity", nargs="*", default=[], metavar="NAME=VALUE",
                         help="data.intensity settings, e.g. mode=window clahe_clip=1 (slice files prepared anew, named by them)")
+    parser.add_argument("--upright", action="store_true",
+                        help="prepare the slices with each patient's orientation found and turned upright (covid-ct-"
+                             "slices' Radiopaedia patients are stored upside down) instead of as stored")
     parser.add_argument("--ensemble", nargs="*", default=[], metavar="NAME",
                         help="train nothing: average the fold runs <out>/<NAME>-fold<k> of these earlier "
                              "cross-validations (needs --name)")
@@ -408,8 +416,7 @@ def main() -> None:
         parser.error("--ensemble needs --name and is for cross-validation (not --final)")
     args.out.mkdir(parents=True, exist_ok=True)
     args.size = args.size or load_config(f"real-{args.task}").data.size
-    files = slice_files(args.task, args.out, args.size,
-                        _settings(args.intensity))
+    files = slice_files(args.task, args.out, args.size, _settings(args.intensity), args.upright)
     results_path = args.out / f"{args.name or f'{args.task}-{args.size}'}-cv{'-calibrated' if args.calibrate else ''}{'-tta' if args.tta else ''}{f'-t{args.threshold:g}' if args.threshold else ''}{'-with-lungs' if args.with_lungs else ''}.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     folds = [None] if args.final else args.only if args.only is not None else range(args.folds)

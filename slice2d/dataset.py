@@ -197,18 +197,26 @@ def prepare(images_dir: str | Path, labels_dir: str | Path | None, out: str | Pa
     labels_dir: None when ``images_dir`` is an nnU-Net raw / Decathlon data set root (``dataset_folders``).
     patients: optional case -> patient id, so splits never separate scans of one patient.
     rotate: how slice images are stored (an ``Orientation`` or its code, see ``images.read_slice``),
-    or None to detect it from all the images (one export, one orientation; logged); ignored for
-    NIfTI. Each case records the code it was read with as its ``rotate`` attribute.
+    or None to detect it from the images (logged): one decision for all of them, or one per patient
+    when ``patients`` names them (one patient's slices, one export; a collection may mix exports
+    stored different ways round). Ignored for NIfTI. Each case records the code it was read with
+    as its ``rotate`` attribute.
     The file is written under a temporary name and renamed when complete.
     """
     pairs = pair_cases(Path(images_dir), labels_dir)
     check_dataset_labels(dataset_folders(images_dir, labels_dir)[0], cfg.data)
-    slice_images = [image_path for _, image_path, _ in pairs if is_image(image_path)]
-    if rotate is None and slice_images:
-        decision = detect_orientation(read_slice(path) for path in slice_images)
-        (log.info if decision.confident else log.warning)("%s: %s", images_dir, decision.message())
-        rotate = decision.orientation
-    rotate = Orientation.from_code(rotate or 0)
+    patient_of = {name: (patients or {}).get(name, "") for name, _, _ in pairs}
+    orientation = {patient: Orientation.from_code(rotate or 0) for patient in patient_of.values()}
+    if rotate is None:
+        exports: dict[str, list[Path]] = {}
+        for name, image_path, _ in pairs:
+            if is_image(image_path):
+                exports.setdefault(patient_of[name], []).append(image_path)
+        for patient, paths in exports.items():
+            decision = detect_orientation(read_slice(path) for path in paths)
+            where = f"{images_dir}, patient {patient}" if patient else str(images_dir)
+            (log.info if decision.confident else log.warning)("%s: %s", where, decision.message())
+            orientation[patient] = decision.orientation
     data = cfg.data
     rng = np.random.default_rng(data.seed)
     with atomic_path(out) as tmp:
@@ -218,7 +226,8 @@ def prepare(images_dir: str | Path, labels_dir: str | Path | None, out: str | Pa
                             size=data.size)
             cases = h5.create_group("cases")
             for name, image_path, label_path in pairs:
-                _write_case(cases, name, image_path, label_path, data, rng, (patients or {}).get(name, name), rotate)
+                _write_case(cases, name, image_path, label_path, data, rng, (patients or {}).get(name, name),
+                            orientation[patient_of[name]])
                 if progress:
                     progress(name)
     return Path(out)

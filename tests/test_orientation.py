@@ -163,3 +163,37 @@ def test_rotate_options_are_checked(tmp_path):
     for args, fragment in ((("--mirror",), "needs an explicit"), (("--rotate", "5"), "use auto, or 0-3")):
         result = invoke("predict", tmp_path, "--out", tmp_path / "o", *args)
         assert result.exit_code == 2 and fragment in result.output, result.output
+
+
+def test_prepare_finds_each_patients_orientation(tmp_path):
+    """One folder, two patients' exports stored different ways round (as covid-ct-slices keeps its
+    coronacases upright and its Radiopaedia patients upside down): each patient is turned its own way."""
+    from slice2d.config import load_config
+    from slice2d.dataset import prepare
+
+    upside_down = Orientation(2, True)
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    patients = {}
+    for i, s in enumerate(_phantom_slices()[:12]):
+        patient, stored_as = ("a", Orientation()) if i % 2 else ("b", upside_down)
+        name = f"{i:04d}.png"
+        Image.fromarray(np.ascontiguousarray(stored_as.stored(s))).save(images / name)
+        Image.fromarray(np.ascontiguousarray(stored_as.stored((s < 60).astype(np.uint8) * 255))).save(labels / name)
+        patients[f"{i:04d}"] = patient
+    cfg = load_config("real-lungs")
+
+    def codes(out: Path) -> dict[str, set[int]]:
+        found: dict[str, set[int]] = {}
+        with h5py.File(out, "r") as h5:
+            for c in h5["cases"]:
+                found.setdefault(str(h5["cases"][c].attrs["patient"]), set()).add(int(h5["cases"][c].attrs["rotate"]))
+        return found
+
+    assert set(patients) == {p.stem for p in images.glob("*.png")}   # case names are the file stems
+    assert codes(prepare(images, labels, tmp_path / "by-patient.h5", cfg, patients=patients, rotate=None)) == \
+        {"a": {0}, "b": {upside_down.code}}
+    # without patients: one export, one decision for every slice
+    one = codes(prepare(images, labels, tmp_path / "one.h5", cfg, rotate=None))
+    assert len(set().union(*one.values())) == 1

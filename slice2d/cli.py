@@ -203,7 +203,7 @@ def prepare(
     out: Annotated[Path, typer.Option(help="HDF5 file to write.")],
     labels: Annotated[Optional[Path], typer.Option(help="Folder of label maps / label images with the same case names (default for a data set root: its labelsTr/).")] = None,
     config: Annotated[Optional[str], typer.Option(help="YAML config or preset (lesions, lesions3, lungs, lobes, demo).")] = None,
-    patients: Annotated[Optional[Path], typer.Option(help="CSV 'file,patient' so that splits never cut a patient; slice images then have their orientation found per patient.")] = None,
+    patients: Annotated[Optional[Path], typer.Option(help="CSV 'file,patient' so that splits never cut a patient; slice images of a patient with 5 or more then have their orientation found on their own too.")] = None,
     rotate: RotateOption = "auto",
     mirror: MirrorOption = None,
     quiet: Quiet = False,

@@ -47,7 +47,7 @@ from slice2d.io import (
     read_array,
     to_canonical,
 )
-from slice2d.orientation import Orientation, detect_orientation
+from slice2d.orientation import Orientation, decide, slice_log_probs
 from slice2d.slicing import SliceGeometry, labels_to_slices, slices_to_labels, volume_to_network
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,11 @@ def load_pair(image_path: Path, label_path: Path, rotate: int | Orientation = 0
     return image, read_array(lab, label_path, "label"), geometry_of(img), "hu"
 
 
+# a patient's slices decide their own orientation from this many on (one slice alone is right less
+# often than a folder: BENCHMARKS.md, "Orientation detection of slice exports")
+OWN_ORIENTATION_SLICES = 5
+
+
 def prepare(images_dir: str | Path, labels_dir: str | Path | None, out: str | Path, cfg: Config,
             patients: dict[str, str] | None = None, rotate: int | Orientation | None = 0,
             progress: Callable[[str], None] | None = None) -> Path:
@@ -197,26 +202,30 @@ def prepare(images_dir: str | Path, labels_dir: str | Path | None, out: str | Pa
     labels_dir: None when ``images_dir`` is an nnU-Net raw / Decathlon data set root (``dataset_folders``).
     patients: optional case -> patient id, so splits never separate scans of one patient.
     rotate: how slice images are stored (an ``Orientation`` or its code, see ``images.read_slice``),
-    or None to detect it from the images (logged): one decision for all of them, or one per patient
-    when ``patients`` names them (one patient's slices, one export; a collection may mix exports
-    stored different ways round). Ignored for NIfTI. Each case records the code it was read with
-    as its ``rotate`` attribute.
+    or None to detect it from the images (logged): one decision for all of them, and, when
+    ``patients`` names them, one of its own for each patient with at least ``OWN_ORIENTATION_SLICES``
+    slices (one patient's slices, one export; a collection may mix exports stored different ways
+    round; a patient of fewer slices takes the decision for all). Ignored for NIfTI. Each case
+    records the code it was read with as its ``rotate`` attribute.
     The file is written under a temporary name and renamed when complete.
     """
     pairs = pair_cases(Path(images_dir), labels_dir)
     check_dataset_labels(dataset_folders(images_dir, labels_dir)[0], cfg.data)
     patient_of = {name: (patients or {}).get(name, "") for name, _, _ in pairs}
     orientation = {patient: Orientation.from_code(rotate or 0) for patient in patient_of.values()}
-    if rotate is None:
-        exports: dict[str, list[Path]] = {}
-        for name, image_path, _ in pairs:
-            if is_image(image_path):
-                exports.setdefault(patient_of[name], []).append(image_path)
-        for patient, paths in exports.items():
-            decision = detect_orientation(read_slice(path) for path in paths)
-            where = f"{images_dir}, patient {patient}" if patient else str(images_dir)
-            (log.info if decision.confident else log.warning)("%s: %s", where, decision.message())
-            orientation[patient] = decision.orientation
+    slice_images = [(patient_of[name], path) for name, path, _ in pairs if is_image(path)]
+    if rotate is None and slice_images:
+        log_probs = slice_log_probs(read_slice(path) for _, path in slice_images)
+        overall = decide(log_probs)
+        (log.info if overall.confident else log.warning)("%s: %s", images_dir, overall.message())
+        orientation = dict.fromkeys(orientation, overall.orientation)
+        of_patient = np.array([patient for patient, _ in slice_images])
+        for patient in sorted(set(of_patient)) if patients else []:
+            mine = log_probs[of_patient == patient]
+            own = decide(mine)
+            if len(mine) >= OWN_ORIENTATION_SLICES and own.confident and own.orientation != overall.orientation:
+                log.info("%s, patient %s: %s", images_dir, patient, own.message())
+                orientation[patient] = own.orientation
     data = cfg.data
     rng = np.random.default_rng(data.seed)
     with atomic_path(out) as tmp:

@@ -197,3 +197,6 @@ def test_prepare_finds_each_patients_orientation(tmp_path):
     # without patients: one export, one decision for every slice
     one = codes(prepare(images, labels, tmp_path / "one.h5", cfg, rotate=None))
     assert len(set().union(*one.values())) == 1
+    # a patient of one slice is too few to decide alone: it takes the decision for all
+    singles = codes(prepare(images, labels, tmp_path / "singles.h5", cfg, patients={k: k for k in patients}, rotate=None))
+    assert len(set().union(*singles.values())) == 1

@@ -211,21 +211,24 @@ def prepare(images_dir: str | Path, labels_dir: str | Path | None, out: str | Pa
     """
     pairs = pair_cases(Path(images_dir), labels_dir)
     check_dataset_labels(dataset_folders(images_dir, labels_dir)[0], cfg.data)
-    patient_of = {name: (patients or {}).get(name, "") for name, _, _ in pairs}
-    orientation = {patient: Orientation.from_code(rotate or 0) for patient in patient_of.values()}
-    slice_images = [(patient_of[name], path) for name, path, _ in pairs if is_image(path)]
+    patients = patients or {}
+    orientation = Orientation.from_code(rotate or 0)
+    turned_otherwise: dict[str, Orientation] = {}  # patients whose own slices decide another way
+    slice_images = [(name, path) for name, path, _ in pairs if is_image(path)]
     if rotate is None and slice_images:
         log_probs = slice_log_probs(read_slice(path) for _, path in slice_images)
         overall = decide(log_probs)
         (log.info if overall.confident else log.warning)("%s: %s", images_dir, overall.message())
-        orientation = dict.fromkeys(orientation, overall.orientation)
-        of_patient = np.array([patient for patient, _ in slice_images])
-        for patient in sorted(set(of_patient)) if patients else []:
-            mine = log_probs[of_patient == patient]
-            own = decide(mine)
-            if len(mine) >= OWN_ORIENTATION_SLICES and own.confident and own.orientation != overall.orientation:
+        orientation = overall.orientation
+        rows: dict[str, list[int]] = {}
+        for i, (name, _) in enumerate(slice_images):
+            if name in patients:
+                rows.setdefault(patients[name], []).append(i)
+        for patient, index in sorted(rows.items()):
+            own = decide(log_probs[index])
+            if len(index) >= OWN_ORIENTATION_SLICES and own.confident and own.orientation != orientation:
                 log.info("%s, patient %s: %s", images_dir, patient, own.message())
-                orientation[patient] = own.orientation
+                turned_otherwise[patient] = own.orientation
     data = cfg.data
     rng = np.random.default_rng(data.seed)
     with atomic_path(out) as tmp:
@@ -235,8 +238,8 @@ def prepare(images_dir: str | Path, labels_dir: str | Path | None, out: str | Pa
                             size=data.size)
             cases = h5.create_group("cases")
             for name, image_path, label_path in pairs:
-                _write_case(cases, name, image_path, label_path, data, rng, (patients or {}).get(name, name),
-                            orientation[patient_of[name]])
+                own = turned_otherwise.get(patients[name], orientation) if name in patients else orientation
+                _write_case(cases, name, image_path, label_path, data, rng, patients.get(name, name), own)
                 if progress:
                     progress(name)
     return Path(out)

@@ -1,4 +1,5 @@
-"""bench/sharpness.py: coarser pixels keep the slice's size and type, its broad shapes, and lose fine detail."""
+"""bench/sharpness.py: coarser pixels keep the slice's size and type, its broad shapes, and lose fine detail;
+a map made on a zoomed slice comes back on the slice's own pixels."""
 
 import numpy as np
 import pytest
@@ -29,3 +30,21 @@ def test_every_variant_keeps_the_slice_shape(sharpness):
         out = change(image)
         assert out.shape == image.shape and out.dtype == np.uint8, name
     assert sum("times as large" in name for name in sharpness.variants()) == len(sharpness.COARSER)
+
+
+def test_a_map_made_on_a_zoomed_slice_comes_back_where_it_belongs(sharpness):
+    image = np.full((128, 128), 30, np.uint8)
+    image[30:60, 70:110] = 220  # an off-centre block: a shift or a flip would move it
+    seen = []
+
+    def segment(x):  # thresholds what it is given, and remembers it
+        seen.append(x)
+        return (x > 127).astype(np.uint8)
+
+    for factor in (0.8, 1.25):
+        back = sharpness.zoomed_prediction(segment, image, factor)
+        truth = image > 127
+        assert back.shape == image.shape
+        assert 2 * (back.astype(bool) & truth).sum() / (back.sum() + truth.sum()) > 0.95, factor
+        area = (seen[-1] > 127).sum() / truth.sum()  # the network saw the block zoomed
+        assert abs(area - factor ** 2) < 0.1 * factor ** 2, factor

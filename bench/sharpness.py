@@ -31,9 +31,8 @@ from scipy import ndimage as ndi
 from skimage.transform import resize
 
 import real_cv
-from slice2d.images import read_label_slice
 from slice2d.predict import load_run, with_options
-from versus_miniseg import SLICES
+from versus_miniseg import SLICES, widest_lungs
 
 BLUR_SIGMAS_PX = (0.5, 0.7, 1.0)
 COARSER = (2, 3)  # pixel side multiplied by
@@ -63,19 +62,6 @@ def variants() -> dict[str, callable]:
     out |= {f"pixels {f:g} times as large": (lambda x, f=f: coarsened(x, f)) for f in COARSER}
     out[f"sharpened (unsharp mask {SHARPEN[0]:g}, sigma {SHARPEN[1]:g} px)"] = lambda x: sharpened(x, *SHARPEN)
     return out
-
-
-def widest_lungs() -> dict[str, int]:
-    """patient -> the widest left-to-right extent, in pixels, of covid-ct-slices' reference lungs
-    on any of the patient's slices (as stored: turning a patient upside down keeps it)."""
-    widths: dict[str, int] = {}
-    with open(SLICES / "cases.csv") as f:
-        for row in csv.DictReader(f):
-            lungs = read_label_slice(SLICES / "lungs" / row["slice"]) > 0
-            cols = np.flatnonzero(lungs.any(axis=0))
-            if cols.size:
-                widths[row["case"]] = max(widths.get(row["case"], 0), int(cols[-1] - cols[0] + 1))
-    return widths
 
 
 def zoomed_prediction(segment, image: np.ndarray, factor: float) -> np.ndarray:

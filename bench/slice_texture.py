@@ -27,12 +27,12 @@ import cv2
 import numpy as np
 from PIL import Image
 from record import RESULTS, machine, write_section
-from versus_miniseg import MINISEG, SLICES, complete_patients, slice_scores, summary
+from versus_miniseg import MINISEG, SLICES, complete_patients, slice_scores, summary, widest_lungs
 
 
-def texture(patient_slices: list[str]) -> tuple[float, int]:
-    """(mean |image - median3| over the eroded lung without infection, widest lung extent in pixels)."""
-    diffs, width = [], 0
+def texture(patient_slices: list[str]) -> float:
+    """Mean |image - median3| over the patient's lung without infection, eroded by two pixels."""
+    diffs = []
     for name in patient_slices:
         image = np.asarray(Image.open(SLICES / "images" / name).convert("L"))
         lungs = np.asarray(Image.open(SLICES / "lungs" / name)) > 0
@@ -40,10 +40,7 @@ def texture(patient_slices: list[str]) -> tuple[float, int]:
         normal = cv2.erode(normal.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
         fine = np.abs(image.astype(np.float32) - cv2.medianBlur(image, 3).astype(np.float32))
         diffs.append(fine[normal])
-        cols = np.flatnonzero(lungs.any(axis=0))
-        if cols.size:
-            width = max(width, int(cols[-1] - cols[0] + 1))
-    return float(np.concatenate(diffs).mean()), width
+    return float(np.concatenate(diffs).mean())
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -78,7 +75,8 @@ def main() -> None:
             raise SystemExit(f"--row {args.row!r}: {len(picked)} recorded rows start with it; give more of the name")
         ours = {p: r["ours"]["mean"] for p, r in rows[picked[0]]["result"]["patients"].items()}
         source = f" of the recorded row \"{picked[0]}\""
-    measured = {p: texture(by_patient[p]) for p in patients}
+    widths = widest_lungs()
+    measured = {p: (texture(by_patient[p]), widths[p]) for p in patients}
     theirs = {p: summary(v)["mean"] for p, v in slice_scores(MINISEG, set(patients)).items()}
 
     order = sorted(patients, key=lambda p: measured[p][0])

@@ -86,6 +86,18 @@ def pool(parts: list[dict[str, float]]) -> dict[str, float]:
             "inter": inter, "total": total}
 
 
+def widest_lungs() -> dict[str, int]:
+    """patient -> the widest left-to-right extent, in pixels, of covid-ct-slices' reference lungs
+    on any of the patient's slices (as stored: turning a patient upside down keeps it)."""
+    widths: dict[str, int] = {}
+    with open(SLICES / "cases.csv") as f:
+        for row in csv.DictReader(f):
+            cols = np.flatnonzero((np.asarray(Image.open(SLICES / "lungs" / row["slice"])) > 0).any(axis=0))
+            if cols.size:
+                widths[row["case"]] = max(widths.get(row["case"], 0), int(cols[-1] - cols[0] + 1))
+    return widths
+
+
 def complete_patients(maps: Path) -> set[str]:
     """The patients of covid-ct-slices all of whose slices have a mask in ``maps``."""
     with open(SLICES / "cases.csv") as f:

@@ -225,8 +225,10 @@ def prepare(images_dir: str | Path, labels_dir: str | Path | None, out: str | Pa
             if name in patients:
                 rows.setdefault(patients[name], []).append(i)
         for patient, index in sorted(rows.items()):
+            if len(index) < OWN_ORIENTATION_SLICES:
+                continue
             own = decide(log_probs[index])
-            if len(index) >= OWN_ORIENTATION_SLICES and own.confident and own.orientation != orientation:
+            if own.confident and own.orientation != orientation:
                 log.info("%s, patient %s: %s", images_dir, patient, own.message())
                 turned_otherwise[patient] = own.orientation
     data = cfg.data
@@ -238,7 +240,7 @@ def prepare(images_dir: str | Path, labels_dir: str | Path | None, out: str | Pa
                             size=data.size)
             cases = h5.create_group("cases")
             for name, image_path, label_path in pairs:
-                own = turned_otherwise.get(patients[name], orientation) if name in patients else orientation
+                own = turned_otherwise.get(patients.get(name), orientation)
                 _write_case(cases, name, image_path, label_path, data, rng, patients.get(name, name), own)
                 if progress:
                     progress(name)

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from slice2d import tflog
 from slice2d.severity import LobeLabels, Scheme, SeverityOptions, Zones
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -440,6 +441,7 @@ def run() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    tflog.release()  # a TensorFlow import still filtering stderr: pass on what it holds
     os._exit(code or 0)
 
 

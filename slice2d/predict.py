@@ -84,6 +84,9 @@ def _load_model(path: Path, cfg: Config, warm_up: int | None = None, precision: 
     """The run's model ready for inference: batch norms folded into the convolutions, in float32
     (a model trained with mixed precision on a GPU too) or bfloat16 (``precision``), except a
     mixed-precision model on a GPU, which is kept as it is."""
+    from slice2d.tflog import import_tensorflow
+
+    import_tensorflow()
     from slice2d.hardware import has_gpu, inference_dtype
     from slice2d.model import fold_batch_norm, input_channels
 

@@ -267,7 +267,9 @@ def train(slices_path: str | Path | list[Path], out: str | Path, cfg: Config, re
     tensorboard: also write the epoch curves for TensorBoard to ``out/tensorboard``.
     """
     from slice2d.distributed import is_chief, make_strategy, worker_folder
+    from slice2d.tflog import import_tensorflow
 
+    import_tensorflow()
     if tensorboard:
         require_tensorboard()
     dist, tf_config = make_strategy(strategy)  # first: a multi-worker strategy configures TensorFlow

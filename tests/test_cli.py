@@ -45,6 +45,50 @@ def test_entry_point_keeps_exit_status_and_output(tmp_path):
     assert "predict" in helped.stdout and helped.stdout.rstrip().endswith("╯")  # the whole help, flushed
 
 
+def test_error_line_comes_without_tensorflow_notices(tmp_path):
+    """A case that fails while TensorFlow loads in the background: stderr is the error line alone,
+    without TensorFlow's native start-up notices (which ignore TF_CPP_MIN_LOG_LEVEL)."""
+    cli = Path(__file__).resolve().parent.parent / "cli.py"
+    path = tmp_path / "soft.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((48, 48, 12), 40, np.int16), make_affine("RAS")), path)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    failed = subprocess.run([sys.executable, str(cli), "predict", str(path), "--out", str(tmp_path / "o"), "-q"],
+                            capture_output=True, text=True, env=env)
+    assert failed.returncode == 1
+    lines = failed.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: no lungs found"), failed.stderr
+
+
+def test_stderr_filter_drops_notices_only():
+    """The filter passes every other byte on, in order, from any thread, partial lines included."""
+    code = "\n".join([
+        "import os, threading",
+        "os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'",
+        "from slice2d import tflog",
+        "tflog._active = tflog._Filter()",
+        r"os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n')",
+        r"os.write(2, b'first\nI0000 00:00:1796545570.431024   16539 port.cc:153] oneDNN custom operations are on.\n')",
+        r"os.write(2, b'W0000 00:00:1796545570.431024   16539 some_file.cc:12] a warning\nE0000 00:00:17.1 9 x.cc:1] kept\n')",
+        r"thread = threading.Thread(target=os.write, args=(2, b'from a thread\n'))",
+        "thread.start(); thread.join()",
+        r"os.write(2, b'\rprogress 3/9')",
+        "tflog.release()",
+        r"os.write(2, b' after\n')",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == b"first\nE0000 00:00:17.1 9 x.cc:1] kept\nfrom a thread\n\rprogress 3/9 after\n"
+
+
+def test_stderr_filter_keeps_everything_at_level_0():
+    from slice2d.tflog import is_notice
+
+    notice = b"I0000 00:00:1796545570.431024   16539 port.cc:153] oneDNN custom operations are on."
+    assert not is_notice(notice, 0) and is_notice(notice, 1)
+    assert not is_notice(b"error: x.nii.gz: image file not found; check the path", 3)
+    assert not is_notice(b"I0000 is not a log line", 3)
+
+
 @pytest.fixture
 def good(tmp_path: Path) -> Path:
     write_case(tmp_path / "good", "a", (20, 22, 6), make_affine("LPS"), seed=0)

@@ -53,7 +53,8 @@ class _Filter:
 
     def __init__(self) -> None:
         self.min_level = _min_level()
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
         self.target = os.dup(2)
         self.read_end, write_end = os.pipe()
         os.dup2(write_end, 2)
@@ -81,7 +82,8 @@ class _Filter:
             os.write(self.target, pending)
 
     def close(self) -> None:
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
         os.dup2(self.target, 2)  # the pipe's last writer is gone: the relay reads to its end
         self.relay.join(timeout=10)  # unless a child process still holds the pipe
         os.close(self.read_end)
@@ -97,7 +99,11 @@ def import_tensorflow() -> None:
         if _min_level() == 0:  # the user asked for every message
             import tensorflow  # noqa: F401
             return
-        _active = _Filter()
+        try:
+            _active = _Filter()
+        except OSError:  # no stderr to filter (closed file descriptor 2)
+            import tensorflow  # noqa: F401
+            return
         try:
             import tensorflow  # noqa: F401
         finally:

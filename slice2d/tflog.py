@@ -91,19 +91,15 @@ class _Filter:
 
 
 def import_tensorflow() -> None:
-    """Import TensorFlow (once per process) without their start-up notices on stderr."""
+    """Import TensorFlow (once per process) without its start-up notices on stderr."""
     global _active
     if "tensorflow" in sys.modules:
         return
     with _lock:
-        if _min_level() == 0:  # the user asked for every message
-            import tensorflow  # noqa: F401
-            return
-        try:
-            _active = _Filter()
-        except OSError:  # no stderr to filter (closed file descriptor 2)
-            import tensorflow  # noqa: F401
-            return
+        try:  # no filter when the user asked for every message, or where there is no stderr
+            _active = _Filter() if _min_level() > 0 else None
+        except OSError:  # closed file descriptor 2
+            _active = None
         try:
             import tensorflow  # noqa: F401
         finally:

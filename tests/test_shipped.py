@@ -18,7 +18,8 @@ from slice2d.predict import load_run, predict_array
 from slice2d.runs import run_config, shipped_model
 
 # floors below what the shipped models scored here (measured, mean per-slice Dice on 24-25 slices
-# of their validation patients at their threshold 0.1: lesions (256x256) 0.638, lesions-128 0.62)
+# of the patients they never trained on, at their threshold 0.1: lesions (256x256; its test fold)
+# 0.663, lesions-128 (its validation split) 0.62)
 FLOORS = {"lesions": {"lesion": 0.6}, "lesions-128": {"lesion": 0.58}, "lungs": {"right_lung": 0.9, "left_lung": 0.9}}
 
 
@@ -109,14 +110,16 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("name, preset", [("lesions", "real-lesions"), ("lesions-128", "real-lesions"),
                                           ("lungs", "real-lungs")])
 def test_shipped_model_has_its_presets_architecture(name, preset):
-    # the presets name the U-Net each shipped model was trained with, whatever the package default
-    assert run_config(shipped_model(name)).model == load_config(preset).model
+    # the presets name the U-Net each shipped model predicts with, whatever the package default;
+    # deep supervision adds heads in training only (the shipped network keeps the top one)
+    shipped = run_config(shipped_model(name)).model.model_dump(exclude={"deep_supervision"})
+    assert shipped == load_config(preset).model.model_dump(exclude={"deep_supervision"})
 
 
-# `slice2d predict` with the defaults on the covid-semiseg slices of the shipped lesion model's
-# validation split, as stored (a quarter turn, found by the orientation detection): ground-glass 1
-# and consolidation 2 (the model's map split by density). Measured mean per-slice Dice 0.414 /
-# 0.316, infection 0.583 (10 slices).
+# `slice2d predict` with the defaults on the covid-semiseg slices the shipped lesion model never
+# trained on (its test fold), as stored (a quarter turn, found by the orientation detection):
+# ground-glass 1 and consolidation 2 (the model's map split by density). Measured mean per-slice
+# Dice 0.473 / 0.379, infection 0.655 (10 slices).
 CLASS_FLOORS = {1: 0.35, 2: 0.26, "infection": 0.5}
 
 

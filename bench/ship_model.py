@@ -82,7 +82,9 @@ def main() -> None:
   {cfg.data.size}x{cfg.data.size} slices in the radiological display orientation.
 - Intensity convention: NIfTI in HU windowed to {list(cfg.data.intensity.window)} HU, 8-bit slices / 255,
   then `{cfg.data.intensity.mode}` (per-slice min-max + CLAHE, clip {cfg.data.intensity.clahe_clip},
-  {cfg.data.intensity.clahe_tiles}x{cfg.data.intensity.clahe_tiles} tiles).
+  {cfg.data.intensity.clahe_tiles}x{cfg.data.intensity.clahe_tiles} tiles).{f'''
+- Field: HU volumes narrower than {cfg.data.field_mm:g} mm are centred on a {cfg.data.field_mm:g} mm canvas,
+  not enlarged to fill it (`data.field_mm`).''' if cfg.data.field_mm else ''}
 {provenance}
 - Foreground threshold {cfg.predict.foreground_threshold:g} (`predict.foreground_threshold`: a pixel is foreground where its
   foreground probability exceeds it{threshold_note}).{written}

@@ -68,11 +68,17 @@ class DataConfig(_Frozen):
     task: what the labels are, so that ``predict`` knows what a model's output means:
         ``lesions`` (1 infection, or 1 ground-glass / 2 consolidation), ``lungs`` (1 right, 2 left),
         ``lobes`` (1 RUL, 2 RML, 3 RLL, 4 LUL, 5 LLL) or ``other``.
+    field_mm: the smallest in-plane field of view (mm) a network slice of an HU volume covers. A
+        slice whose longer side spans less (a scan reconstructed on a small field, or cropped) is
+        centred on a canvas of ``field_mm`` instead of being enlarged to fill it, so the anatomy
+        keeps about the scale the model learned from; 0: every slice's longer side fills the
+        canvas. Slice images (PNG/JPG) carry no pixel size and always fill it.
     """
 
     task: Literal["lesions", "lungs", "lobes", "other"] = "lesions"
     intensity: IntensityConfig = IntensityConfig()
     size: int = Field(128, ge=16, le=1024)
+    field_mm: float = Field(0.0, ge=0)
     classes: tuple[str, ...] = ("background", "lesion")
     label_map: dict[int, int] | None = {1: 1, 2: 1}
     empty_fraction: float = Field(0.2, ge=0.0, le=1.0)

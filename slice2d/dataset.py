@@ -253,7 +253,8 @@ def _write_case(cases: h5py.Group, name: str, image_path: Path, label_path: Path
     labels = to_canonical(remap_labels(labels, data, label_path), geometry)
     if data.split_lungs:
         labels = split_lungs_by_side(labels)
-    _, sgeom, slices = volume_to_network(image, geometry, data.intensity, data.size, kind, str(image_path))
+    _, sgeom, slices = volume_to_network(image, geometry, data.intensity, data.size, kind, str(image_path),
+                                         data.field_mm)
     keep = _keep_slices(labels, data.empty_fraction, rng)
     group = cases.create_group(name)
     group.create_dataset("image", data=slices[keep].astype(np.float16), chunks=(1, data.size, data.size),

@@ -151,7 +151,7 @@ def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch
                    only_slices: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Segment one volume with each of ``runs`` (e.g. lesions and lungs); see ``predict_array``.
 
-    Runs that share an intensity convention and slice size share one pass of slicing. With
+    Runs that share an intensity convention, slice size and field share one pass of slicing. With
     ``probabilities``, the first run's class probabilities are returned too (the others' are None).
     lung_run: one of ``runs``, a lung model, on a 3D volume (consecutive slices). It runs first, and
     its map loses the pieces smaller than 1 % of its largest (``slicing.drop_small_components``).
@@ -167,9 +167,9 @@ def predict_volume(runs: list[Run], image: np.ndarray, geometry: Geometry, batch
     for i in order:
         run = runs[i]
         data = run.cfg.data
-        key = (data.intensity, data.size)
+        key = (data.intensity, data.size, data.field_mm)
         if key not in inputs:
-            inputs[key] = volume_to_network(image, geometry, data.intensity, data.size, kind, source)
+            inputs[key] = volume_to_network(image, geometry, data.intensity, data.size, kind, source, data.field_mm)
         shape, sgeom, slices = inputs[key]
         where = lung_slices if run is not lung_run else None
         probs = predict_slices(run, slices, batch_size, index=where)

@@ -116,7 +116,9 @@ def write_model_card(out: Path, cfg: Config, slices_paths: list[Path], split: Sp
   {'depthwise-separable convolutions, ' if cfg.model.block == 'separable' else ''}{'residual blocks, ' if cfg.model.residual else ''}{f'deep supervision of {cfg.model.deep_supervision} decoder level(s) in training, ' if cfg.model.deep_supervision else ''}classes {list(cfg.data.classes)}
 - Input: {cfg.data.size}x{cfg.data.size} axial slices in the canonical display orientation;
   intensity: NIfTI in HU windowed to {list(cfg.data.intensity.window)} HU, 8-bit slices / 255, then
-  `{cfg.data.intensity.mode}`{' (per-slice min-max + CLAHE)' if cfg.data.intensity.mode == 'clahe' else ''}.
+  `{cfg.data.intensity.mode}`{' (per-slice min-max + CLAHE)' if cfg.data.intensity.mode == 'clahe' else ''}.{f'''
+- Field: HU volumes narrower than {cfg.data.field_mm:g} mm are centred on a {cfg.data.field_mm:g} mm canvas,
+  not enlarged to fill it (`data.field_mm`).''' if cfg.data.field_mm else ''}
 - Data: {', '.join(f'`{p}`' for p in slices_paths)}; {len(split.train)} training cases, {len(split.val)} validation cases
   ({'reporting only: cosine learning-rate schedule, last epoch kept' if last else 'best epoch, early stopping'}){f', {len(split.test)} test cases (fold {cfg.train.fold} of {cfg.train.folds}, unseen)' if split.test else ''} (`splits.json`).
 - Kept epoch ({kept}): {int(best.get('epoch', -1)) + 1} of {len(history)}.

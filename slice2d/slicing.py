@@ -39,10 +39,13 @@ class SliceGeometry:
         return asdict(self)
 
 
-def plan_slices(rows: int, cols: int, size: int, spacing: tuple[float, float] = (1.0, 1.0)) -> SliceGeometry:
-    """How to fit a ``rows x cols`` slice with pixel spacing (row mm, col mm) into ``size x size``."""
+def plan_slices(rows: int, cols: int, size: int, spacing: tuple[float, float] = (1.0, 1.0),
+                field_mm: float = 0.0) -> SliceGeometry:
+    """How to fit a ``rows x cols`` slice with pixel spacing (row mm, col mm) into ``size x size``:
+    its longer physical side fills the canvas, unless it is shorter than ``field_mm`` (the canvas
+    then spans ``field_mm``, and the slice is centred on it with more padding)."""
     extent_r, extent_c = rows * spacing[0], cols * spacing[1]
-    scale = size / max(extent_r, extent_c)
+    scale = size / max(extent_r, extent_c, field_mm)
     new_rows = int(min(size, max(1, round(extent_r * scale))))
     new_cols = int(min(size, max(1, round(extent_c * scale))))
     return SliceGeometry(rows, cols, new_rows, new_cols, (size - new_rows) // 2, (size - new_cols) // 2, size)
@@ -70,26 +73,41 @@ def equalise_plane(plane: np.ndarray, clahe) -> None:
 
 
 def volume_to_network(image: np.ndarray, geometry: Geometry, intensity: IntensityConfig, size: int,
-                      kind: str = "hu", source: str = "image") -> tuple[tuple[int, int, int], SliceGeometry, np.ndarray]:
+                      kind: str = "hu", source: str = "image",
+                      field_mm: float = 0.0) -> tuple[tuple[int, int, int], SliceGeometry, np.ndarray]:
     """Everything between a raw volume and the network, shared by ``prepare`` and ``predict``.
 
     image: raw intensities on the input grid (X, Y, Z); kind: "hu" (NIfTI, checked to be HU) or
-    "uint8" (8-bit slice images). Returns the canonical shape (rows, cols, Z), the slice geometry
+    "uint8" (8-bit slice images); field_mm: ``DataConfig.field_mm``, for HU volumes only (slice
+    images have no pixel size). Returns the canonical shape (rows, cols, Z), the slice geometry
     and the network slices (Z, size, size) float32. One axial slice at a time (normalised into a
     small contiguous copy, equalised, resized): no full-size float copy of the volume is made,
     and each slice's work stays in the processor's cache.
+
+    A slice narrower than ``field_mm`` is equalised as if it had been reconstructed on that field:
+    CLAHE sees it centred in air (0 after windowing) out to ``field_mm``, as it sees the air around
+    the body of a scan on a full field; the air is then cropped off again before resizing.
     """
     if kind == "hu":
         check_hu(image, source)
+    else:
+        field_mm = 0.0
     canonical = to_canonical(image, geometry)
     rows, cols, n = canonical.shape
     spacing = geometry.canonical_spacing
-    geom = plan_slices(rows, cols, size, (spacing[0], spacing[1]))
+    geom = plan_slices(rows, cols, size, (spacing[0], spacing[1]), field_mm)
     clahe = clahe_for(intensity) if intensity.mode == "clahe" else None
+    # air around a narrow slice, in its own pixels, for the equalisation: (before, after) per axis
+    air = [(extra // 2, extra - extra // 2) for extra in
+           (max(0, int(round(field_mm / sp)) - m) for m, sp in ((rows, spacing[0]), (cols, spacing[1])))]
     out = np.zeros((n, size, size), dtype=np.float32)
     for k in range(n):
         plane = normalise(canonical[:, :, k], intensity, kind)
-        if clahe is not None:
+        if clahe is not None and (air[0][1] or air[1][1]):
+            wide = np.pad(plane, air)  # zeros: air after windowing
+            equalise_plane(wide, clahe)
+            plane = np.ascontiguousarray(wide[air[0][0]:air[0][0] + rows, air[1][0]:air[1][0] + cols])
+        elif clahe is not None:
             equalise_plane(plane, clahe)
         out[k, geom.top:geom.top + geom.new_rows, geom.left:geom.left + geom.new_cols] = _resize_plane(plane, geom)
     return (rows, cols, n), geom, out

@@ -237,3 +237,29 @@ def test_mirror_averages_over_the_flips_the_labels_allow(task, vertical, axes):
     np.testing.assert_allclose(mirrored, expected, atol=1e-6)
     np.testing.assert_allclose(mirrored.sum(axis=-1), 1.0, atol=1e-6)
     assert np.abs(mirrored - plain).max() > 0.05 if axes else np.array_equal(mirrored, plain)
+
+
+def test_a_run_with_a_field_predicts_a_narrow_scan_on_its_own_grid():
+    """A run whose ``data.field_mm`` exceeds a scan's field sees the slices smaller on its canvas;
+    its labels still come back on the scan's own grid, where the scan's bright block is."""
+    import dataclasses
+
+    import nibabel as nib
+
+    from slice2d.io import geometry_of
+    from slice2d.predict import predict_volume
+
+    image = np.full((12, 10, 3), -900, np.int16)  # 24 x 20 mm of 2 mm pixels
+    image[3:9, 2:7, :] = 300  # a bright block
+    geometry = geometry_of(nib.Nifti1Image(image, np.diag([2.0, 2.0, 5.0, 1.0])))
+    run = _threshold_run(("background", "lesion"), above=0.5)  # HU > -300, half way from -900 to 300
+    wide = dataclasses.replace(run, cfg=run.cfg.updated(data={"field_mm": 48.0}))  # twice the scan's field
+    (filled, filled_probs), = predict_volume([run], image, geometry, probabilities=True)
+    (padded, probs), = predict_volume([wide], image, geometry, probabilities=True)
+    block = image > 190
+    assert padded.shape == filled.shape == block.shape and probs.shape[:3] == block.shape
+    assert np.abs(probs - filled_probs).max() > 0.1  # the network saw the scan otherwise
+    for labels in (filled, padded):  # enlarged to fill the canvas; shrunk to a third of it
+        found = labels > 0
+        assert 2 * np.count_nonzero(found & block) / (np.count_nonzero(found) + np.count_nonzero(block)) > 0.8
+        np.testing.assert_allclose(np.argwhere(found).mean(axis=0), np.argwhere(block).mean(axis=0), atol=0.5)

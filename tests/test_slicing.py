@@ -73,6 +73,47 @@ def test_plan_keeps_physical_aspect_and_centres(rows, cols, spacing, expected):
     assert g.top == (128 - expected[0]) // 2 and g.left == (128 - expected[1]) // 2
 
 
+@pytest.mark.parametrize("rows, cols, spacing, field, expected", [
+    (64, 64, (4.2, 4.2), 350, (98, 98)),     # a 269 mm slice on a 350 mm canvas: padded, not enlarged
+    (512, 512, (0.7, 0.7), 350, (128, 128)),  # 358 mm: wider than the field, fills the canvas as before
+    (100, 50, (2.0, 2.0), 300, (85, 43)),
+])
+def test_a_slice_narrower_than_the_field_keeps_the_fields_scale(rows, cols, spacing, field, expected):
+    g = plan_slices(rows, cols, 128, spacing, field)
+    assert (g.new_rows, g.new_cols) == expected
+    assert g.top == (128 - expected[0]) // 2 and g.left == (128 - expected[1]) // 2
+    # the pixel's size on the canvas is the field's, whatever the slice's own extent
+    assert g.new_rows / (rows * spacing[0]) == pytest.approx(128 / max(field, rows * spacing[0], cols * spacing[1]),
+                                                             rel=0.02)
+
+
+def test_the_field_pads_hu_volumes_only_and_labels_still_round_trip():
+    """A narrow HU volume lands smaller on the canvas, its CLAHE computed with air around it out to
+    the field; 8-bit slices (no pixel size) ignore the field; labels come back voxel for voxel."""
+    from slice2d.config import IntensityConfig
+    from slice2d.slicing import clahe_for, equalise_plane, normalise, volume_to_network
+
+    rng = np.random.default_rng(3)
+    image = np.asarray(rng.integers(-1000, 400, (40, 40, 3)), dtype=np.int16)
+    affine = np.diag([4.0, 4.0, 5.0, 1.0])  # 160 mm across
+    geometry = geometry_of(nib.Nifti1Image(image, affine))
+    intensity = IntensityConfig(mode="clahe")
+    shape, geom, slices = volume_to_network(image, geometry, intensity, 128, field_mm=320)
+    assert (geom.new_rows, geom.new_cols) == (64, 64) and geom.top == geom.left == 32
+    assert not slices[:, :32].any() and not slices[:, :, :32].any()  # the canvas around it is air
+    canonical = to_canonical(image, geometry)
+    wide = np.zeros((80, 80), np.float32)  # 320 mm of 4 mm pixels, the slice in the middle
+    wide[20:60, 20:60] = normalise(np.ascontiguousarray(canonical[:, :, 1]), intensity)
+    equalise_plane(wide, clahe_for(intensity))
+    expected = cv2.resize(np.ascontiguousarray(wide[20:60, 20:60]), (64, 64), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(slices[1, 32:96, 32:96], expected, atol=1e-6)
+    # the same voxels as 8-bit slice images: no pixel size, so the field does not apply
+    _, geom8, _ = volume_to_network(np.uint8(image % 256), geometry, intensity, 128, kind="uint8", field_mm=320)
+    assert (geom8.new_rows, geom8.new_cols) == (128, 128)
+    labels = np.asarray(rng.integers(0, 3, canonical.shape), np.uint8)
+    np.testing.assert_array_equal(slices_to_labels(labels_to_slices(labels, geom), geom), labels)
+
+
 def test_shrinking_loses_only_fine_detail():
     """512-pixel slices shrunk to 128 cannot round-trip exactly; blobs still agree closely."""
     rng = np.random.default_rng(1)

@@ -244,7 +244,7 @@ def case_report(lesions: np.ndarray, lungs: np.ndarray | None, lobes: np.ndarray
 # The shipped lesion model learned from 256x256 slice exports and from whole scans as scanned and at
 # 1.6 and 2.4 mm pixels. On coarser pixels it finds less of the lesion (a
 # COVID-19 scan resampled to 2.5 mm pixels: about a quarter less; to 5 mm pixels and slices: more
-# than half of it missed) and can still mark blurred vessels (a normal scan of 4.2 mm pixels: 82 mL); BENCHMARKS.md,
+# than half of it missed) and can still mark blurred vessels (a normal scan of 4.2 mm pixels: 8 mL); BENCHMARKS.md,
 # "Whole real scans" and "Lesion volume against pixel size".
 COARSE_PIXEL_MM = 2.0
 

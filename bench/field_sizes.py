@@ -22,7 +22,6 @@ RICORD were in no training.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
@@ -33,8 +32,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import yaml
+from pixel_sizes import predict as lesion_ml  # lesion mL per case, from predict's cohort table
 from record import machine, write_section
-from whole_scans import run_predict
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -92,15 +91,6 @@ def materialise(folder: Path) -> dict[str, dict[str, float]]:
             nib.save(version, folder / f"{name}@{way}.nii.gz")
             fields[name][way] = max(n * z for n, z in zip(version.shape[:2], zooms, strict=True))
     return fields
-
-
-def lesion_ml(inputs: Path, out: Path, extra: list[str]) -> dict[str, float]:
-    run_predict(ROOT, inputs, out, extra)
-    table = out / "severity" / "cohort.csv"
-    if not table.is_file():
-        sys.exit(f"slice2d predict wrote no {table}")
-    with open(table, newline="") as f:
-        return {row["case"]: float(row["lesion_ml"]) for row in csv.DictReader(f)}
 
 
 def filling_copy(run: Path, dest: Path) -> Path:

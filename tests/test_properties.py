@@ -34,14 +34,14 @@ def oriented_labels(draw):
 
 
 @SETTINGS
-@given(oriented_labels(), st.sampled_from([32, 64, 128]))
-def test_orientation_and_slicing_round_trip(case, size):
+@given(oriented_labels(), st.sampled_from([32, 64, 128]), st.sampled_from([0.0, 20.0, 350.0]))
+def test_orientation_and_slicing_round_trip(case, size, field_mm):
     labels, affine = case
     geometry = geometry_of(nib.Nifti1Image(labels, affine))
     canonical = to_canonical(labels, geometry)
     np.testing.assert_array_equal(from_canonical(canonical, geometry), labels)
     spacing = geometry.canonical_spacing
-    g = plan_slices(canonical.shape[0], canonical.shape[1], size, (spacing[0], spacing[1]))
+    g = plan_slices(canonical.shape[0], canonical.shape[1], size, (spacing[0], spacing[1]), field_mm)
     assert 1 <= g.new_rows <= size and 1 <= g.new_cols <= size
     assert 0 <= g.top and g.top + g.new_rows <= size and 0 <= g.left and g.left + g.new_cols <= size
     slices = labels_to_slices(canonical, g)

@@ -255,9 +255,12 @@ narrower than 350 mm on a 350 mm canvas instead (`data.field_mm`; [Lesion volume
 field of view](#lesion-volume-against-the-field-of-view)): copdgene gets the table's
 {results["copdgene-10002K-ct-64"]["lesion_ml"]:.1f} mL, a cluster at the left hilum and a speck in
 the right upper lobe (its figure), and CPTAC {results["cptac-c3n-00247"]["lesion_ml"]:.1f}; the
-scans of 350 mm and wider are unchanged. The rule was found on copdgene, so copdgene is no
-held-out test of it; the field-of-view section tries it on every scan cut to its lungs and put on
-a 400 mm field. copdgene's Chung score is still 1 in every zone (a score of 1 is any lesion at
+scans of 350 mm and wider are unchanged. The five fold models of the shipped recipe, each with the
+350 mm field (`python bench/whole_scans.py --no-record --model RUN`, each run folder's config given
+`data.field_mm: 350`; AMD EPYC, 2026-12-06), write 8.4, 1.7, 0.0, 2.8 and 0.8 mL on copdgene (the
+shipped model, fold 0's, the most) and 0.3-1.9 on CPTAC, against 71-156 and 0.9-1.6 filling the
+canvas. The rule was found on copdgene, so copdgene is no held-out test of it; the field-of-view
+section tries it on every scan cut to its lungs and put on a 400 mm field. copdgene's Chung score is still 1 in every zone (a score of 1 is any lesion at
 all), for a patient without COVID-19. A lesion model validated on pixels under 2 mm reads coarser
 scans less well; the report says so (`resolution_warning`). On RICORD's coarse copies (the same
 360 mm field) the shipped model keeps more of the lesion it finds on the scan as scanned than the

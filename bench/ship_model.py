@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from slice2d.predict import load_run
-from slice2d.runs import SHIPPED, copy_run
+from slice2d.runs import SHIPPED, copy_run, field_note
 
 DATA_NOTES = {
     "covid-ct-slices": "COVID-19 CT Lung and Infection Segmentation Dataset (Ma et al., Medical Physics 2021; "
@@ -82,9 +82,7 @@ def main() -> None:
   {cfg.data.size}x{cfg.data.size} slices in the radiological display orientation.
 - Intensity convention: NIfTI in HU windowed to {list(cfg.data.intensity.window)} HU, 8-bit slices / 255,
   then `{cfg.data.intensity.mode}` (per-slice min-max + CLAHE, clip {cfg.data.intensity.clahe_clip},
-  {cfg.data.intensity.clahe_tiles}x{cfg.data.intensity.clahe_tiles} tiles).{f'''
-- Field: HU volumes narrower than {cfg.data.field_mm:g} mm are centred on a {cfg.data.field_mm:g} mm canvas,
-  not enlarged to fill it (`data.field_mm`).''' if cfg.data.field_mm else ''}
+  {cfg.data.intensity.clahe_tiles}x{cfg.data.intensity.clahe_tiles} tiles).{field_note(cfg)}
 {provenance}
 - Foreground threshold {cfg.predict.foreground_threshold:g} (`predict.foreground_threshold`: a pixel is foreground where its
   foreground probability exceeds it{threshold_note}).{written}

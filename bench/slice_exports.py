@@ -13,7 +13,6 @@ were in the lesion model's training data: the figures compare orientations, not 
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ def main() -> None:
 
     from slice2d.orientation import Orientation
     from slice2d.pipeline import PredictOptions, segment
-    from slice2d.runs import shipped_model
+    from slice2d.runs import shipped_model, unseen_cases
 
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found; this benchmark needs the real slices")
@@ -54,10 +53,8 @@ def main() -> None:
                 scores.append(dice(pred, ref))
         rows.append(f"| {label} | {np.mean(scores):.3f} |")
         print(rows[-1])
-    # the slices the shipped lesion model never trained on (its validation split or test fold)
-    splits = json.loads((shipped_model("lesions") / "splits.json").read_text())
     names = {p.stem for p in (DATA / "masks").glob("*.png")}
-    unseen = len(names & set(splits.get("val") or splits.get("test", [])))
+    unseen = len(names & set(unseen_cases(shipped_model("lesions"))))
     write_section("slice-exports", f"""## Slice exports predicted as stored
 
 `python bench/slice_exports.py`, {time.strftime('%Y-%m-%d')}, on {machine()}: covid-semiseg's 50 slices (stored transposed)

@@ -94,6 +94,21 @@ def shipped_model(task: str, required: bool = True) -> Path | None:
     return None
 
 
+def unseen_cases(run: Path) -> list[str]:
+    """The cases a run never trained on: its validation split, or, for the model of one fold of a
+    cross-validation trained without one, that fold's test patients (``splits.json``)."""
+    splits = json.loads((Path(run) / "splits.json").read_text())
+    return splits.get("val") or splits.get("test", [])
+
+
+def field_note(cfg: Config) -> str:
+    """The model card's line on ``data.field_mm`` (empty when slices always fill the canvas)."""
+    if not cfg.data.field_mm:
+        return ""
+    return (f"\n- Field: HU volumes narrower than {cfg.data.field_mm:g} mm are centred on a {cfg.data.field_mm:g} mm "
+            "canvas,\n  not enlarged to fill it (`data.field_mm`).")
+
+
 def is_shipped(path: Path) -> bool:
     """Whether ``path`` is one of the run folders in the repository's checkpoints/."""
     return path.resolve().parent == SHIPPED
@@ -116,9 +131,7 @@ def write_model_card(out: Path, cfg: Config, slices_paths: list[Path], split: Sp
   {'depthwise-separable convolutions, ' if cfg.model.block == 'separable' else ''}{'residual blocks, ' if cfg.model.residual else ''}{f'deep supervision of {cfg.model.deep_supervision} decoder level(s) in training, ' if cfg.model.deep_supervision else ''}classes {list(cfg.data.classes)}
 - Input: {cfg.data.size}x{cfg.data.size} axial slices in the canonical display orientation;
   intensity: NIfTI in HU windowed to {list(cfg.data.intensity.window)} HU, 8-bit slices / 255, then
-  `{cfg.data.intensity.mode}`{' (per-slice min-max + CLAHE)' if cfg.data.intensity.mode == 'clahe' else ''}.{f'''
-- Field: HU volumes narrower than {cfg.data.field_mm:g} mm are centred on a {cfg.data.field_mm:g} mm canvas,
-  not enlarged to fill it (`data.field_mm`).''' if cfg.data.field_mm else ''}
+  `{cfg.data.intensity.mode}`{' (per-slice min-max + CLAHE)' if cfg.data.intensity.mode == 'clahe' else ''}.{field_note(cfg)}
 - Data: {', '.join(f'`{p}`' for p in slices_paths)}; {len(split.train)} training cases, {len(split.val)} validation cases
   ({'reporting only: cosine learning-rate schedule, last epoch kept' if last else 'best epoch, early stopping'}){f', {len(split.test)} test cases (fold {cfg.train.fold} of {cfg.train.folds}, unseen)' if split.test else ''} (`splits.json`).
 - Kept epoch ({kept}): {int(best.get('epoch', -1)) + 1} of {len(history)}.

@@ -15,19 +15,12 @@ from slice2d.config import load_config
 from slice2d.dataset import remap_labels, split_lungs_by_side
 from slice2d.images import read_label_slice, read_slice, slice_geometry
 from slice2d.predict import load_run, predict_array
-from slice2d.runs import run_config, shipped_model
+from slice2d.runs import run_config, shipped_model, unseen_cases
 
 # floors below what the shipped models scored here (measured, mean per-slice Dice on 24-25 slices
 # of the patients they never trained on, at their threshold 0.1: lesions (256x256; its test fold)
 # 0.663, lesions-128 (its validation split) 0.62)
 FLOORS = {"lesions": {"lesion": 0.6}, "lesions-128": {"lesion": 0.58}, "lungs": {"right_lung": 0.9, "left_lung": 0.9}}
-
-
-def unseen_cases(run) -> list[str]:
-    """The cases a shipped run never trained on: its validation split, or, for the model of one fold
-    of a cross-validation trained without one, that fold's test patients."""
-    splits = json.loads((run / "splits.json").read_text())
-    return splits.get("val") or splits.get("test", [])
 
 
 @pytest.mark.parametrize("name", ["lesions", "lesions-128", "lungs"])

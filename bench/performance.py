@@ -360,7 +360,7 @@ def part_predict(work: Path, repeats: int, lungmask: str | None = None, lungmask
     """``lungmask``: a Python interpreter with lungmask installed, which runs
     ``bench/lungmask_child.py`` on the same volume ``lungmask_repeats`` times, in turn with
     slice2d's runs."""
-    from slice2d.hardware import native_bfloat16
+    from slice2d.hardware import cpu_flags, native_bfloat16
     from slice2d.runs import shipped_model
 
     big = big_volume(work)
@@ -393,7 +393,7 @@ def part_predict(work: Path, repeats: int, lungmask: str | None = None, lungmask
 
     native = "has" if native_bfloat16() else "has no"
     # one section per kind of CPU, so that the AVX-512 and the AVX2 machines' tables stand side by side
-    kind = simd()
+    kind = "AMX" if "amx_bf16" in cpu_flags() else simd()  # AMX: Intel Xeon with AMX tiles, bfloat16 in hardware
     section, title = ("predict", "") if kind == "AVX-512" else (f"predict-{kind.lower().replace(' ', '-')}", f", {kind} CPU")
     md = f"""## Predict: one 512x512x300 volume{title}
 

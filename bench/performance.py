@@ -392,7 +392,7 @@ def part_predict(work: Path, repeats: int, lungmask: str | None = None, lungmask
         return f"**{median(values):.1f}** (runs: {', '.join(f'{v:.1f}' for v in values)})"
 
     native = "has" if native_bfloat16() else "has no"
-    # one section per kind of CPU, so that the AVX-512 and the AVX2 machines' tables stand side by side
+    # one section per kind of CPU, so that the AMX, AVX-512 and AVX2 machines' tables stand side by side
     kind = "AMX" if "amx_bf16" in cpu_flags() else simd()  # AMX: Intel Xeon with AMX tiles, bfloat16 in hardware
     section, title = ("predict", "") if kind == "AVX-512" else (f"predict-{kind.lower().replace(' ', '-')}", f", {kind} CPU")
     md = f"""## Predict: one 512x512x300 volume{title}

@@ -213,6 +213,10 @@ class TrainConfig(_Frozen):
     # in proportion to the square root of their size (a small file with labels the others lack,
     # e.g. ground-glass told apart from consolidation, is then drawn more often).
     source_balance: float = Field(0.0, ge=0, le=1)
+    # Exponential moving average of the weights (Polyak averaging): the saved model takes the
+    # average, updated after every step with this momentum (0.999: about the last 1,000 steps).
+    # 0: off, the weights as trained. Cosine schedule only: the average is of the last epochs.
+    ema: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> TrainConfig:
@@ -221,6 +225,9 @@ class TrainConfig(_Frozen):
         if self.val_fraction == 0 and self.schedule != "cosine":
             raise ValueError("val_fraction 0 (no validation) needs schedule: cosine; the plateau schedule and "
                              "early stopping follow the validation loss")
+        if self.ema and self.schedule != "cosine":
+            raise ValueError("train.ema needs schedule: cosine; the plateau schedule keeps its best epoch's own "
+                             "weights, not an average")
         return self
 
 

@@ -133,7 +133,7 @@ def write_model_card(out: Path, cfg: Config, slices_paths: list[Path], split: Sp
   intensity: NIfTI in HU windowed to {list(cfg.data.intensity.window)} HU, 8-bit slices / 255, then
   `{cfg.data.intensity.mode}`{' (per-slice min-max + CLAHE)' if cfg.data.intensity.mode == 'clahe' else ''}.{field_note(cfg)}
 - Data: {', '.join(f'`{p}`' for p in slices_paths)}; {len(split.train)} training cases, {len(split.val)} validation cases
-  ({'reporting only: cosine learning-rate schedule, last epoch kept' if last else 'best epoch, early stopping'}){f', {len(split.test)} test cases (fold {cfg.train.fold} of {cfg.train.folds}, unseen)' if split.test else ''} (`splits.json`).
+  ({'reporting only: cosine learning-rate schedule, last epoch kept' if last else 'best epoch, early stopping'}{f', moving average of the weights (momentum {cfg.train.ema})' if cfg.train.ema else ''}){f', {len(split.test)} test cases (fold {cfg.train.fold} of {cfg.train.folds}, unseen)' if split.test else ''} (`splits.json`).
 - Kept epoch ({kept}): {int(best.get('epoch', -1)) + 1} of {len(history)}.
 
 {validation}

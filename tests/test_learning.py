@@ -141,6 +141,26 @@ def test_cosine_schedule_decays_and_keeps_the_last_epoch(tmp_path):
     assert "last epoch kept" in (run / "README.md").read_text()
 
 
+def test_weight_average_is_what_the_run_saves(tmp_path):
+    cfg = _small_slices(tmp_path, {"epochs": 2, "schedule": "cosine", "ema": 0.9})
+    run = train(tmp_path / "s.h5", tmp_path / "run", cfg, verbose=0)
+    saved = keras.saving.load_model(run / "model.keras", compile=False)
+    last = keras.saving.load_model(run / "model.keras", compile=False)
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, 10)  # as trained: no learning-rate variable
+    last.compile(optimizer=keras.optimizers.Adam(schedule, use_ema=True))
+    last.optimizer.build(last.trainable_variables)
+    last.load_weights(run / "backup" / "epoch-0002.weights.h5")  # the last step's weights and their average
+    average = [v.numpy() for v in last.optimizer._model_variables_moving_average]
+    kept = [v.numpy() for v in saved.trainable_variables]
+    trained = [v.numpy() for v in last.trainable_variables]
+    for a, b in zip(kept, average, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert any(not np.allclose(a, b) for a, b in zip(kept, trained, strict=True))  # not the last step's
+    assert "moving average of the weights (momentum 0.9)" in (run / "README.md").read_text()
+    with pytest.raises(ValueError, match="train.ema needs schedule: cosine"):
+        cfg.updated(train={"schedule": "plateau"})
+
+
 def test_training_on_every_patient_needs_no_validation(tmp_path):
     cfg = _small_slices(tmp_path, {"epochs": 2, "schedule": "cosine", "val_fraction": 0})
     cfg = cfg.updated(predict={"foreground_threshold": 0.2})

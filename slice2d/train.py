@@ -402,9 +402,9 @@ def _train(slices_path, out: Path, cfg: Config, resume: bool, verbose: int, call
             callbacks=callbacks, verbose=verbose, xla=xla, channels=train_x.shape[-1])
     if cfg.train.ema:  # the weights become their moving average (model.fit did it already; the same values)
         model.optimizer.finalize_variable_values(model.trainable_variables)
-        with atomic_path(out / "model.keras") as tmp:
-            top_head(model).save(tmp)
-    if not (out / "model.keras").exists():  # no epoch beat the threshold (cannot happen on a fresh run)
+    # the average replaces the last epoch's model; else written only if no epoch beat the threshold
+    # (cannot happen on a fresh run)
+    if cfg.train.ema or not (out / "model.keras").exists():
         with atomic_path(out / "model.keras") as tmp:
             top_head(model).save(tmp)
     history = _read_history(history_path)
@@ -457,7 +457,7 @@ def _compiled_model(cfg: Config, policy: str, xla: bool, steps_per_epoch: int, s
             learning_rate, decay_steps=cfg.train.epochs * steps_per_epoch,
             alpha=min(1.0, cfg.train.min_learning_rate / learning_rate))
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate, use_ema=cfg.train.ema > 0, ema_momentum=cfg.train.ema or 0.99),
+        optimizer=keras.optimizers.Adam(learning_rate, use_ema=cfg.train.ema > 0, ema_momentum=cfg.train.ema),
         loss=FocalDiceLoss(cfg.train.focal_weight, cfg.train.dice_weight, cfg.train.focal_gamma, cfg.train.dice,
                            partial=cfg.data.partial, heads=1 + cfg.model.deep_supervision),
         metrics=overlap_metrics(cfg.data.classes, partial=cfg.data.partial),

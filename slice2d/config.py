@@ -120,8 +120,9 @@ class ModelConfig(_Frozen):
     residual: bool = False
     # conv: two 3x3 convolutions per level; separable: depthwise 3x3 then pointwise 1x1 (MobileNet's
     # factorisation: 5.8 to 8.7 times fewer multiply-adds at 16 to 256 filters), a plain convolution on the
-    # one-channel input
-    block: Literal["conv", "separable"] = "conv"
+    # one-channel input; multiscale: each 3x3 convolution split into four parallel ones dilated 1, 2, 4
+    # and 8, a quarter of the filters each (the same weights and multiply-adds, 17 pixels across)
+    block: Literal["conv", "separable", "multiscale"] = "conv"
     # deep supervision (as nnU-Net trains): the decoder levels 1..deep_supervision below the top
     # get their own softmax head during training, upsampled to the slice, and the loss adds theirs
     # with weights halving level by level; the saved model has the top head only. 0: off.

@@ -2,12 +2,15 @@
 
 Input (size, size, 1) normalised slices (1 + 2 * context channels for 2.5D input: the slice
 between its neighbours); output (size, size, n_classes) softmax probabilities.
-Each level has two 3x3 convolutions (optionally depthwise-separable, optionally a residual block),
+Each level has two 3x3 convolutions (optionally depthwise-separable or dilated multi-scale,
+optionally a residual block),
 max-pooling on the way down, transposed convolutions and skip connections on the way up; filters
 double at each level.
 """
 
 from __future__ import annotations
+
+import re
 
 import keras
 import numpy as np
@@ -19,9 +22,27 @@ BACKGROUND_PRIOR_FOREGROUND = 0.01  # initial probability mass of all foreground
 DEEP_HEAD = "probabilities_level"  # name prefix of the deep supervision heads (training only)
 
 
+DILATIONS = (1, 2, 4, 8)  # the branches of a multi-scale convolution (``model.block: multiscale``)
+
+
+def _branch_filters(filters: int) -> list[int]:
+    """How a multi-scale convolution's filters are shared among its ``DILATIONS`` branches: a
+    quarter each, the last taking what is left."""
+    quarter = filters // len(DILATIONS)
+    return [quarter] * (len(DILATIONS) - 1) + [filters - quarter * (len(DILATIONS) - 1)]
+
+
 def _conv(x, filters: int, cfg: ModelConfig, name: str, dtype: str | None):
-    """One 3x3 convolution: plain, or depthwise-separable (``model.block``) where the input has
-    more than one channel."""
+    """One 3x3 convolution: plain, depthwise-separable (``model.block``) where the input has more
+    than one channel, or multi-scale: parallel 3x3 convolutions dilated by each of ``DILATIONS``,
+    each with a share of the filters (``name_dR``), concatenated in that order (``name``). The
+    multi-scale one has the weights and multiply-adds of the plain one and sees 17 pixels across
+    instead of 3 (the dilated pyramids of ESPNet and MiniSeg, with plain convolutions)."""
+    if cfg.block == "multiscale":
+        branches = [layers.Conv2D(f, 3, padding="same", dilation_rate=r, use_bias=not cfg.batch_norm,
+                                  kernel_initializer="he_normal", name=f"{name}_d{r}", dtype=dtype)(x)
+                    for r, f in zip(DILATIONS, _branch_filters(filters), strict=True)]
+        return layers.Concatenate(name=name, dtype=dtype)(branches)
     if cfg.block == "separable" and x.shape[-1] > 1:
         return layers.SeparableConv2D(filters, 3, padding="same", use_bias=not cfg.batch_norm,
                                       depthwise_initializer="he_normal", pointwise_initializer="he_normal",
@@ -132,10 +153,18 @@ def fold_batch_norm(model: keras.Model, size: int, n_classes: int, cfg: ModelCon
         if not layer.weights:
             continue
         weights = [np.asarray(w) for w in model.get_layer(layer.name).get_weights()]
-        bn_name = layer.name.replace("_conv", "_bn")
-        if bn_name != layer.name and bn_name in names:
+        branch = re.fullmatch(r"(.+)_d(\d+)", layer.name)  # a multi-scale convolution's branch
+        conv_name = branch.group(1) if branch else layer.name
+        bn_name = conv_name.replace("_conv", "_bn")
+        if bn_name != conv_name and bn_name in names:
             bn = model.get_layer(bn_name)
             gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
+            channels = slice(None)
+            if branch:  # the branch's own channels of the batch norm after the concatenation
+                shares = _branch_filters(int(bn.gamma.shape[0]))
+                k = DILATIONS.index(int(branch.group(2)))
+                channels = slice(sum(shares[:k]), sum(shares[:k + 1]))
+            gamma, beta, mean, var = gamma[channels], beta[channels], mean[channels], var[channels]
             scale = gamma / np.sqrt(var + bn.epsilon)
             # the last kernel makes the output channels: the 3x3 one, or a separable one's pointwise
             kernel = weights[-1].astype(np.float64) * scale

@@ -34,19 +34,23 @@ def test_a_mixed_precision_run_loads_as_float32_on_a_cpu(run_copy):
     np.testing.assert_allclose(predict_slices(run, slices, 4), predict_slices(shipped, slices, 4), atol=1e-5)
 
 
-@pytest.mark.parametrize("block", ["conv", "separable"])
+@pytest.mark.parametrize("block", ["conv", "separable", "multiscale"])
 def test_batch_norms_fold_into_the_convolutions_without_changing_predictions(block):
     """The inference copy has no batch norm and predicts what the trained model predicts, with
-    plain and with depthwise-separable convolutions (whose pointwise kernel takes the scale)."""
+    plain, depthwise-separable (whose pointwise kernel takes the scale) and multi-scale
+    convolutions (each dilated branch takes its own channels' scale)."""
     import keras
 
     from slice2d.config import ModelConfig
     from slice2d.model import build_unet, fold_batch_norm
 
-    cfg = ModelConfig(depth=2, base_filters=4, residual=True, block=block)
+    cfg = ModelConfig(depth=2, base_filters=6, residual=True, block=block)  # 6: branches of 1, 1, 1 and 3 filters
     model = build_unet(16, 3, cfg)
     separable = [layer for layer in model.layers if isinstance(layer, keras.layers.SeparableConv2D)]
-    assert len(separable) == (0 if block == "conv" else 9)  # every 3x3 but the first, on the one-channel input
+    assert len(separable) == (9 if block == "separable" else 0)  # every 3x3 but the first, on the one-channel input
+    dilated = sorted({layer.dilation_rate[0] for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
+                      and layer.kernel_size == (3, 3)})
+    assert dilated == ([1, 2, 4, 8] if block == "multiscale" else [1])
     rng = np.random.default_rng(1)
     for layer in model.layers:  # trained-looking statistics, far from the identity
         if isinstance(layer, keras.layers.BatchNormalization):

@@ -50,11 +50,11 @@ def augment_batch(pipeline: A.Compose, images: np.ndarray, labels: np.ndarray) -
 FOREGROUND_CROPS = 1 / 3  # share of patches centred on a foreground pixel (nnU-Net's oversampling)
 
 
-def crop_patches(images: np.ndarray, labels: np.ndarray, patch: int,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def crop_patches(images: np.ndarray, labels: np.ndarray, patch: int, rng: np.random.Generator,
+                 foreground: float = FOREGROUND_CROPS) -> tuple[np.ndarray, np.ndarray]:
     """A random ``patch x patch`` window of each slice of a batch (images (B, H, W, 1), labels (B, H, W)).
 
-    With probability ``FOREGROUND_CROPS`` (and when the slice has any) the window is centred, as
+    With probability ``foreground`` (and when the slice has any) the window is centred, as
     far as the slice's edges allow, on a foreground pixel drawn at random; otherwise it is placed
     uniformly. Small lesions, which uniform windows would mostly miss, are then seen often.
     """
@@ -62,7 +62,7 @@ def crop_patches(images: np.ndarray, labels: np.ndarray, patch: int,
     out_images = np.empty((b, patch, patch, images.shape[-1]), images.dtype)
     out_labels = np.empty((b, patch, patch), labels.dtype)
     for i in range(b):
-        rows, cols = np.nonzero(labels[i]) if rng.random() < FOREGROUND_CROPS else ((), ())
+        rows, cols = np.nonzero(labels[i]) if rng.random() < foreground else ((), ())
         if len(rows):
             k = rng.integers(len(rows))
             top = int(np.clip(rows[k] - patch // 2, 0, h - patch))

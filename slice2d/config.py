@@ -208,6 +208,9 @@ class TrainConfig(_Frozen):
     # on a foreground pixel, and predict on whole slices (the U-Net is fully convolutional), as
     # nnU-Net trains: the full resolution at a fraction of the cost per step. 0: whole slices.
     patch: int = Field(0, ge=0)
+    # with train.patch: the share of patches centred on a foreground pixel of their slice (the rest
+    # placed uniformly); 0: every patch placed uniformly
+    foreground_crops: float = Field(1 / 3, ge=0.0, le=1.0)
     # How often each slice file's slices are drawn when a run trains on several: file f's share of
     # the draws is proportional to n_f ** (1 - source_balance), n_f its training slices. 0: every
     # slice equally often (files in proportion to their size); 1: every file equally often; 0.5:

@@ -127,7 +127,8 @@ def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, cfg: Confi
                 if cfg.model.context:
                     turn = crops.random(len(idx)) < 0.5
                     batch[0][turn] = batch[0][turn, ..., ::-1]
-                yield crop_patches(*batch, cfg.train.patch, crops) if cfg.train.patch else batch
+                yield (crop_patches(*batch, cfg.train.patch, crops, cfg.train.foreground_crops) if cfg.train.patch
+                       else batch)
 
 
 def _callbacks(out: Path, history: list[dict[str, float]], keep_last: bool, tensorboard: bool):

@@ -114,6 +114,20 @@ def test_patches_are_windows_of_the_slice_and_find_small_foreground():
     assert FOREGROUND_CROPS - 0.15 < with_lesion < FOREGROUND_CROPS + 0.25
 
 
+@pytest.mark.parametrize("foreground, low, high", [(0.0, 0.0, 0.2), (1.0, 0.8, 1.0)])
+def test_foreground_share_sets_how_often_patches_hold_a_small_lesion(foreground, low, high):
+    """train.foreground_crops: with 0 the windows are placed uniformly (a 16x16 window of a 64x64
+    slice holds a 3x3 corner lesion about one time in sixteen); with 1 nearly every window holds it."""
+    from slice2d.augment import crop_patches
+
+    images = np.zeros((256, 64, 64, 1), np.float32)
+    labels = np.zeros((256, 64, 64), np.uint8)
+    labels[:, 3:6, 58:61] = 1
+    _, out_labels = crop_patches(images, labels, 16, np.random.default_rng(2), foreground=foreground)
+    with_lesion = np.mean([patch.sum() == 9 for patch in out_labels])
+    assert low <= with_lesion <= high
+
+
 @pytest.mark.parametrize("sd", [0.02, 0.1])
 def test_noise_std_sets_the_grain(sd):
     # mid-grey slices, far from the clipping at 0 and 1: the noise added has the sd asked for
@@ -130,3 +144,20 @@ def test_noise_std_must_be_an_ordered_fraction():
     for bad in ([0.1, 0.05], [0.0, 0.1], [0.5, 1.5]):
         with pytest.raises(ConfigError, match="train.augment.noise_std"):
             load_config("real-lesions").updated(train={"augment": {"noise_std": bad}})
+
+
+@pytest.mark.parametrize("foreground, low, high", [(0.0, 0.0, 0.3), (1.0, 0.9, 1.0)])
+def test_training_batches_take_the_foreground_share_of_the_config(foreground, low, high):
+    """The training batches of a patch run crop as train.foreground_crops says."""
+    from slice2d.config import load_config
+    from slice2d.train import _batches
+
+    cfg = load_config("demo").updated(data={"size": 64}, model={"depth": 2},
+                                      train={"patch": 16, "foreground_crops": foreground})
+    images = np.random.default_rng(0).random((32, 64, 64, 1), dtype=np.float32)
+    labels = np.zeros((32, 64, 64), np.uint8)
+    labels[:, 6:10, 50:54] = 1
+    batches = _batches(images, labels, 16, cfg)
+    patches = np.concatenate([next(batches)[1] for _ in range(8)])
+    assert patches.shape == (128, 16, 16)
+    assert low <= np.mean(patches.reshape(128, -1).any(axis=1)) <= high

@@ -47,16 +47,13 @@ def augment_batch(pipeline: A.Compose, images: np.ndarray, labels: np.ndarray) -
     return out_images, out_labels
 
 
-FOREGROUND_CROPS = 1 / 3  # share of patches centred on a foreground pixel (nnU-Net's oversampling)
-
-
 def crop_patches(images: np.ndarray, labels: np.ndarray, patch: int, rng: np.random.Generator,
-                 foreground: float = FOREGROUND_CROPS) -> tuple[np.ndarray, np.ndarray]:
+                 foreground: float) -> tuple[np.ndarray, np.ndarray]:
     """A random ``patch x patch`` window of each slice of a batch (images (B, H, W, 1), labels (B, H, W)).
 
-    With probability ``foreground`` (and when the slice has any) the window is centred, as
-    far as the slice's edges allow, on a foreground pixel drawn at random; otherwise it is placed
-    uniformly. Small lesions, which uniform windows would mostly miss, are then seen often.
+    With probability ``foreground`` (``train.foreground_crops``; nnU-Net's oversampling), and when
+    the slice has any, the window is centred, as far as the slice's edges allow, on a foreground
+    pixel drawn at random; otherwise it is placed uniformly. Small lesions, which uniform windows would mostly miss, are then seen often.
     """
     b, h, w = labels.shape
     out_images = np.empty((b, patch, patch, images.shape[-1]), images.dtype)

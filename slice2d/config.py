@@ -204,9 +204,10 @@ class TrainConfig(_Frozen):
     # AMX-BF16 or AVX-512 BF16, emulated and slow elsewhere), or auto (bfloat16 where native)
     cpu_precision: Literal["float32", "bfloat16", "auto"] = "float32"
     augment: AugmentConfig = AugmentConfig()
-    # patch: train on random patch x patch crops of the (augmented) slices, a third of them centred
-    # on a foreground pixel, and predict on whole slices (the U-Net is fully convolutional), as
-    # nnU-Net trains: the full resolution at a fraction of the cost per step. 0: whole slices.
+    # patch: train on random patch x patch crops of the (augmented) slices, a share of them
+    # (foreground_crops) centred on a foreground pixel, and predict on whole slices (the U-Net is
+    # fully convolutional), as nnU-Net trains: the full resolution at a fraction of the cost per
+    # step. 0: whole slices.
     patch: int = Field(0, ge=0)
     # with train.patch: the share of patches centred on a foreground pixel of their slice (the rest
     # placed uniformly); 0: every patch placed uniformly

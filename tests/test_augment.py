@@ -98,20 +98,22 @@ def test_patches_are_windows_of_the_slice_and_find_small_foreground():
     """train.patch: each patch is an exact window of its slice (image and labels together), and
     about a third of the patches of a slice with one small lesion hold it, against about a
     sixteenth for windows placed uniformly."""
-    from slice2d.augment import FOREGROUND_CROPS, crop_patches
+    from slice2d.augment import crop_patches
+    from slice2d.config import TrainConfig
 
+    share = TrainConfig().foreground_crops  # the default, a third
     rng = np.random.default_rng(0)
     images = rng.random((64, 64, 64, 1), dtype=np.float32)
     labels = np.zeros((64, 64, 64), np.uint8)
     labels[:, 3:6, 58:61] = 1  # a 3x3 lesion in a corner
-    out_images, out_labels = crop_patches(images, labels, 16, np.random.default_rng(1))
+    out_images, out_labels = crop_patches(images, labels, 16, np.random.default_rng(1), share)
     assert out_images.shape == (64, 16, 16, 1) and out_labels.shape == (64, 16, 16)
     for i in range(64):  # find the window: its pixels are a unique block of the random image
         top, left = np.argwhere(images[i, :, :, 0] == out_images[i, 0, 0, 0])[0]
         np.testing.assert_array_equal(out_images[i], images[i, top:top + 16, left:left + 16])
         np.testing.assert_array_equal(out_labels[i], labels[i, top:top + 16, left:left + 16])
     with_lesion = np.mean([patch.sum() == 9 for patch in out_labels])  # the whole lesion inside
-    assert FOREGROUND_CROPS - 0.15 < with_lesion < FOREGROUND_CROPS + 0.25
+    assert share - 0.15 < with_lesion < share + 0.25
 
 
 @pytest.mark.parametrize("foreground, low, high", [(0.0, 0.0, 0.2), (1.0, 0.8, 1.0)])
